@@ -1,0 +1,5 @@
+import sys
+
+from sasan.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""The ``sasan`` command. One subcommand per stage; each module below registers its own.
+
+The CLI is the edge of the system: it reads paths and environment variables, sets up
+logging, calls stage functions and turns :class:`sasan.errors.SasanError` into one line on
+stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from sasan import __version__
+from sasan.errors import SasanError
+
+# Explicit registry: subcommand group -> module exposing ``register(subparsers)``.
+COMMAND_MODULES: tuple[str, ...] = (
+    "sasan.cli.data_cmds",
+    "sasan.cli.model_cmds",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sasan",
+        description="SASAN cross-modality domain adaptation: data, training, evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=f"sasan {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:  # a command group not built yet
+            if err.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except SasanError as err:
+        print(f"sasan {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"sasan {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

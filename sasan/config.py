@@ -1,0 +1,187 @@
+"""One typed configuration tree, loaded from ``params.yaml``.
+
+Every section rejects unknown keys and type changes (``StrictModel``). The resolved tree is
+saved next to every checkpoint; models are rebuilt from that file, never from whatever
+``params.yaml`` says today.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import Field, ValidationError
+
+from sasan.configbase import StrictModel
+from sasan.data.config import IngestConfig, PhantomConfig, PreprocessConfig, ValidateConfig
+from sasan.errors import ConfigError
+
+
+class ExperimentConfig(StrictModel):
+    name: str = "sasan-phantom"
+    seed: int = 0
+    source: str = Field("mr", description="labelled domain (folder name in the data set)")
+    target: str = Field("ct", description="unlabelled domain")
+    mode: Literal["unpaired", "paired"] = "unpaired"
+
+
+class ModelConfig(StrictModel):
+    """Network sizes (METHOD.md section 2). ``num_classes`` includes background."""
+
+    in_channels: Literal[1, 3] = 3
+    num_classes: int = Field(5, ge=2)
+    k: int = Field(8, ge=1, description="attention maps per domain")
+    norm_hidden: int = Field(64, ge=1, description="hidden width of the SASAN norm's map encoder")
+    synth_width: int = Field(32, ge=4, description="first synthesis encoder width (32-64-128)")
+    attention_width: int = Field(32, ge=4, description="first attention encoder width")
+    disc_width: int = Field(64, ge=8, description="first PatchGAN width (64-128-256-512)")
+    seg_disc_width: int = Field(64, ge=8)
+    unet_width: int = Field(64, ge=4, description="segmenter U-Net first width (64-128-256-512-512)")
+    attention: bool = Field(True, description="False = CycleGAN ablation: constant maps, no attention losses")
+    feature_disc: bool = Field(False, description="feature discriminators (ablation switch)")
+
+
+class LossWeights(StrictModel):
+    """Generator-side loss weights (METHOD.md section 3). 0 switches a term off."""
+
+    adversarial: float = 2.0
+    seg_adversarial: float = 2.0
+    cycle: float = 10.0
+    identity: float = 2.5
+    orthogonality: float = 1.0
+    aux_seg: float = 0.1
+    pseudo_seg: float = 0.1
+    attention_consistency: float = 0.1
+    voxel: float = 10.0
+    feature_adversarial: float = 2.0
+    dice_weight: float = Field(0.2, description="soft Dice weight inside seg_loss")
+
+
+class PretrainConfig(StrictModel):
+    epochs: float = Field(2.0, ge=0.0)
+    lr: float = 4e-4
+    batch_size: int = Field(16, ge=1)
+
+
+class JointConfig(StrictModel):
+    epochs: int = Field(50, ge=0, description="total epochs; lr constant for the first half, then linear to 0")
+    max_steps: Optional[int] = Field(None, ge=1, description="cap on iterations (CPU demo); None = full epochs")
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 2e-4
+    batch_size: int = Field(2, ge=1)
+    seg_real: Literal["labels", "source_attention"] = "labels"
+    train_source_attention: bool = Field(False, description="keep A_s trainable after pre-training")
+
+
+class SegmenterConfig(StrictModel):
+    epochs: float = Field(10.0, ge=0.0)
+    max_steps: Optional[int] = Field(None, ge=1)
+    lr: float = 4e-4
+    batch_size: int = Field(16, ge=1)
+    fake_source: bool = Field(True, description="fake-source augmentation (ablation switch)")
+
+
+class AugmentConfig(StrictModel):
+    flip: bool = True
+    rotate_deg: float = 10.0
+    scale: tuple[float, float] = (0.75, 1.0)
+
+
+class TrainConfig(StrictModel):
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    bf16: bool = Field(True, description="bf16 autocast (CUDA only)")
+    channels_last: bool = Field(True, description="channels_last memory format (CUDA only)")
+    num_workers: int = Field(0, ge=0)
+    checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
+    log_every: int = Field(10, ge=1)
+    pretrain: PretrainConfig = PretrainConfig()
+    joint: JointConfig = JointConfig()
+    segmenter: SegmenterConfig = SegmenterConfig()
+    augment: AugmentConfig = AugmentConfig()
+    losses: LossWeights = LossWeights()
+
+
+class EvaluateConfig(StrictModel):
+    methods: tuple[str, ...] = ("no_adaptation", "cyclegan", "sasan", "upper_bound")
+    assd_cap_vox: float = 50.0
+    batch_size: int = Field(16, ge=1)
+
+
+class RegisterConfig(StrictModel):
+    model_name: str = "sasan-segmenter"
+    min_dice: float = Field(0.5, ge=0.0, le=1.0)
+    alias: str = "champion"
+
+
+class Config(StrictModel):
+    experiment: ExperimentConfig = ExperimentConfig()
+    phantom: PhantomConfig = PhantomConfig()
+    ingest: IngestConfig = IngestConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    preprocess: PreprocessConfig = PreprocessConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register: RegisterConfig = RegisterConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+# PyYAML follows YAML 1.1, where "1e-4" is a string; accept it as a float as users expect.
+_FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.\d*|\.\d+|\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> Config:
+    """Validate a nested dict (strict: unknown keys and wrong types raise ConfigError)."""
+    try:
+        return Config.model_validate_json(json.dumps(data))
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{where}: {first['msg']} ({len(err.errors())} error(s))", origin) from None
+
+
+def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> Config:
+    """Load ``params.yaml`` (a missing section takes its defaults) and apply dotted overrides."""
+    path = Path(path)
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader) or {}
+    except FileNotFoundError:
+        raise ConfigError("configuration file not found", path) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"not valid YAML: {err}", path) from None
+    if not isinstance(data, dict):
+        raise ConfigError("top level must be a mapping", path)
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    return config_from_dict(data, str(path))
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from sasan.atomic import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

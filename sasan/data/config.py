@@ -1,0 +1,50 @@
+"""Typed configuration of the data stages (phantom, ingest, validate, preprocess).
+
+Composed into :class:`sasan.config.Config`; every class rejects unknown keys.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from sasan.configbase import StrictModel
+
+
+class PhantomConfig(StrictModel):
+    """Synthetic cardiac phantom used as the embedded default data set."""
+
+    cases: int = Field(10, ge=2, description="volumes per domain")
+    seed: int = 0
+    domains: tuple[str, str] = ("mr", "ct")
+
+
+class IngestConfig(StrictModel):
+    """Where the data comes from and how subjects are split (once, seeded)."""
+
+    source: str = Field("data/phantom", description="local folder, s3://bucket/prefix or dvc://REPO@REV/path")
+    layout: Literal["nnunet", "mmwhs", "brats", "paired"] = "nnunet"
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+class ValidateConfig(StrictModel):
+    min_cases_train: int = Field(2, ge=1)
+    min_cases_test: int = Field(1, ge=0)
+
+
+class PreprocessConfig(StrictModel):
+    """Volume -> slice-stack shards (METHOD.md section 5)."""
+
+    axis: Literal[0, 1, 2] = Field(1, description="slicing axis after reorientation to RAS (1 = coronal)")
+    image_size: int = Field(256, ge=16, multiple_of=16)
+    slices: Literal[1, 3] = 3
+    target_spacing: Optional[tuple[float, float, float]] = None
+    crop: Literal["body", "none"] = "body"
+    clip_percentiles: tuple[float, float] = (2.0, 98.0)
+    # fixed z-score -> [-1, 1] bounds per modality (METHOD.md: MRI [-1.8, 4.4], CT [-2.8, 3.2])
+    bounds: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {"mr": (-1.8, 4.4), "ct": (-2.8, 3.2), "t1": (-1.8, 4.4), "t2": (-1.8, 4.4)}
+    )
+    skip_empty_slices: bool = Field(True, description="drop slices with no body (by intensity, never by label)")
