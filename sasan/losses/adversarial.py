@@ -1,0 +1,87 @@
+"""Least-squares GAN terms (METHOD.md section 3: "image adversarial" and "segmentation
+adversarial"; LSGAN targets: real -> 1, fake -> 0). Discriminator outputs are raw scores
+(no sigmoid) of any shape, e.g. PatchGAN maps (B, 1, h, w)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _as_list(pred: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    preds = [pred] if isinstance(pred, Tensor) else list(pred)
+    if not preds:
+        raise ValueError("expected at least one discriminator output")
+    return preds
+
+
+def _mean_sq_to(preds: list[Tensor], target: float) -> Tensor:
+    """mean over the list of mean((p - target)^2)."""
+    return torch.stack([((p - target) ** 2).mean() for p in preds]).mean()
+
+
+def lsgan_generator_loss(pred_fake: Tensor | Sequence[Tensor]) -> Tensor:
+    """Image adversarial term, generator side: mean((D(fake) - 1)^2).
+
+    pred_fake: D's scores on generated images, any shape; a list (one entry per
+    discriminator or scale) is averaged. Returns a scalar."""
+    return _mean_sq_to(_as_list(pred_fake), 1.0)
+
+
+def lsgan_discriminator_loss(
+    pred_real: Tensor | Sequence[Tensor], pred_fake: Tensor | Sequence[Tensor]
+) -> Tensor:
+    """Image adversarial term, discriminator side: mean((D(real) - 1)^2) + mean(D(fake)^2).
+
+    The caller detaches the fakes and scales by 0.5 x weight (METHOD.md). Lists are
+    averaged per side. Returns a scalar."""
+    return _mean_sq_to(_as_list(pred_real), 1.0) + _mean_sq_to(_as_list(pred_fake), 0.0)
+
+
+def one_hot(labels: Tensor, num_classes: int) -> Tensor:
+    """Integer labels (B, H, W) in [0, num_classes) -> float one-hot maps (B, C, H, W); the
+    segmentation discriminators' "real" samples."""
+    if labels.dim() != 3:
+        raise ValueError(f"labels must be (B, H, W), got {tuple(labels.shape)}")
+    return F.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).float()
+
+
+def _check_seg_discs(seg_discs: Sequence[nn.Module], probs: Tensor) -> int:
+    if probs.dim() != 4:
+        raise ValueError(f"probs must be (B, C, H, W), got {tuple(probs.shape)}")
+    num_classes = probs.shape[1]
+    if len(seg_discs) != num_classes - 1:
+        raise ValueError(
+            f"need one segmentation discriminator per foreground class: {num_classes - 1}, got {len(seg_discs)}"
+        )
+    return num_classes
+
+
+def seg_adversarial_generator_loss(seg_discs: Sequence[nn.Module], probs: Tensor) -> Tensor:
+    """Segmentation adversarial term, generator side:
+    (1 / C) sum_{c=1}^{C-1} mean((D_c(p_c) - 1)^2),
+    p_c = probs[:, c:c+1] (B, 1, H, W), the softmax channel of foreground class c judged by
+    seg_discs[c - 1]. probs: (B, C, H, W) with C including background. Scalar."""
+    num_classes = _check_seg_discs(seg_discs, probs)
+    terms = [((disc(probs[:, c : c + 1]) - 1.0) ** 2).mean() for c, disc in enumerate(seg_discs, start=1)]
+    return torch.stack(terms).sum() / num_classes
+
+
+def seg_adversarial_discriminator_loss(
+    seg_discs: Sequence[nn.Module], probs_real: Tensor, probs_fake: Tensor
+) -> Tensor:
+    """Segmentation adversarial term, discriminator side:
+    (1 / C) sum_{c=1}^{C-1} [mean((D_c(r_c) - 1)^2) + mean(D_c(f_c)^2)],
+    r_c, f_c = channel c of probs_real (e.g. ``one_hot`` source labels) and probs_fake
+    (softmax predictions, detached by the caller), both (B, C, H, W). Scalar."""
+    if probs_real.shape[1:] != probs_fake.shape[1:]:
+        raise ValueError(f"real and fake probabilities differ: {tuple(probs_real.shape)} vs {tuple(probs_fake.shape)}")
+    num_classes = _check_seg_discs(seg_discs, probs_fake)
+    terms = [
+        ((disc(probs_real[:, c : c + 1]) - 1.0) ** 2).mean() + (disc(probs_fake[:, c : c + 1]) ** 2).mean()
+        for c, disc in enumerate(seg_discs, start=1)
+    ]
+    return torch.stack(terms).sum() / num_classes

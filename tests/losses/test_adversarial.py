@@ -1,0 +1,81 @@
+import pytest
+import torch
+from torch import nn
+
+from sasan.losses import (
+    lsgan_discriminator_loss,
+    lsgan_generator_loss,
+    one_hot,
+    seg_adversarial_discriminator_loss,
+    seg_adversarial_generator_loss,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+class Scale(nn.Module):
+    """A stand-in discriminator: D(p) = a * p, so LSGAN values are hand-computable."""
+
+    def __init__(self, a: float):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(a))
+
+    def forward(self, p):
+        return self.a * p
+
+
+def test_lsgan_generator_hand_computed():
+    pred = torch.tensor([[0.0, 1.0], [2.0, 0.5]])
+    # (1 + 0 + 1 + 0.25) / 4
+    assert lsgan_generator_loss(pred).item() == pytest.approx(0.5625)
+    # a list is the mean of the per-entry losses: (0.5625 + 1) / 2
+    assert lsgan_generator_loss([pred, torch.zeros(3)]).item() == pytest.approx(0.78125)
+
+
+def test_lsgan_discriminator_hand_computed():
+    real = torch.tensor([1.0, 0.0, 3.0])  # (0 + 1 + 4) / 3
+    fake = torch.tensor([0.5, -0.5])  # (0.25 + 0.25) / 2
+    assert lsgan_discriminator_loss(real, fake).item() == pytest.approx(5 / 3 + 0.25)
+    assert lsgan_discriminator_loss(torch.ones(4), torch.zeros(4)).item() == 0.0
+    assert lsgan_discriminator_loss([real, real], [fake]).item() == pytest.approx(5 / 3 + 0.25)
+
+
+def test_one_hot():
+    labels = torch.tensor([[[0, 2], [1, 2]]])
+    oh = one_hot(labels, 3)
+    assert oh.shape == (1, 3, 2, 2) and oh.dtype == torch.float32
+    assert torch.equal(oh.argmax(1), labels)
+    assert torch.equal(oh.sum(1), torch.ones(1, 2, 2))
+
+
+def test_seg_adversarial_hand_computed():
+    # C = 3 classes: foreground channels 1 and 2 judged by D_1(p) = 2p and D_2(p) = -p
+    discs = [Scale(2.0), Scale(-1.0)]
+    probs = torch.zeros(1, 3, 2, 2)
+    probs[:, 0] = 0.5
+    probs[:, 1] = 0.25
+    probs[:, 2] = 0.25
+    # generator: [(2*0.25 - 1)^2 + (-0.25 - 1)^2] / 3 = (0.25 + 1.5625) / 3
+    assert seg_adversarial_generator_loss(discs, probs).item() == pytest.approx(1.8125 / 3)
+    real = one_hot(torch.tensor([[[1, 2], [0, 1]]]), 3)
+    # class 1: real channel [1, 0, 0, 1] -> D = [2, 0, 0, 2]: mean (D-1)^2 = 1; fake D = 0.5: 0.25
+    # class 2: real channel [0, 1, 0, 0] -> D = [0, -1, 0, 0]: mean (D-1)^2 = (1+4+1+1)/4 = 1.75; fake D = -0.25: 0.0625
+    expected = (1 + 0.25 + 1.75 + 0.0625) / 3
+    assert seg_adversarial_discriminator_loss(discs, real, probs).item() == pytest.approx(expected)
+
+
+def test_seg_adversarial_needs_one_disc_per_foreground_class():
+    with pytest.raises(ValueError):
+        seg_adversarial_generator_loss([Scale(1.0)], torch.rand(1, 3, 4, 4))
+
+
+def test_seg_adversarial_gradients_reach_probs_and_discs():
+    discs = [Scale(1.5), Scale(0.5)]
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = seg_adversarial_generator_loss(discs, logits.softmax(1))
+    loss.backward()
+    assert torch.isfinite(loss) and logits.grad.abs().sum() > 0
+    assert all(d.a.grad is not None for d in discs)

@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from sasan.losses import attention_consistency_loss, orthogonality_loss
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def test_disjoint_maps_are_orthogonal():
+    maps = torch.zeros(2, 4, 8, 8)
+    for k in range(4):
+        maps[:, k, 2 * k : 2 * k + 2] = torch.rand(2, 2, 8) + 0.1  # disjoint row bands
+    assert orthogonality_loss(maps).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_identical_maps_give_one():
+    m = torch.rand(3, 1, 8, 8) + 0.1
+    assert orthogonality_loss(m.expand(3, 5, 8, 8) * 3.0).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_hand_computed_partial_overlap():
+    # two maps on 4 pixels: [1, 1, 0, 0] and [0, 1, 1, 0]; cosine = 1/2, so G_01 = G_10 = 1/2
+    maps = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]]).view(1, 2, 2, 2)
+    assert orthogonality_loss(maps).item() == pytest.approx(0.25)
+
+
+def test_orthogonality_is_differentiable_and_zero_maps_finite():
+    maps = torch.zeros(1, 3, 4, 4)
+    maps[0, 0] = 1.0
+    maps.requires_grad_()
+    loss = orthogonality_loss(maps)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(maps.grad).all()
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    orthogonality_loss(x).backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_attention_consistency_is_mean_abs_difference():
+    a = torch.tensor([1.0, -2.0, 3.0, 0.0]).view(1, 1, 2, 2)
+    b = torch.tensor([0.0, 2.0, 3.0, 0.5]).view(1, 1, 2, 2)
+    assert attention_consistency_loss(a, b).item() == pytest.approx((1 + 4 + 0 + 0.5) / 4)
+    with pytest.raises(ValueError):
+        attention_consistency_loss(a, b.view(1, 4, 1, 1))
