@@ -30,8 +30,14 @@ class IngestConfig(StrictModel):
 
 
 class ValidateConfig(StrictModel):
-    min_cases_train: int = Field(2, ge=1)
-    min_cases_test: int = Field(1, ge=0)
+    """Error/warning thresholds of the validate stage (see sasan/data/gx_suite.py)."""
+
+    min_cases_train: int = Field(2, ge=1, description="error if a domain has fewer training cases")
+    min_cases_test: int = Field(1, ge=0, description="error if a domain has fewer test cases")
+    max_spacing_mm: float = Field(20.0, gt=0.0, description="error above this voxel size")
+    min_size: int = Field(8, ge=1, description="warning if an image axis is shorter (voxels)")
+    affine_atol_mm: float = Field(1e-3, gt=0.0, description="image/label affine tolerance")
+    check_hashes: bool = Field(True, description="compare file sha256 with manifest.json")
 
 
 class PreprocessConfig(StrictModel):

@@ -1,0 +1,62 @@
+"""``sasan validate`` and ``sasan preprocess``: thin adapters over the stage functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from sasan.config import Config, load_config
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check a raw data set (Great Expectations); non-zero exit on errors",
+                       description="Validate a canonical raw data set; write validation.json and "
+                                   "validation.html; exit non-zero on any error-level failure.")
+    p.add_argument("raw", type=Path, help="canonical raw data set (folder with manifest.json or <domain>/)")
+    p.add_argument("--report", type=Path, default=Path("reports/validation"), help="report folder")
+    _params_arg(p)
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("preprocess", help="raw volumes -> per-domain, per-split slice-stack shards",
+                       description="Reorient, resample, crop, normalise and cut slice stacks into "
+                                   "OUT/<domain>/<split>/{images.npy,labels.npy,index.json}.")
+    p.add_argument("raw", type=Path, help="canonical raw data set")
+    p.add_argument("out", type=Path, help="shard folder")
+    p.add_argument("--domains", nargs="+", default=None, help="only these domains (default: all)")
+    _params_arg(p)
+    p.set_defaults(func=_preprocess)
+
+
+def _params_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", type=Path, default=None,
+                   help=f"parameter file (default: ./{DEFAULT_PARAMS} if present, else built-in defaults)")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    if args.params is not None:
+        return load_config(args.params)
+    if Path(DEFAULT_PARAMS).exists():
+        return load_config(DEFAULT_PARAMS)
+    return Config()
+
+
+def _validate(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # the edge: no usage statistics leave the machine
+    from sasan.data.validate import run_validate
+
+    report = run_validate(args.raw, args.report, _config(args).validate_)
+    print(f"validation passed: {report['n_cases']} case(s), {report['n_warnings']} warning check(s) failed; "
+          f"report: {args.report / 'validation.html'}")
+    return 0
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    from sasan.data.preprocess import run_preprocess
+
+    summary = run_preprocess(args.raw, args.out, _config(args).preprocess, domains=args.domains)
+    print(json.dumps(summary["counts"], sort_keys=True))
+    return 0

@@ -1,0 +1,274 @@
+"""The validate stage: a per-volume table checked by a Great Expectations suite, plus
+data-set checks (cases per domain and split, leakage across splits, dataset.json labels).
+
+Writes ``validation.json`` (machine-readable) and ``validation.html`` (for people) and
+raises :class:`ValidationFailed` naming the first offending file when any error-level
+check fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from sasan.atomic import write_json, write_text
+from sasan.data.config import ValidateConfig
+from sasan.data.gx_suite import run_suite
+from sasan.data.raw_cases import RawCase, RawDataset, load_raw_dataset
+from sasan.data.report import render_html
+from sasan.data.volume import Volume, affines_match, label_values, load_volume, nonfinite_reason
+from sasan.errors import DataError, ValidationFailed
+
+log = logging.getLogger(__name__)
+
+_PERCENTILE_SAMPLE = 2_000_000  # voxels; a strided subsample keeps percentiles cheap and exact-enough
+
+
+def run_validate(raw_dir: str | Path, report_dir: str | Path, cfg: ValidateConfig) -> dict[str, Any]:
+    """Validate ``raw_dir``; write ``report_dir/validation.{json,html}``; return the report.
+
+    Raises ``DataError`` when the data set cannot be enumerated at all (empty folder, bad
+    manifest or dataset.json) and ``ValidationFailed`` after writing the reports when an
+    error-level check fails."""
+    raw_dir, report_dir = Path(raw_dir), Path(report_dir)
+    dataset = load_raw_dataset(raw_dir)
+    table = build_table(dataset, cfg)
+    checks = [_gx_check(c, table, raw_dir) for c in run_suite(table, cfg)]
+    checks += dataset_checks(dataset, table, cfg)
+    errors = [(c["check"], f) for c in checks if c["severity"] == "error" and not c["success"] for f in c["failures"]]
+    report = {
+        "success": not errors,
+        "raw_dir": str(raw_dir),
+        "n_cases": int(len(table)),
+        "counts": _counts(table),
+        "n_errors": sum(1 for c in checks if c["severity"] == "error" and not c["success"]),
+        "n_warnings": sum(1 for c in checks if c["severity"] == "warning" and not c["success"]),
+        "checks": checks,
+        "table": _records(table),
+    }
+    write_json(report_dir / "validation.json", report)
+    write_text(report_dir / "validation.html", render_html(report))
+    log.info("validation %s: %d cases, %d error check(s), %d warning check(s); report in %s",
+             "passed" if report["success"] else "FAILED", report["n_cases"], report["n_errors"],
+             report["n_warnings"], report_dir)
+    if errors:
+        check, first = errors[0]
+        raise ValidationFailed(
+            f"{first['reason']} [{check}] ({len(errors)} error-level failure(s); "
+            f"see {report_dir / 'validation.html'})", first["file"] or raw_dir)
+    return report
+
+
+# ----------------------------------------------------------------------------- table
+def build_table(dataset: RawDataset, cfg: ValidateConfig) -> pd.DataFrame:
+    """One row per case: geometry, intensity summary, label values, agreement, hashes."""
+    rows = [_case_row(i, case, dataset, cfg)
+            for i, case in enumerate(tqdm(dataset.cases, desc="validate", unit="vol", leave=False))]
+    return pd.DataFrame(rows)
+
+
+def _case_row(row_id: int, case: RawCase, dataset: RawDataset, cfg: ValidateConfig) -> dict[str, Any]:
+    root = dataset.root
+    allowed = sorted(dataset.domains[case.domain].labels.values()) if case.domain in dataset.domains else []
+    row: dict[str, Any] = {
+        "row_id": row_id, "case_id": case.case_id, "domain": case.domain, "split": case.split,
+        "image": _rel(case.image, root), "label": None if case.label is None else _rel(case.label, root),
+        "has_label": case.label is not None, "error": None, "error_file": None,
+        "shape": None, "size_x": None, "size_y": None, "size_z": None,
+        "spacing": None, "spacing_x": None, "spacing_y": None, "spacing_z": None,
+        "orientation": None, "dtype": None, "finite": None, "finite_detail": None,
+        "min": None, "p01": None, "p50": None, "p99": None, "max": None,
+        "label_shape": None, "label_values": None, "allowed_labels": str(allowed), "unknown_labels": None,
+        "labels_ok": None, "label_has_foreground": None, "shape_match": None, "affine_match": None,
+        "affine_diff_mm": None, "image_sha256": None, "label_sha256": None, "sha256_ok": None, "hash_file": None,
+    }
+    if case.domain not in dataset.domains:
+        row.update(error=f"domain '{case.domain}' has no dataset.json", error_file=row["image"])
+        return row
+    try:
+        image = load_volume(case.image, check_finite=False)
+    except DataError as err:
+        row.update(error=err.reason, error_file=row["image"])
+        return row
+    row.update(_image_summary(image))
+    if case.label is not None:
+        try:
+            label = load_volume(case.label, kind="label")
+        except DataError as err:
+            row.update(error=err.reason, error_file=row["label"])
+            return row
+        values = label_values(label.array)
+        unknown = sorted(set(values) - set(allowed))
+        shape_ok = label.array.shape == image.array.shape
+        row.update(
+            label_shape=str(label.array.shape), label_values=str(values), unknown_labels=str(unknown),
+            labels_ok=not unknown, label_has_foreground=any(v != 0 for v in values), shape_match=shape_ok,
+            affine_match=affines_match(image.affine, label.affine, cfg.affine_atol_mm),
+            affine_diff_mm=float(np.abs(image.affine - label.affine).max()),
+        )
+    if cfg.check_hashes:
+        row.update(_hash_row(case, row))
+    return row
+
+
+def _image_summary(image: Volume) -> dict[str, Any]:
+    arr = image.array
+    flat = arr.reshape(-1)
+    sample = flat[:: max(1, flat.size // _PERCENTILE_SAMPLE)]
+    reason = nonfinite_reason(arr)
+    finite_sample = sample[np.isfinite(sample)] if reason else sample
+    p01, p50, p99 = (np.percentile(finite_sample, [1, 50, 99]).tolist() if finite_sample.size
+                     else [None, None, None])
+    finite_all = arr[np.isfinite(arr)] if reason else arr
+    sx, sy, sz = image.spacing
+    return {
+        "shape": str(arr.shape), "size_x": arr.shape[0], "size_y": arr.shape[1], "size_z": arr.shape[2],
+        "spacing": f"({sx:.4g}, {sy:.4g}, {sz:.4g})", "spacing_x": sx, "spacing_y": sy, "spacing_z": sz,
+        "orientation": image.orientation, "dtype": str(arr.dtype), "finite": reason is None,
+        "finite_detail": reason,
+        "min": float(finite_all.min()) if finite_all.size else None,
+        "max": float(finite_all.max()) if finite_all.size else None,
+        "p01": p01, "p50": p50, "p99": p99,
+    }
+
+
+def _hash_row(case: RawCase, row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"image_sha256": sha256_file(case.image)}
+    ok = case.sha256.get("image") in (None, out["image_sha256"])
+    hash_file = None if ok else row["image"]
+    if case.label is not None:
+        out["label_sha256"] = sha256_file(case.label)
+        label_ok = case.sha256.get("label") in (None, out["label_sha256"])
+        if ok and not label_ok:
+            hash_file = row["label"]
+        ok = ok and label_ok
+    if case.sha256.get("image") is not None:  # no manifest hash: nothing to compare with
+        out["sha256_ok"] = ok
+        out["hash_file"] = hash_file
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- checks
+def _gx_check(check: dict[str, Any], table: pd.DataFrame, root: Path) -> dict[str, Any]:
+    rows = table.set_index("row_id")
+    failures = []
+    for row_id in check.pop("failed_rows"):
+        row = rows.loc[row_id].to_dict()
+        blame = check["blame"]
+        failures.append({
+            "file": str(root / row[blame]) if blame and row.get(blame) else None, "case_id": row["case_id"], "domain": row["domain"],
+            "split": row["split"], "reason": _format(check["reason"], row),
+        })
+    if not check["success"] and not failures:
+        reason = check["exception"] or f"{check['check']} failed (observed {check['observed']})"
+        failures.append({"file": None, "case_id": None, "domain": None, "split": None, "reason": reason})
+    reason = check.pop("reason")
+    check.pop("blame")
+    return {**check, "source": "great_expectations", "rule": reason, "failures": failures}
+
+
+def _format(template: str, row: dict[str, Any]) -> str:
+    try:
+        return template.format(**row)
+    except (KeyError, ValueError, TypeError):
+        return template
+
+
+def dataset_checks(dataset: RawDataset, table: pd.DataFrame, cfg: ValidateConfig) -> list[dict[str, Any]]:
+    """Checks across cases: counts per domain and split, leakage, dataset.json consistency."""
+    checks = []
+    counts = Counter(zip(table["domain"], table["split"]))
+    minimum = {"train": cfg.min_cases_train, "test": cfg.min_cases_test}
+    fails = []
+    for domain, info in dataset.domains.items():
+        for split, need in minimum.items():
+            have = counts.get((domain, split), 0)
+            if have < need:
+                fails.append(_failure(dataset.root / domain, f"domain '{domain}' has {have} {split} case(s), "
+                                      f"at least {need} required", domain=domain, split=split))
+    checks.append(_check("minimum cases per domain and split", "error", fails))
+
+    fails = []
+    by_case: dict[tuple[str, str], list[RawCase]] = defaultdict(list)
+    for case in dataset.cases:
+        by_case[(case.domain, case.case_id)].append(case)
+    for (domain, case_id), group in sorted(by_case.items()):
+        if len({c.split for c in group}) > 1:
+            test_image = next(c.image for c in group if c.split == "test")
+            fails.append(_failure(test_image, f"case '{case_id}' of domain '{domain}' is in both train and test",
+                                  domain=domain, case_id=case_id))
+    checks.append(_check("no case in two splits (leakage)", "error", fails))
+
+    fails, dup_fails = [], []
+    if "image_sha256" in table and table["image_sha256"].notna().any():
+        for digest, group in table[table["image_sha256"].notna()].groupby("image_sha256", sort=True):
+            if len(group) < 2:
+                continue
+            files = ", ".join(group["image"])
+            target = fails if group["split"].nunique() > 1 else dup_fails
+            target.append(_failure(dataset.root / group["image"].iloc[-1], f"identical image file in {len(group)} cases "
+                                   f"({files})", domain=group["domain"].iloc[-1], case_id=group["case_id"].iloc[-1]))
+    checks.append(_check("no identical image across splits (leakage)", "error", fails))
+    checks.append(_check("no duplicate image within a split", "warning", dup_fails))
+
+    fails = []
+    for domain, info in dataset.domains.items():
+        n_train = counts.get((domain, "train"), 0)
+        if info.num_training is not None and info.num_training != n_train:
+            fails.append(_failure(dataset.dataset_json(domain), f"numTraining is {info.num_training} but {n_train} training "
+                                  "case(s) were found", domain=domain))
+        declared = ((dataset.manifest or {}).get("domains") or {}).get(domain, {}).get("labels")
+        if declared is not None and declared != info.labels:
+            fails.append(_failure(dataset.dataset_json(domain), f"labels {info.labels} differ from manifest.json {declared}",
+                                  domain=domain))
+    checks.append(_check("dataset.json agrees with the cases and manifest", "warning", fails))
+
+    fails = [_failure(dataset.root / d, f"domain '{d}' has no labelled case (it can only be a target)", domain=d)
+             for d, info in dataset.domains.items() if not table[(table["domain"] == d)]["has_label"].any()]
+    checks.append(_check("labels present per domain", "warning", fails))
+    return checks
+
+
+def _failure(path: Optional[Path | str], reason: str, **where: Any) -> dict[str, Any]:
+    return {"file": None if path is None else str(path), "case_id": where.get("case_id"),
+            "domain": where.get("domain"), "split": where.get("split"), "reason": reason}
+
+
+def _check(name: str, severity: str, failures: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"check": name, "severity": severity, "source": "dataset", "expectation": None, "column": [],
+            "success": not failures, "failures": failures, "observed": None, "exception": None,
+            "rule": name}
+
+
+def _counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for (domain, split), n in Counter(zip(table["domain"], table["split"])).items():
+        out[domain][split] = n
+    return {d: dict(sorted(v.items())) for d, v in sorted(out.items())}
+
+
+def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    clean = table.astype(object).where(table.notna(), None)
+    return clean.to_dict(orient="records")
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,223 @@
+"""The validate stage: GX suite + data-set checks, reports, one-line errors, exit codes."""
+
+import gzip
+import hashlib
+import json
+import re
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from sasan.cli import main
+from sasan.data.config import ValidateConfig
+from sasan.data.validate import run_validate
+from sasan.errors import DataError, ValidationFailed
+
+MR_IMAGE = "mr/imagesTr/mr_train_000_0000.nii.gz"
+MR_LABEL = "mr/labelsTr/mr_train_000.nii.gz"
+
+
+def _rehash(root):
+    """Ingest hashes whatever it copied: keep the manifest in step with edited files."""
+    path = root / "manifest.json"
+    doc = json.loads(path.read_text())
+    for case in doc["cases"]:
+        for key in ("image", "label"):
+            if case[key]:
+                case["sha256"][key] = hashlib.sha256((root / case[key]).read_bytes()).hexdigest()
+    path.write_text(json.dumps(doc))
+
+
+@pytest.fixture(autouse=True)
+def _prep_commands(monkeypatch):
+    """The lead adds prep_cmds to the CLI registry; make sure it is there either way."""
+    import sasan.cli
+
+    if "sasan.cli.prep_cmds" not in sasan.cli.COMMAND_MODULES:
+        monkeypatch.setattr(sasan.cli, "COMMAND_MODULES", (*sasan.cli.COMMAND_MODULES, "sasan.cli.prep_cmds"))
+
+
+def _cli(root, tmp_path, capsys, *extra):
+    code = main(["validate", str(root), "--report", str(tmp_path / "report"), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err[-1] if err else ""
+
+
+def test_clean_tree_passes_and_writes_reports(raw_tree, tmp_path, capsys):
+    code, _ = _cli(raw_tree, tmp_path, capsys)
+    assert code == 0
+    report = json.loads((tmp_path / "report" / "validation.json").read_text())
+    assert report["success"] and report["n_cases"] == 6
+    assert report["counts"] == {"ct": {"test": 1, "train": 2}, "mr": {"test": 1, "train": 2}}
+    sources = {c["source"] for c in report["checks"]}
+    assert sources == {"great_expectations", "dataset"}
+    assert all(c["severity"] in ("error", "warning") for c in report["checks"])
+    row = next(r for r in report["table"] if r["image"] == MR_IMAGE)
+    assert row["shape"] == "(24, 20, 16)" and row["orientation"] == "RAS" and row["dtype"] == "int16"
+    assert row["spacing_z"] == pytest.approx(2.0) and row["label_values"] == "[0, 1, 2, 3]"
+    assert row["shape_match"] is True and row["affine_match"] is True and row["sha256_ok"] is True
+    page = (tmp_path / "report" / "validation.html").read_text()
+    assert "PASSED" in page and "<script" not in page and MR_IMAGE in page
+    assert not list(tmp_path.glob("**/gx")) and not list(tmp_path.glob("**/great_expectations*"))
+
+
+def _corrupt_gzip(root):
+    raw = bytearray((root / MR_IMAGE).read_bytes())
+    raw[150:300] = bytes(150)
+    (root / MR_IMAGE).write_bytes(bytes(raw))
+    return MR_IMAGE
+
+
+def _truncate(root):
+    (root / MR_IMAGE).write_bytes((root / MR_IMAGE).read_bytes()[:-200])
+    return MR_IMAGE
+
+
+def _not_nifti(root):
+    (root / MR_IMAGE).write_bytes(gzip.compress(b"<html>not an image</html>" * 30))
+    return MR_IMAGE
+
+
+def _save_image(root, rel, array, affine=None):
+    old = nib.load(root / rel)
+    nib.save(nib.Nifti1Image(array, old.affine if affine is None else affine), root / rel)
+    return rel
+
+
+def _two_d(root):
+    return _save_image(root, MR_IMAGE, np.ones((24, 20), np.int16))
+
+
+def _four_d(root):
+    return _save_image(root, MR_IMAGE, np.ones((24, 20, 16, 3), np.int16))
+
+
+def _nan_inf(root):
+    data = np.asarray(nib.load(root / MR_IMAGE).dataobj, dtype=np.float32)
+    data[3, 3, 3] = np.nan
+    data[4, 4, 4] = np.inf
+    return _save_image(root, MR_IMAGE, data)
+
+
+def _label_shape(root):
+    return _save_image(root, MR_LABEL, np.zeros((24, 20, 15), np.uint8))
+
+
+def _label_affine(root):
+    label = nib.load(root / MR_LABEL)
+    affine = label.affine.copy()
+    affine[1, 3] += 3.0
+    return _save_image(root, MR_LABEL, np.asarray(label.dataobj), affine)
+
+
+def _unknown_label(root):
+    data = np.asarray(nib.load(root / MR_LABEL).dataobj).copy()
+    data[0, 0, 0] = 9
+    return _save_image(root, MR_LABEL, data)
+
+
+BAD_FILES = {
+    "corrupt gzip": (_corrupt_gzip, "corrupt gzip"),
+    "truncated file": (_truncate, "truncated"),
+    "not nifti": (_not_nifti, "not a NIfTI"),
+    "2-D image": (_two_d, "2-D image"),
+    "4-D image": (_four_d, "4-D image"),
+    "NaN/Inf voxels": (_nan_inf, "1 NaN and 1 Inf"),
+    "label shape": (_label_shape, r"label shape \(24, 20, 15\) differs from image shape \(24, 20, 16\)"),
+    "label affine": (_label_affine, "label affine differs .* by up to 3 mm"),
+    "unknown label": (_unknown_label, r"unknown label values \[9\]"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_bad_file_fails_with_one_line_naming_it(name, raw_tree, tmp_path, capsys):
+    mutate, reason = BAD_FILES[name]
+    rel = mutate(raw_tree)
+    _rehash(raw_tree)
+    code, line = _cli(raw_tree, tmp_path, capsys)
+    assert code == ValidationFailed.exit_code != 0
+    assert line.startswith(f"sasan validate: error: {raw_tree / rel}: ")
+    assert re.search(reason, line), line
+    report = json.loads((tmp_path / "report" / "validation.json").read_text())
+    assert not report["success"]
+    failed = [f for c in report["checks"] if not c["success"] and c["severity"] == "error" for f in c["failures"]]
+    assert [f["file"] for f in failed] == [str(raw_tree / rel)]  # only the broken case is blamed
+    assert "FAILED" in (tmp_path / "report" / "validation.html").read_text()
+
+
+def test_changed_file_fails_hash_check(raw_tree, tmp_path, capsys):
+    _save_image(raw_tree, MR_IMAGE, np.ones((24, 20, 16), np.int16) * np.arange(16, dtype=np.int16))
+    code, line = _cli(raw_tree, tmp_path, capsys)
+    assert code != 0 and str(raw_tree / MR_IMAGE) in line and "sha256 differs" in line
+
+
+def test_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, line = _cli(tmp_path / "empty", tmp_path, capsys)
+    assert code != 0 and line == f"sasan validate: error: {tmp_path / 'empty'}: " \
+                                 "empty data set: no manifest.json and no <domain>/dataset.json"
+    assert not (tmp_path / "report").exists()
+
+
+def test_missing_dataset_json_fields(raw_tree, tmp_path, capsys):
+    path = raw_tree / "ct" / "dataset.json"
+    meta = json.loads(path.read_text())
+    del meta["labels"], meta["modality"]
+    path.write_text(json.dumps(meta))
+    code, line = _cli(raw_tree, tmp_path, capsys)
+    assert code != 0 and line.startswith(f"sasan validate: error: {path}: ")
+    assert "labels" in line and "modality" in line
+
+
+def test_leakage_same_case_in_both_splits(raw_tree, tmp_path):
+    doc = json.loads((raw_tree / "manifest.json").read_text())
+    test_case = next(c for c in doc["cases"] if c["domain"] == "ct" and c["split"] == "test")
+    test_case["case_id"] = "ct_train_000"
+    (raw_tree / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ValidationFailed):
+        run_validate(raw_tree, tmp_path / "r", ValidateConfig())
+    report = json.loads((tmp_path / "r" / "validation.json").read_text())
+    check = next(c for c in report["checks"] if c["check"] == "no case in two splits (leakage)")
+    assert not check["success"] and check["severity"] == "error"
+    assert check["failures"][0]["file"] == str(raw_tree / "ct/imagesTs/ct_test_000_0000.nii.gz")
+    assert "both train and test" in check["failures"][0]["reason"]
+
+
+def test_leakage_identical_file_across_splits(raw_tree, tmp_path):
+    shutil.copy(raw_tree / "ct/imagesTr/ct_train_001_0000.nii.gz", raw_tree / "ct/imagesTs/ct_test_000_0000.nii.gz")
+    _rehash(raw_tree)
+    with pytest.raises(ValidationFailed, match="identical image file in 2 cases") as info:
+        run_validate(raw_tree, tmp_path / "r", ValidateConfig())
+    assert "ct/imagesTs/ct_test_000_0000.nii.gz" in str(info.value)
+
+
+def test_minimum_cases_per_split(raw_tree, tmp_path):
+    with pytest.raises(ValidationFailed, match="has 2 train case.*at least 3 required"):
+        run_validate(raw_tree, tmp_path / "r", ValidateConfig(min_cases_train=3))
+    report = json.loads((tmp_path / "r" / "validation.json").read_text())
+    check = next(c for c in report["checks"] if c["check"] == "minimum cases per domain and split")
+    assert {f["domain"] for f in check["failures"]} == {"mr", "ct"}
+
+
+def test_warnings_do_not_fail(raw_tree, tmp_path):
+    path = raw_tree / "mr" / "dataset.json"
+    meta = json.loads(path.read_text())
+    meta["numTraining"] = 7
+    path.write_text(json.dumps(meta))
+    report = run_validate(raw_tree, tmp_path / "r", ValidateConfig())
+    assert report["success"] and report["n_warnings"] == 1
+
+
+def test_folder_without_manifest_is_read_from_layout(make_raw, tmp_path):
+    root = make_raw(tmp_path / "raw", manifest=False)
+    report = run_validate(root, tmp_path / "r", ValidateConfig())
+    assert report["success"] and report["n_cases"] == 6
+    assert all(r["sha256_ok"] is None for r in report["table"])
+
+
+def test_unreadable_manifest_is_a_data_error(raw_tree, tmp_path):
+    (raw_tree / "manifest.json").write_text("{not json")
+    with pytest.raises(DataError, match="manifest.json: not valid JSON"):
+        run_validate(raw_tree, tmp_path / "r", ValidateConfig())
