@@ -1,0 +1,1 @@
+"""Data layer: canonical layout, phantom, ingestion adapters, validation, preprocessing."""

@@ -1,0 +1,168 @@
+"""Embedded default data set: a synthetic 3-D cardiac phantom in an MR-like and a CT-like domain.
+
+Model (details in docs/phantom.md): each subject is an analytic thorax (body ellipse with
+subcutaneous fat, chest-wall muscle, ribs, sternum, spine, lungs, liver dome, descending
+aorta, trachea) and heart (truncated-ellipsoid LV cavity inside a myocardial shell, RV
+crescent, LA, RA, ascending aorta and pulmonary trunk as tubes, epicardial fat) with random
+size, position, orientation and a smooth random deformation (phantom_shapes.py). Each tissue
+then gets a modality-specific intensity:
+
+* CT: contrast-enhanced Hounsfield units (air -1000, lung ~-830, fat ~-95, muscle ~45,
+  myocardium ~90, left-heart blood ~330, bone 220-900), scanner blur and correlated noise;
+  0.7-0.8 mm in-plane, 1.0-1.25 mm slices, FOV centred on the heart. Saved as int16.
+* MR: black-blood turbo-spin-echo-like contrast (flowing blood dark, myocardium brighter
+  than skeletal muscle, fat and marrow bright, lung and cortical bone dark), a smooth
+  multiplicative bias field with a surface-coil fall-off, Rician noise; 1.25-1.5 mm
+  in-plane, 2 mm slices, larger FOV. Saved as float32.
+
+Blood/myocardium contrast is inverted between the domains and fat flips from darkest soft
+tissue (CT) to brightest (MR): a segmenter trained on one domain does not transfer, as
+between real MR and CT. Subjects are unpaired (each domain draws its own), and every case is
+deterministic from (seed, domain, case index), independent of how many cases are asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+from tqdm import tqdm
+
+from sasan.atomic import atomic_dir
+from sasan.data import layout
+from sasan.data.phantom_shapes import CARDIAC_LABELS, TISSUES, Grid, rasterise, sample_subject, smooth_field
+from sasan.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PHANTOM_DOMAINS: tuple[str, ...] = ("mr", "ct")
+
+# Tissue appearance: (mean, between-subject SD). CT in HU; MR in arbitrary units.
+CT_HU: dict[str, tuple[float, float]] = {
+    "air": (-1000, 0), "lung": (-830, 30), "fat": (-95, 10), "muscle": (45, 8),
+    "myocardium": (90, 20), "blood": (330, 45), "blood_right": (230, 50), "marrow": (220, 40),
+    "cortical_bone": (900, 120), "liver": (80, 15), "csf": (10, 5), "disc": (75, 10),
+}
+MR_AU: dict[str, tuple[float, float]] = {
+    "air": (0, 0), "lung": (35, 10), "fat": (900, 70), "muscle": (300, 30),
+    "myocardium": (420, 40), "blood": (45, 20), "blood_right": (45, 20), "marrow": (620, 60),
+    "cortical_bone": (25, 8), "liver": (280, 30), "csf": (780, 60), "disc": (480, 50),
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Acquisition of one domain: grid size (voxels at ``size`` = 128) and spacing ranges (mm)."""
+
+    modality: str
+    inplane: int
+    slices: int
+    inplane_mm: tuple[float, float]
+    slice_mm: tuple[float, float]
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "mr": Protocol("MR", 128, 64, (1.25, 1.5), (2.0, 2.0)),
+    "ct": Protocol("CT", 176, 96, (0.7, 0.8), (1.0, 1.25)),
+}
+
+
+def _grid(protocol: Protocol, size: int, center: np.ndarray, rng: np.random.Generator) -> Grid:
+    factor = size / 128.0
+    n_xy, n_z = max(int(round(protocol.inplane * factor)), 8), max(int(round(protocol.slices * factor)), 8)
+    # Fewer voxels keep the field of view: spacing grows as the size knob shrinks.
+    d_xy = rng.uniform(*protocol.inplane_mm) / factor
+    d_z = rng.uniform(*protocol.slice_mm) / factor
+    shape = (n_xy, n_xy, n_z)
+    spacing = (d_xy, d_xy, d_z)
+    origin = tuple(float(center[i] - spacing[i] * (shape[i] - 1) / 2) for i in range(3))
+    return Grid(shape, spacing, origin)
+
+
+def _tissue_values(table: dict[str, tuple[float, float]], rng: np.random.Generator) -> np.ndarray:
+    return np.array([table[name][0] + table[name][1] * rng.normal() for name in TISSUES], np.float32)
+
+
+def render_ct(tissue: np.ndarray, grid: Grid, rng: np.random.Generator) -> np.ndarray:
+    """Tissue map -> CT volume in HU (int16): blur, texture and correlated noise."""
+    values = _tissue_values(CT_HU, rng)
+    values[TISSUES.index("blood_right")] = max(values[TISSUES.index("blood_right")], 120.0)
+    img = values[tissue]
+    img += smooth_field(rng, grid, wavelength_mm=15.0) * np.float32(12.0)  # parenchymal texture
+    sigma_vox = tuple(0.6 * min(grid.spacing) / s for s in grid.spacing)
+    img = gaussian_filter(img, sigma_vox)
+    noise = gaussian_filter(rng.standard_normal(grid.shape, dtype=np.float32), 0.6)
+    img += noise * np.float32(rng.uniform(12.0, 30.0) / max(float(noise.std()), 1e-6))
+    return np.clip(np.rint(img), -1024, 3071).astype(np.int16)
+
+
+def render_mr(tissue: np.ndarray, grid: Grid, rng: np.random.Generator) -> np.ndarray:
+    """Tissue map -> MR magnitude volume (float32): blur, bias field, Rician noise."""
+    values = _tissue_values(MR_AU, rng)
+    img = values[tissue]
+    img *= 1.0 + np.float32(0.06) * smooth_field(rng, grid, wavelength_mm=20.0)
+    sigma_vox = tuple(0.5 * min(grid.spacing) / s for s in grid.spacing)
+    img = gaussian_filter(img, sigma_vox)
+    _, y, _ = grid.axes()
+    coil = 1.0 + np.float32(rng.uniform(0.2, 0.5)) * (y - y.min()) / np.float32(np.ptp(y))  # anterior coil
+    bias = np.exp(np.float32(rng.uniform(0.1, 0.25)) * smooth_field(rng, grid, wavelength_mm=150.0)) * coil
+    img *= bias
+    sigma = np.float32(rng.uniform(12.0, 30.0))
+    real = img + sigma * rng.standard_normal(grid.shape, dtype=np.float32)
+    imag = sigma * rng.standard_normal(grid.shape, dtype=np.float32)
+    return np.sqrt(real * real + imag * imag).astype(np.float32)
+
+
+def phantom_case(domain: str, index: int, seed: int = 0, size: int = 128):
+    """One subject of ``domain``: (image, label uint8, affine 4x4 RAS mm).
+
+    Deterministic from (seed, domain, index)."""
+    if domain not in PROTOCOLS:
+        raise ConfigError(f"unknown phantom domain {domain!r}; choose from {sorted(PROTOCOLS)}")
+    rng = np.random.default_rng([seed, PHANTOM_DOMAINS.index(domain), index])
+    subject = sample_subject(rng)
+    # Volume centred just above the LV centre, with a random offset (position variation).
+    center = np.asarray(subject.heart_center) + np.array([rng.uniform(-8, 8), rng.uniform(-8, 8), 14 + rng.uniform(-6, 6)])
+    grid = _grid(PROTOCOLS[domain], size, center, rng)
+    tissue, label = rasterise(subject, grid, rng)
+    image = render_ct(tissue, grid, rng) if domain == "ct" else render_mr(tissue, grid, rng)
+    return image, label, grid.affine
+
+
+def generate_phantom(out_dir: str | Path, cases: int = 10, seed: int = 0,
+                     domains: tuple[str, ...] = ("mr", "ct"), *, size: int = 128) -> dict:
+    """Write a canonical-layout phantom data set (all cases in imagesTr/labelsTr) to ``out_dir``.
+
+    ``size`` scales the voxel counts (128 = MR 128x128x64, CT 176x176x96) at a fixed field
+    of view. Written atomically: on failure ``out_dir`` is left as it was."""
+    if cases < 1:
+        raise ConfigError(f"cases must be >= 1, got {cases}")
+    if size < 16:
+        raise ConfigError(f"size must be >= 16, got {size}")
+    bad = [d for d in domains if d not in PROTOCOLS]
+    if bad or len(set(domains)) != len(domains) or not domains:
+        raise ConfigError(f"phantom domains must be distinct values of {sorted(PROTOCOLS)}, got {list(domains)}")
+    start = time.perf_counter()
+    summary = {"dataset": "phantom", "seed": seed, "cases": cases, "size": size, "domains": {}}
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        for domain in domains:
+            modality = PROTOCOLS[domain].modality
+            shapes = []
+            for i in tqdm(range(cases), desc=f"phantom {domain}", unit="vol", leave=False):
+                image, label, affine = phantom_case(domain, i, seed=seed, size=size)
+                case_id = f"{domain}_{i + 1:03d}"
+                layout.save_nifti(layout.image_path(tmp, domain, case_id, "train"), image, affine)
+                layout.save_nifti(layout.label_path(tmp, domain, case_id, "train"), label, affine)
+                shapes.append(list(image.shape))
+            layout.write_dataset_json(tmp / domain, layout.DatasetInfo(
+                name=f"phantom_{domain}", modality=modality, labels=dict(CARDIAC_LABELS), num_training=cases))
+            summary["domains"][domain] = {"modality": modality, "cases": cases, "shapes": shapes}
+            log.info("phantom %s: %d volumes", domain, cases)
+    summary["out_dir"] = str(out_dir)
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    return summary
