@@ -1,0 +1,52 @@
+"""In-memory slice data sets with the same interface as :class:`sasan.data.dataset.SliceDataset`
+(``len``, ``[i] -> {"image", "label"?}``, ``set_epoch``), for fake-source slices and tests,
+and a concatenation of several such sources."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+
+class ArraySliceDataset:
+    """images (N, S, H, W) float in [-1, 1]; labels (N, H, W) int or None. No augmentation."""
+
+    def __init__(self, images: np.ndarray, labels: Optional[np.ndarray] = None):
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {"image": torch.from_numpy(np.asarray(self.images[index], dtype=np.float32)), "index": index}
+        if self.labels is not None:
+            item["label"] = torch.from_numpy(np.asarray(self.labels[index], dtype=np.int64))
+        return item
+
+
+class ConcatSlices:
+    def __init__(self, parts: Sequence[Any]):
+        self.parts = [p for p in parts if len(p) > 0]
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def set_epoch(self, epoch: int) -> None:
+        for p in self.parts:
+            p.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        part = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return self.parts[part][index - int(self.offsets[part])]
+
+
+def as_labelled(images: torch.Tensor, labels: torch.Tensor) -> ArraySliceDataset:
+    return ArraySliceDataset(images.numpy(), labels.numpy())

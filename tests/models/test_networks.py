@@ -1,0 +1,114 @@
+"""Shapes and parameter counts of the SASAN networks (METHOD.md section 2)."""
+
+import pytest
+import torch
+
+from sasan.config import ModelConfig
+from sasan.models import (AttentionModule, FeatureDiscriminator, PatchDiscriminator, SASANNorm,
+                          SASANResBlock, SegDiscriminator, SynthesisModule, UNet, build_networks,
+                          count_parameters)
+
+torch.set_num_threads(1)
+
+
+def test_parameter_counts_match_the_paper_configuration():
+    # 3-slice input, K = 8, 5 classes (issue 2: ~2.4M, ~1.6M, ~2.8M)
+    assert count_parameters(AttentionModule(3, k=8, num_classes=5)) == 2_436_053
+    assert count_parameters(SynthesisModule(3, 3, k=8)) == 1_579_923
+    assert count_parameters(PatchDiscriminator(3)) == 2_763_841
+    assert count_parameters(SegDiscriminator()) == 133_185
+    assert count_parameters(FeatureDiscriminator(128)) < 500_000   # small, not a 67M MLP
+    assert 17_000_000 < count_parameters(UNet(3, 5)) < 17_500_000
+
+
+def test_output_shapes_at_256():
+    x = torch.randn(1, 3, 256, 256)
+    att = AttentionModule(3, k=8, num_classes=5)
+    maps, seg = att(x)
+    assert maps.shape == (1, 8, 256, 256) and seg.shape == (1, 5, 256, 256)
+    y = SynthesisModule(3, 3, k=8)(x, maps)
+    assert y.shape == x.shape and y.abs().max() <= 1.0        # tanh output
+    assert PatchDiscriminator(3)(x).shape == (1, 1, 15, 15)
+    assert SegDiscriminator()(seg.softmax(1)[:, 1:2]).shape == (1, 1, 31, 31)
+
+
+@pytest.mark.parametrize("size", [32, 48, 80, 128])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes_at_other_sizes_divisible_by_16(size, channels):
+    x = torch.randn(2, channels, size, size)
+    att = AttentionModule(channels, k=4, num_classes=3, width=8)
+    maps, seg = att(x)
+    assert maps.shape == (2, 4, size, size) and seg.shape == (2, 3, size, size)
+    syn = SynthesisModule(channels, channels, k=4, width=8, norm_hidden=16)
+    assert syn(x, maps).shape == x.shape
+    assert syn(x, None).shape == x.shape                       # CycleGAN ablation: constant maps
+    assert UNet(channels, 3, width=8)(x).shape == (2, 3, size, size)
+    assert PatchDiscriminator(channels, 8)(x).shape == (2, 1, size // 16 - 1, size // 16 - 1)
+
+
+def test_rejects_sizes_not_divisible_by_16():
+    with pytest.raises(ValueError, match="divisible by 16"):
+        AttentionModule(3, width=8)(torch.randn(1, 3, 40, 40))
+
+
+def test_segmentation_is_a_linear_readout_of_the_maps():
+    att = AttentionModule(3, k=4, num_classes=3, width=8)
+    maps, seg = att(torch.randn(1, 3, 32, 32))
+    assert torch.allclose(att.to_seg(maps), seg)
+    conv = att.to_seg[1]
+    assert conv.in_channels == 4 and conv.kernel_size == (3, 3)
+
+
+def test_sasan_norm_modulates_per_pixel_from_the_maps():
+    torch.manual_seed(0)
+    norm = SASANNorm(channels=6, k=2, hidden=8)
+    x = torch.randn(1, 6, 16, 16)
+    left = torch.zeros(1, 2, 16, 16)
+    left[:, 0, :, :8] = 1.0
+    right = torch.zeros(1, 2, 16, 16)
+    right[:, 0, :, 8:] = 1.0
+    out_l, out_r = norm(x, left), norm(x, right)
+    # different maps -> different modulation, and it changes where the maps differ
+    assert not torch.allclose(out_l, out_r)
+    # maps given at another resolution are resized (nearest) to the activations
+    small = torch.zeros(1, 2, 8, 8)
+    small[:, 0, :, :4] = 1.0
+    assert torch.allclose(norm(x, small), out_l, atol=1e-6)
+    # with gamma = beta = 0 the layer is exactly instance normalisation
+    torch.nn.init.zeros_(norm.gamma_beta.weight), torch.nn.init.zeros_(norm.gamma_beta.bias)
+    assert torch.allclose(norm(x, left), torch.nn.functional.instance_norm(x), atol=1e-5)
+
+
+def test_residual_block_shortcut():
+    same = SASANResBlock(8, 8, k=2, hidden=4)
+    assert not same.learned_shortcut
+    down = SASANResBlock(8, 4, k=2, hidden=4)
+    assert down.learned_shortcut and down.conv_s.bias is None and down.conv_0.out_channels == 4
+    m = torch.randn(1, 2, 8, 8)
+    assert down(torch.randn(1, 8, 8, 8), m).shape == (1, 4, 8, 8)
+
+
+def test_gradients_reach_every_generator_parameter_through_the_maps():
+    att = AttentionModule(3, k=4, num_classes=3, width=8)
+    syn = SynthesisModule(3, 3, k=4, width=8, norm_hidden=8)
+    x = torch.randn(2, 3, 32, 32)
+    maps, _ = att(x)
+    syn(x, maps).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in syn.parameters())
+    # anatomy reaches the decoder through the maps: the attention encoder gets gradients
+    assert att.enc[0][1].weight.grad.abs().sum() > 0
+    assert att.to_seg[1].weight.grad is None                # the seg read-out is not on this path
+
+
+def test_build_networks_from_config_and_ablation_switches():
+    cfg = ModelConfig(k=4, attention_width=8, synth_width=8, norm_hidden=8, disc_width=8, seg_disc_width=8)
+    nets = build_networks(cfg)
+    assert nets.att_s is not None and len(nets.seg_discs) == cfg.num_classes - 1
+    assert nets.feat_disc_s is None
+    cyc = build_networks(cfg.model_copy(update={"attention": False}))
+    assert cyc.att_s is None and cyc.att_t is None and cyc.seg_discs is None
+    feat = build_networks(cfg.model_copy(update={"feature_disc": True}))
+    assert feat.feat_disc_s is not None and feat.feat_disc_t is not None
+    k16 = build_networks(cfg.model_copy(update={"k": 16}))
+    assert k16.att_t.to_maps[1].out_channels == 16
+    assert k16.syn_s.block_full.norm_0.shared[0].in_channels == 16
