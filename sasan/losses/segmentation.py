@@ -14,7 +14,9 @@ from torch import Tensor
 
 def _check(logits: Tensor, labels: Tensor) -> None:
     if logits.dim() != 4 or labels.dim() != 3 or logits.shape[:1] + logits.shape[2:] != labels.shape:
-        raise ValueError(f"expected logits (B, C, H, W) and labels (B, H, W), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected logits (B, C, H, W) and labels (B, H, W), got {tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
 
 
 def class_weights(labels: Tensor, num_classes: int) -> Tensor:

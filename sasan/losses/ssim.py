@@ -42,7 +42,9 @@ def ssim_map(
 ) -> Tensor:
     """Local SSIM map. x, y: (B, C, H, W) -> (B, C, H - w + 1, W - w + 1), w = window_size."""
     if x.shape != y.shape or x.dim() != 4:
-        raise ValueError(f"ssim expects two (B, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"ssim expects two (B, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if min(x.shape[-2:]) < window_size:
         raise ValueError(f"image {tuple(x.shape[-2:])} is smaller than the {window_size}x{window_size} SSIM window")
     c = x.shape[1]

@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import torch
+from monai.metrics import PSNRMetric, SSIMMetric
+from scipy import ndimage
+
+from sasan.errors import DataError
+from sasan.losses import ssim_map
+from sasan.metrics import body_mask, masked_ssim, otsu_threshold, translation_scores
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def pair(seed, shape=(20, 18, 4)):
+    rng = np.random.default_rng(seed)
+    real = ndimage.gaussian_filter(rng.standard_normal(shape), 1.5)
+    fake = real + 0.05 * rng.standard_normal(shape) + 0.01
+    return fake, real
+
+
+def test_scores_against_numpy_formulas_on_a_given_mask():
+    fake, real = pair(0)
+    mask = np.zeros(real.shape, bool)
+    mask[3:15, 2:16, :] = True
+    s = translation_scores(fake, real, mask=mask, data_range=2.0)
+    f, r = fake[mask], real[mask]
+    e = f - r
+    assert s["mae"] == pytest.approx(np.abs(e).sum() / mask.sum(), rel=1e-12)
+    assert s["rmse"] == pytest.approx(np.sqrt((e**2).sum() / mask.sum()), rel=1e-12)
+    assert s["psnr"] == pytest.approx(10 * np.log10(4.0 / (e**2).mean()), rel=1e-12)
+    fc, rc = f - f.mean(), r - r.mean()
+    assert s["pearson"] == pytest.approx((fc * rc).sum() / np.sqrt((fc**2).sum() * (rc**2).sum()), rel=1e-12)
+    # SSIM: per slice, the map averaged over window centres inside the mask (rows 3..14 and
+    # columns 3..15 once the 3-pixel border of the valid map is removed)
+    per_slice = []
+    for k in range(real.shape[-1]):
+        m = ssim_map(
+            torch.from_numpy(fake[None, None, ..., k]), torch.from_numpy(real[None, None, ..., k]), data_range=2.0
+        )[0, 0].numpy()
+        per_slice.append(m[0:12, 0:13].mean())  # valid-map index i <-> image row i + 3
+    assert s["ssim"] == pytest.approx(np.mean(per_slice), rel=1e-12)
+    assert all(type(v) is float for v in s.values())
+
+
+def test_default_data_range_is_the_masked_real_range():
+    fake, real = pair(1)
+    mask = np.ones(real.shape, bool)
+    r = real.max() - real.min()
+    explicit = translation_scores(fake, real, mask, data_range=r)
+    assert translation_scores(fake, real, mask)["psnr"] == pytest.approx(explicit["psnr"])
+
+
+def test_psnr_and_ssim_agree_with_monai_on_full_mask():
+    fake, real = pair(2, shape=(24, 22, 3))
+    mask = np.ones(real.shape, bool)
+    s = translation_scores(fake, real, mask=mask, data_range=3.0)
+    psnr = PSNRMetric(max_val=3.0)(torch.from_numpy(fake)[None, None], torch.from_numpy(real)[None, None])
+    assert s["psnr"] == pytest.approx(psnr.item(), rel=1e-6)
+    ref = SSIMMetric(spatial_dims=2, data_range=3.0, win_size=7, kernel_sigma=1.5)(slices(fake), slices(real))
+    assert s["ssim"] == pytest.approx(ref.mean().item(), abs=1e-6)
+
+
+def slices(volume):
+    """(H, W, D) -> (D, 1, H, W) tensor: the slices along the last axis as a batch."""
+    return torch.from_numpy(np.moveaxis(volume, -1, 0).copy())[:, None]
+
+
+def test_identical_images():
+    _, real = pair(3)
+    s = translation_scores(real, real, mask=np.ones(real.shape, bool))
+    assert s["mae"] == 0.0 and s["rmse"] == 0.0 and s["psnr"] == float("inf")
+    assert s["ssim"] == pytest.approx(1.0, abs=1e-12) and s["pearson"] == pytest.approx(1.0)
+
+
+def test_2d_images_and_errors():
+    fake, real = pair(4, shape=(16, 16))
+    s = translation_scores(fake, real, mask=np.ones(real.shape, bool), data_range=1.0)
+    assert 0 < s["ssim"] < 1
+    with pytest.raises(DataError):
+        translation_scores(fake, real[:, :15])
+    with pytest.raises(DataError):
+        translation_scores(fake, real, mask=np.zeros(real.shape, bool))
+
+
+def test_masked_ssim_skips_slices_without_masked_centres():
+    fake, real = pair(5)
+    mask = np.zeros(real.shape, bool)
+    mask[..., 1] = True  # only slice 1 counts
+    only_one = masked_ssim(fake[..., 1:2], real[..., 1:2], np.ones((20, 18, 1), bool), 1.0)
+    assert masked_ssim(fake, real, mask, 1.0) == pytest.approx(only_one, rel=1e-12)
+
+
+def test_otsu_matches_brute_force_between_class_variance():
+    rng = np.random.default_rng(6)
+    values = np.concatenate([rng.normal(0.0, 1.0, 3000), rng.normal(6.0, 1.5, 1000)])
+    thr = otsu_threshold(values)
+    candidates = np.linspace(values.min(), values.max(), 257)[1:-1]  # the histogram bin edges
+
+    def between(t):
+        lo, hi = values[values <= t], values[values > t]
+        return lo.size * hi.size * (lo.mean() - hi.mean()) ** 2
+
+    best = candidates[np.argmax([between(t) for t in candidates])]
+    # bin-centre means vs exact means may move the optimum by at most one bin
+    assert abs(thr - best) <= 1.01 * (values.max() - values.min()) / 256
+    assert 1.5 < thr < 4.5
+    assert otsu_threshold(np.full(5, 2.0)) == 2.0
+
+
+def test_body_mask_keeps_largest_component_and_fills_holes():
+    img = np.zeros((30, 30, 12))
+    zz, yy, xx = np.mgrid[:30, :30, :12]
+    body = ((zz - 15) / 10.0) ** 2 + ((yy - 15) / 10.0) ** 2 + ((xx - 6) / 5.0) ** 2 <= 1
+    cavity = ((zz - 15) / 3.0) ** 2 + ((yy - 15) / 3.0) ** 2 + ((xx - 6) / 2.0) ** 2 <= 1
+    img[body] = 1.0
+    img[cavity] = 0.0  # an enclosed dark cavity (e.g. lungs) must be part of the body
+    img[1:3, 1:3, 1:3] = 1.0  # a separate bright speck (e.g. a marker) must not
+    img += 0.05 * np.random.default_rng(7).standard_normal(img.shape)
+    mask = body_mask(img)
+    assert np.array_equal(mask, body)
+    assert np.array_equal(body_mask(img, threshold=0.5), body)
+    assert not body_mask(img, threshold=10.0).any()
