@@ -54,3 +54,7 @@ class PreprocessConfig(StrictModel):
         default_factory=lambda: {"mr": (-1.8, 4.4), "ct": (-2.8, 3.2), "t1": (-1.8, 4.4), "t2": (-1.8, 4.4)}
     )
     skip_empty_slices: bool = Field(True, description="drop slices with no body (by intensity, never by label)")
+    body_fraction: float = Field(0.01, ge=0.0, lt=1.0,
+                                 description="a slice/plane is body if this fraction of it is above the body threshold")
+    crop_margin: int = Field(4, ge=0, description="voxels kept around the body box")
+    dtype: Literal["float16", "float32"] = Field("float16", description="image shard dtype")

@@ -1,0 +1,135 @@
+"""Invertible array geometry used by preprocessing: RAS reorientation, resampling, body box,
+and the per-slice fit into a square ``size x size`` canvas.
+
+Every forward step has an inverse here so predictions go back onto the original grid.
+Resizing uses torch (one vectorised call for all slices; bilinear with antialiasing for
+intensities, nearest for labels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+RAS = axcodes2ornt("RAS")
+
+
+# ----------------------------------------------------------------------------- orientation
+def ras_transform(affine: np.ndarray) -> np.ndarray:
+    """nibabel orientation transform (3, 2) taking the array axes of ``affine`` to RAS."""
+    return ornt_transform(io_orientation(affine), RAS)
+
+
+def to_ras(array: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """Flip/transpose into RAS order (a view where numpy allows)."""
+    return apply_orientation(array, transform)
+
+
+def from_ras(array: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_ras` for the same ``transform``."""
+    inverse = np.empty_like(transform)
+    for src, (dst, flip) in enumerate(transform):
+        inverse[int(dst)] = (src, flip)
+    return apply_orientation(array, inverse)
+
+
+def ras_spacing(spacing: tuple[float, float, float], transform: np.ndarray) -> tuple[float, float, float]:
+    out = [0.0, 0.0, 0.0]
+    for src, (dst, _) in enumerate(transform):
+        out[int(dst)] = float(spacing[src])
+    return out[0], out[1], out[2]
+
+
+# ----------------------------------------------------------------------------- resampling
+def resampled_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]) -> tuple[int, ...]:
+    """Grid size covering the same extent (mm) at ``target`` spacing."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+
+
+def resample(array: np.ndarray, shape: tuple[int, int, int], nearest: bool = False) -> np.ndarray:
+    """Trilinear (or nearest for labels) resampling of a 3-D array to ``shape``; float32/uint8 out."""
+    if tuple(array.shape) == tuple(shape):
+        return array
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    mode = "nearest-exact" if nearest else "trilinear"
+    out = F.interpolate(t, size=tuple(shape), mode=mode, **({} if nearest else {"align_corners": False}))
+    out_np = out[0, 0].numpy()
+    return out_np.astype(np.uint8) if nearest else out_np
+
+
+# ----------------------------------------------------------------------------- body box
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a 1-D sample (maximises between-class variance)."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return lo
+    hist, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def body_counts(array: np.ndarray, threshold: float) -> list[np.ndarray]:
+    """Per axis, the number of voxels above ``threshold`` in each plane orthogonal to it."""
+    mask = array > threshold
+    return [np.count_nonzero(mask, axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)]
+
+
+def body_box(counts: list[np.ndarray], shape: tuple[int, int, int], fraction: float,
+             margin: int) -> tuple[tuple[int, int], ...]:
+    """Bounding box (lo, hi) per axis of planes holding at least ``fraction`` body voxels."""
+    box = []
+    for axis, c in enumerate(counts):
+        area = int(np.prod(shape)) // shape[axis]
+        planes = np.flatnonzero(c >= max(1.0, fraction * area))
+        if planes.size == 0:  # no body at all: keep everything rather than guess
+            box.append((0, shape[axis]))
+            continue
+        box.append((max(0, int(planes[0]) - margin), min(shape[axis], int(planes[-1]) + 1 + margin)))
+    return tuple(box)
+
+
+# ----------------------------------------------------------------------------- square canvas
+def fit_size(plane: tuple[int, int], size: int) -> tuple[int, int]:
+    """In-plane content size after scaling the longer side to ``size`` (aspect kept)."""
+    scale = size / max(plane)
+    return max(1, int(round(plane[0] * scale))), max(1, int(round(plane[1] * scale)))
+
+
+def resize_slices(stack: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize each slice of a (Z, a, b) stack to (Z, *size): bilinear+antialias, or nearest."""
+    if tuple(stack.shape[1:]) == tuple(size):
+        return np.ascontiguousarray(stack, dtype=np.uint8 if nearest else np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
+    if nearest:
+        out = F.interpolate(t, size=size, mode="nearest-exact")
+        return out[:, 0].numpy().astype(np.uint8)
+    down = size[0] < stack.shape[1] or size[1] < stack.shape[2]
+    out = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=down)
+    return out[:, 0].numpy()
+
+
+def pad_offsets(content: tuple[int, int], size: int) -> tuple[int, int]:
+    """Top-left corner of centred content in a ``size x size`` canvas."""
+    return (size - content[0]) // 2, (size - content[1]) // 2
+
+
+def to_canvas(stack: np.ndarray, size: int, fill: float) -> np.ndarray:
+    """Centre a (Z, h, w) stack on a (Z, size, size) canvas filled with ``fill``."""
+    z, h, w = stack.shape
+    top, left = pad_offsets((h, w), size)
+    canvas = np.full((z, size, size), fill, dtype=stack.dtype)
+    canvas[:, top:top + h, left:left + w] = stack
+    return canvas
+
+
+def from_canvas(canvas: np.ndarray, content: tuple[int, int]) -> np.ndarray:
+    top, left = pad_offsets(content, canvas.shape[-1])
+    return canvas[:, top:top + content[0], left:left + content[1]]

@@ -1,0 +1,267 @@
+"""Preprocessing: normalisation by hand, shard contract, determinism, atomicity, no label
+leakage, and prepare/restore round trips back to the original grid."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from sasan.data import shards as shards_mod
+from sasan.data.config import PreprocessConfig
+from sasan.data.preprocess import bounds_for, normalise, prepare_volume, run_preprocess, stack_slices
+from sasan.data.shards import open_shard
+from sasan.errors import ConfigError, DataError
+
+torch.set_num_threads(1)
+SMALL = dict(image_size=32)
+
+
+def test_normalise_by_hand():
+    planes = np.array([[[0.0, 1.0], [2.0, 3.0]], [[4.0, 5.0], [6.0, 100.0]]], np.float32)
+    out, stats = normalise(planes, (0.0, 600 / 7), (-2.0, 2.0))
+    # linear percentile of 8 sorted values at 600/7 % is index 7 * 6/7 = 6 -> value 6;
+    # clipped values 0..6,6 -> mean 3.375
+    assert stats["p_low"] == 0.0 and stats["p_high"] == pytest.approx(6.0)
+    clipped = np.array([0, 1, 2, 3, 4, 5, 6, 6], np.float64)
+    z = (clipped - clipped.mean()) / clipped.std()
+    expected = np.clip(2 * (z + 2.0) / 4.0 - 1, -1, 1)
+    assert np.allclose(out.ravel(), expected, atol=1e-6)
+    assert stats["mean"] == pytest.approx(3.375)
+
+
+def test_normalise_clips_to_unit_range_and_rejects_constant():
+    out, _ = normalise(np.linspace(0, 1, 1000, dtype=np.float32).reshape(10, 10, 10), (0, 100), (-0.5, 0.5))
+    assert out.min() == -1.0 and out.max() == 1.0
+    with pytest.raises(DataError, match="constant intensity"):
+        normalise(np.ones((2, 3, 3), np.float32), (2, 98), (-1, 1))
+
+
+def test_stack_slices_replicates_edges():
+    slices = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)
+    stacks = stack_slices(slices, np.array([0, 2, 3]), 3)
+    assert stacks.shape == (3, 3, 2, 2)
+    assert stacks[:, :, 0, 0].tolist() == [[0, 0, 1], [1, 2, 3], [2, 3, 3]]
+    assert stack_slices(slices, np.array([1]), 1)[:, :, 0, 0].tolist() == [[1]]
+
+
+def test_bounds_lookup():
+    cfg = PreprocessConfig()
+    assert bounds_for(cfg, "CT") == (-2.8, 3.2)
+    assert bounds_for(cfg, "MRI", "mr") == (-1.8, 4.4)
+    with pytest.raises(ConfigError, match="no entry for modality 'PET'"):
+        bounds_for(cfg, "PET", "pet")
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_shard_contract(raw_tree, tmp_path):
+    cfg = PreprocessConfig(**SMALL)
+    stats = run_preprocess(raw_tree, tmp_path / "out", cfg)
+    assert sorted(_files(tmp_path / "out")) == sorted(
+        f"{d}/{s}/{n}" for d in ("ct", "mr") for s in ("train", "test") for n in ("images.npy", "labels.npy",
+                                                                                  "index.json")) + ["stats.json"]
+    shard = open_shard(tmp_path / "out" / "mr" / "train")
+    n = shard.images.shape[0]
+    assert isinstance(shard.images, np.memmap) and shard.images.dtype == np.float16
+    assert shard.images.shape == (n, 3, 32, 32) and shard.labels.shape == (n, 32, 32)
+    assert shard.labels.dtype == np.uint8 and set(np.unique(shard.labels)) <= {0, 1, 2, 3}
+    assert -1.0 <= float(shard.images.min()) and float(shard.images.max()) <= 1.0
+    idx = shard.index
+    assert idx["cases"] == ["mr_train_000", "mr_train_001"] and idx["shape"] == [n, 3, 32, 32]
+    assert idx["dtype"] == "float16" and len(idx["case_of_slice"]) == len(idx["slice_of_case"]) == n
+    assert stats["counts"]["mr"]["train"] == n
+    saved = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert saved["config"]["image_size"] == 32 and saved["domains"]["ct"]["bounds"] == [-2.8, 3.2]
+    assert saved["domains"]["mr"]["volumes"]["mr_train_000"]["std"] > 0
+
+    # each shard row is the stack around slice_of_case of prepare_volume's slices, centre label included
+    case = 1
+    rows = [i for i, c in enumerate(idx["case_of_slice"]) if c == case]
+    prepared = prepare_volume(raw_tree / "mr/imagesTr/mr_train_001_0000.nii.gz", cfg, "MR")
+    label = np.asarray(nib.load(raw_tree / "mr/labelsTr/mr_train_001.nii.gz").dataobj)
+    slices = np.array(idx["slice_of_case"])[rows]
+    assert np.array_equal(shard.images[rows], prepared.stacks[slices].astype(np.float16))
+    assert np.array_equal(shard.labels[rows], prepared.forward_label(label)[slices])
+
+
+def test_deterministic_byte_identical(raw_tree, tmp_path):
+    cfg = PreprocessConfig(**SMALL)
+    run_preprocess(raw_tree, tmp_path / "a", cfg)
+    run_preprocess(raw_tree, tmp_path / "b", cfg)
+    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+
+
+def test_target_labels_never_select_slices(raw_tree, tmp_path):
+    cfg = PreprocessConfig(**SMALL)
+    run_preprocess(raw_tree, tmp_path / "a", cfg)
+    for path in (raw_tree / "ct" / "labelsTr").glob("*.nii.gz"):
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), path)
+    run_preprocess(raw_tree, tmp_path / "b", cfg)
+    for name in ("images.npy", "index.json"):
+        assert (tmp_path / "a/ct/train" / name).read_bytes() == (tmp_path / "b/ct/train" / name).read_bytes()
+
+
+def test_failure_leaves_no_partial_shard_and_rerun_completes(raw_tree, tmp_path, monkeypatch):
+    cfg = PreprocessConfig(**SMALL)
+    out = tmp_path / "out"
+    real = shards_mod.prepare_case
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shards_mod, "prepare_case", failing)
+    with pytest.raises(RuntimeError):
+        run_preprocess(raw_tree, out, cfg)
+    assert not (out / "ct" / "train").exists() and not (out / "stats.json").exists()
+    assert [p.name for p in (out / "ct").iterdir()] == []
+    monkeypatch.setattr(shards_mod, "prepare_case", real)
+    run_preprocess(raw_tree, out, cfg)
+    run_preprocess(raw_tree, tmp_path / "clean", cfg)
+    assert _files(out) == _files(tmp_path / "clean")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun(raw_tree, tmp_path):
+    """A real kill (no cleanup code runs): no partial shard, and the rerun completes."""
+    out = tmp_path / "out"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from sasan.data import shards
+        from sasan.data.config import PreprocessConfig
+        real = shards.prepare_case
+        calls = []
+        def killer(*a, **k):
+            calls.append(1)
+            if len(calls) == 4:  # ct/train and ct/test done, mr/train half-way
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*a, **k)
+        shards.prepare_case = killer
+        shards.write_dataset_shards(__import__("pathlib").Path({str(raw_tree)!r}),
+                                    __import__("pathlib").Path({str(out)!r}), PreprocessConfig(image_size=32))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -9
+    assert (out / "ct" / "test" / "images.npy").exists()
+    assert not (out / "mr" / "train").exists()  # never half a shard
+    assert list((out / "mr").glob(".train.*"))  # the killed run's temporary folder is there ...
+    run_preprocess(raw_tree, out, PreprocessConfig(**SMALL))
+    assert not list((out / "mr").glob(".train.*"))  # ... and removed by the rerun
+    run_preprocess(raw_tree, tmp_path / "clean", PreprocessConfig(**SMALL))
+    assert _files(out) == _files(tmp_path / "clean")
+
+
+def test_label_image_mismatch_is_rejected(raw_tree, tmp_path, nifti_writer):
+    path = raw_tree / "mr/labelsTr/mr_train_001.nii.gz"
+    nifti_writer(path, np.zeros((24, 20, 15), np.uint8), nib.load(path).affine)
+    with pytest.raises(DataError, match=r"label shape \(24, 20, 15\) differs") as info:
+        run_preprocess(raw_tree, tmp_path / "out", PreprocessConfig(**SMALL))
+    assert str(info.value).startswith(str(path))
+    assert not (tmp_path / "out" / "mr" / "train").exists()
+
+
+def test_domains_subset_and_unknown(raw_tree, tmp_path):
+    cfg = PreprocessConfig(**SMALL)
+    stats = run_preprocess(raw_tree, tmp_path / "out", cfg, domains=["ct"])
+    assert list(stats["counts"]) == ["ct"] and not (tmp_path / "out" / "mr").exists()
+    stats = run_preprocess(raw_tree, tmp_path / "out", cfg, domains=["mr"])
+    assert list(stats["counts"]) == ["ct", "mr"]  # the earlier ct entry is kept
+    with pytest.raises(DataError, match="unknown domain"):
+        run_preprocess(raw_tree, tmp_path / "out", cfg, domains=["pet"])
+
+
+def test_cli_preprocess(raw_tree, tmp_path, capsys, monkeypatch):
+    import sasan.cli
+
+    if "sasan.cli.prep_cmds" not in sasan.cli.COMMAND_MODULES:
+        monkeypatch.setattr(sasan.cli, "COMMAND_MODULES", (*sasan.cli.COMMAND_MODULES, "sasan.cli.prep_cmds"))
+    params = tmp_path / "params.yaml"
+    params.write_text("preprocess:\n  image_size: 32\n  slices: 1\n")
+    assert sasan.cli.main(["preprocess", str(raw_tree), str(tmp_path / "out"), "--params", str(params)]) == 0
+    assert json.loads(capsys.readouterr().out)["ct"]["train"] > 0
+    assert open_shard(tmp_path / "out" / "ct" / "test").images.shape[1:] == (1, 32, 32)
+    (raw_tree / "ct/imagesTs/ct_test_000_0000.nii.gz").write_bytes(b"garbage")
+    assert sasan.cli.main(["preprocess", str(raw_tree), str(tmp_path / "out2"), "--params", str(params)]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"sasan preprocess: error: {raw_tree / 'ct/imagesTs/ct_test_000_0000.nii.gz'}: ")
+
+
+# ----------------------------------------------------------------------------- round trips
+def _labelled_volume(tmp_path, nifti_writer, shape=(32, 24, 20), codes="LPS", spacing=(1.0, 1.5, 2.0)):
+    """A label volume with an off-centre blob, stored in a non-RAS orientation."""
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")).astype(float)
+    centre = np.array(shape) * [0.4, 0.55, 0.5]
+    r = np.sqrt((((grid - centre[:, None, None, None]) / (np.array(shape)[:, None, None, None] / 4)) ** 2).sum(0))
+    label = np.zeros(shape, np.uint8)
+    label[r < 1.0] = 1
+    label[r < 0.6] = 3
+    label[(r < 0.8) & (grid[0] > centre[0])] = 2
+    affine = np.eye(4)
+    affine[:3, :3] = 0.0
+    for axis, code in enumerate(codes):  # array axis -> world axis (x: L-R, y: P-A, z: I-S) and sign
+        world, sign = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}[code]
+        affine[world, axis] = sign * spacing[axis]
+    affine[:3, 3] = [5.0, -7.0, 11.0]
+    path = nifti_writer(tmp_path / "label.nii.gz", label, affine)
+    assert "".join(nib.aff2axcodes(affine)) == codes
+    return path, label, affine
+
+
+def _dice(a, b):
+    fg_a, fg_b = a > 0, b > 0
+    return 2 * np.logical_and(fg_a, fg_b).sum() / (fg_a.sum() + fg_b.sum())
+
+
+def test_restore_inverts_exactly_without_resampling(tmp_path, nifti_writer):
+    path, label, affine = _labelled_volume(tmp_path, nifti_writer)
+    cfg = PreprocessConfig(image_size=32, crop="none", clip_percentiles=(0.0, 100.0), bounds={"mr": (-20.0, 20.0)})
+    prepared = prepare_volume(path, cfg, "MR")  # the label volume itself as the image
+    # content is 32 x 20 of a 32 x 32 canvas: identity resize, so intensities map back to labels
+    values = np.unique(prepared.slices[:, :, 6:26])
+    assert len(values) == 4
+    as_labels = np.searchsorted(values, prepared.slices).clip(0, 3)
+    as_labels = np.array([0, 1, 2, 3], np.uint8)[as_labels]
+    restored = prepared.restore(as_labels)
+    assert np.array_equal(np.asarray(restored.dataobj), label)
+    assert np.allclose(restored.affine, affine) and restored.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asarray(prepared.restore(prepared.forward_label(label)).dataobj), label)
+    image = np.asarray(prepared.restore_intensity(prepared.slices).dataobj)
+    expected, _ = normalise(label.astype(np.float32), (0.0, 100.0), (-20.0, 20.0))
+    assert np.allclose(image, expected, atol=1e-6)
+
+
+def test_restore_after_resample_crop_and_resize(tmp_path, nifti_writer):
+    path, label, affine = _labelled_volume(tmp_path, nifti_writer, shape=(48, 40, 30), codes="ASL")
+    cfg = PreprocessConfig(image_size=32, target_spacing=(1.2, 1.2, 1.2), crop="body", crop_margin=2)
+    prepared = prepare_volume(path, cfg, "MR")
+    assert prepared.stacks.shape == (len(prepared.slices), 3, 32, 32) and prepared.stacks.dtype == np.float32
+    assert prepared.geometry.box != ((0, 40), (0, 48), (0, 30))  # the body box really cropped
+    restored = prepared.restore(prepared.forward_label(label))
+    assert restored.shape == label.shape and np.allclose(restored.affine, affine)
+    back = np.asarray(restored.dataobj)
+    assert _dice(back, label) > 0.95
+    for c in (1, 2, 3):
+        assert _dice(back == c, label == c) > 0.8
+    image = prepared.restore_intensity(prepared.slices)
+    assert image.shape == label.shape and image.get_data_dtype() == np.float32
+    assert np.corrcoef(np.asarray(image.dataobj).ravel(), label.ravel())[0, 1] > 0.8
+
+
+def test_restore_rejects_wrong_shape(tmp_path, nifti_writer):
+    path, _, _ = _labelled_volume(tmp_path, nifti_writer)
+    prepared = prepare_volume(path, PreprocessConfig(image_size=32), "MR")
+    with pytest.raises(DataError, match="restore expects slices of shape"):
+        prepared.restore(np.zeros((3, 32, 32), np.uint8))
