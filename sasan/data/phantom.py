@@ -35,7 +35,7 @@ from tqdm import tqdm
 from sasan.atomic import atomic_dir
 from sasan.data import layout
 from sasan.data.phantom_shapes import CARDIAC_LABELS, TISSUES, Grid, rasterise, sample_subject, smooth_field
-from sasan.errors import ConfigError
+from sasan.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,11 @@ def generate_phantom(out_dir: str | Path, cases: int = 10, seed: int = 0,
     bad = [d for d in domains if d not in PROTOCOLS]
     if bad or len(set(domains)) != len(domains) or not domains:
         raise ConfigError(f"phantom domains must be distinct values of {sorted(PROTOCOLS)}, got {list(domains)}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not layout.domains(out_dir))):
+        raise DataError("output exists and is not a canonical data set; refusing to replace it", out_dir)
     start = time.perf_counter()
     summary = {"dataset": "phantom", "seed": seed, "cases": cases, "size": size, "domains": {}}
-    out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         for domain in domains:
             modality = PROTOCOLS[domain].modality

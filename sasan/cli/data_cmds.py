@@ -1,0 +1,72 @@
+"""CLI: ``sasan data phantom`` and ``sasan ingest`` (thin adapters over sasan.data)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+INGEST_HELP = """\
+SOURCE is one of:
+  PATH                    a local folder, or a .zip / .tar / .tar.gz archive of one
+  s3://BUCKET/PREFIX      all objects under PREFIX (or one archive object); endpoint, region
+                          and credentials come from the standard AWS environment
+                          (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+                          AWS_DEFAULT_REGION, AWS_PROFILE), never from the command line
+  dvc://REPO@REV/PATH     PATH tracked by DVC in git repository REPO (URL or local path) at
+                          revision REV (tag, commit or branch without '/'), e.g.
+                          dvc:///srv/data-repo@v1.2/raw or dvc://https://host/org/repo.git@main/raw
+
+--layout: nnunet  <domain>/dataset.json + imagesTr/labelsTr/imagesTs/labelsTs (or one nnU-Net
+                  v1/v2 folder; each channel becomes a domain)
+          mmwhs   MM-WHS 2017 {mr,ct}_{train,test}_<n>_image.nii.gz / _label.nii.gz
+          brats   <case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz case folders
+          paired  <case>/{ct,mr}.nii.gz per subject (optional <case>/<mod>_label.nii.gz)
+
+OUT receives the canonical layout and manifest.json; it is replaced only when ingest
+succeeds, and only if it is empty or a previous ingest output.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="embedded data sets (phantom)")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    ph = data_sub.add_parser("phantom", help="generate the synthetic cardiac MR/CT phantom data set")
+    ph.add_argument("out", type=Path, help="output folder (canonical layout, domains mr and ct)")
+    ph.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ph.add_argument("--cases", type=int, default=10, help="volumes per domain (default 10)")
+    ph.add_argument("--size", type=int, default=128,
+                    help="in-plane voxels of the MR grid (CT scales with it; default 128)")
+    ph.add_argument("--domains", nargs="+", default=["mr", "ct"], choices=["mr", "ct"])
+    ph.set_defaults(func=_phantom)
+
+    ing = sub.add_parser("ingest", help="convert a data set into the canonical layout + manifest.json",
+                         description="Convert SOURCE into the canonical layout in OUT and fix the "
+                                     "subject-level train/test split.",
+                         epilog=INGEST_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ing.add_argument("source", help="local folder/archive, s3://BUCKET/PREFIX or dvc://REPO@REV/PATH")
+    ing.add_argument("out", type=Path, help="output folder")
+    ing.add_argument("--layout", default="nnunet", choices=["nnunet", "mmwhs", "brats", "paired"])
+    ing.add_argument("--test-fraction", type=float, default=0.2, help="fraction of subjects held out (default 0.2)")
+    ing.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    ing.set_defaults(func=_ingest)
+
+
+def _phantom(args: argparse.Namespace) -> int:
+    from sasan.data.phantom import generate_phantom
+
+    summary = generate_phantom(args.out, cases=args.cases, seed=args.seed, domains=tuple(args.domains),
+                               size=args.size)
+    summary = {k: v for k, v in summary.items() if k != "domains"} | {
+        "domains": {d: {"modality": v["modality"], "cases": v["cases"]} for d, v in summary["domains"].items()}}
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from sasan.data.ingest import run_ingest
+
+    summary = run_ingest(args.source, args.out, layout=args.layout, test_fraction=args.test_fraction,
+                         seed=args.seed)
+    print(json.dumps(summary, sort_keys=True))
+    return 0
