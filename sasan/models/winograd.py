@@ -1,0 +1,249 @@
+"""3x3 convolution by Winograd minimal filtering, F(m x m, 3 x 3) (Lavin & Gray 2016).
+
+A 3x3, stride-1, padding-1 convolution is computed on overlapping input tiles of
+a x a pixels (a = m + 2, consecutive tiles m apart), each giving an m x m output tile:
+
+    Y_tile = A^T [ (G g G^T) (.) (B^T d B) ] A        (.) elementwise, per (c_in -> c_out)
+
+Summed over input channels, the elementwise product becomes, for every one of the a*a
+transformed positions p, one matrix product  M_p (C_out x tiles) = U_p (C_out x C_in) @
+V_p (C_in x tiles)  with  U = G w G^T  and  V = B^T d B.  For m = 4 this does 36 multiplies
+per output tile and channel pair instead of 16 * 9 = 144 (4x fewer flops); m = 2 does 16
+(2.25x fewer).  Matrices (Toom-Cook, interpolation points 0, 1, -1, 2, -2, infinity):
+
+    F(4x4, 3x3):                                      F(2x2, 3x3) (points 0, 1, -1, inf):
+    B^T = [ 4  0 -5  0  1  0 ]   G = [ 1/4    0     0  ]      B^T = [ 1  0 -1  0 ]
+          [ 0 -4 -4  1  1  0 ]       [-1/6 -1/6 -1/6 ]            [ 0  1  1  0 ]
+          [ 0  4 -4 -1  1  0 ]       [-1/6  1/6 -1/6 ]            [ 0 -1  1  0 ]
+          [ 0 -2 -1  2  1  0 ]       [1/24 1/12  1/6 ]            [ 0  1  0 -1 ]
+          [ 0  2 -1 -2  1  0 ]       [1/24 -1/12 1/6 ]        G   = [ 1    0    0  ]
+          [ 0  4  0 -5  0  1 ]       [  0    0    1  ]            [ 1/2  1/2  1/2 ]
+    A^T = [ 1  1  1  1  1  0 ]                                    [ 1/2 -1/2  1/2 ]
+          [ 0  1 -1  2 -2  0 ]                                    [ 0    0    1  ]
+          [ 0  1  1  4  4  0 ]                                A^T = [ 1  1  1  0 ]
+          [ 0  1 -1  8 -8  1 ]                                      [ 0  1 -1 -1 ]
+
+Implementation (all PyTorch ops; forward and backward written by hand in an
+autograd.Function so no intermediate of the transforms is kept besides V):
+
+* input transform, separable: rows first (gather the a rows of every tile row, one small
+  GEMM with B^T), then columns.  The column step needs no gather: with the padded width a
+  multiple of m, the a-wide windows are "m columns of this tile + the first a-m columns
+  of the next tile", i.e. two GEMMs on plain strided views (this adds one dummy tile per
+  tile row, computed and discarded).
+* per position p (a*a of them) and image: one GEMM  U_p @ V_p  written straight into
+  M (N, C_out, a*a, tiles) -- the layout the output transform wants.
+* output transform: one GEMM per (image, channel) with A^T (x) A^T (Kronecker, m*m x a*a),
+  then a permuting copy (fused with the bias add) into (N, C_out, H, W).
+Backward is the transpose of each step: grad_V = U_p^T grad_M_p, grad_U = grad_M_p V_p^T,
+grad_x = transposed input transform (overlap-add), grad_w = G^T grad_U G.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_F43 = (
+    [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+     [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+    [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+     [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+    [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+)
+_F23 = (
+    [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+    [[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
+    [[1, 1, 1, 0], [0, 1, -1, -1]],
+)
+_MATRICES = {4: _F43, 2: _F23}
+_cache: dict[tuple, tuple[Tensor, ...]] = {}
+
+
+def winograd_matrices(m: int, dtype: torch.dtype = torch.float32,
+                      device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor]:
+    """(B^T (a x a), G (a x 3), A^T (m x a)) for F(m x m, 3 x 3), m in {2, 4}."""
+    bt, g, at = _MATRICES[m]
+    return (torch.tensor(bt, dtype=torch.float64).to(device, dtype),
+            torch.tensor(g, dtype=torch.float64).to(device, dtype),
+            torch.tensor(at, dtype=torch.float64).to(device, dtype))
+
+
+def _consts(m: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
+    key = (m, dtype, device)
+    if key not in _cache:
+        bt, g, at = (t.double() for t in winograd_matrices(m))
+        gk = torch.kron(g, g)        # (a*a, 9):  vec(G w G^T) = gk @ vec(w)
+        ak = torch.kron(at, at)      # (m*m, a*a)
+        _cache[key] = tuple(t.to(device, dtype).contiguous() for t in (bt, gk, ak))
+    return _cache[key]
+
+
+def _filter_transform(w: Tensor, gk: Tensor) -> Tensor:
+    """w (K, C, 3, 3) -> U (a*a, K, C), position p = column * a + row (as V)."""
+    k, c = w.shape[:2]
+    return (gk @ w.transpose(2, 3).reshape(k * c, 9).t()).view(-1, k, c)
+
+
+def _input_transform(x: Tensor, bt: Tensor, m: int, th: int, tw: int) -> Tensor:
+    """x (N, C, H, W) -> V (a*a, N, C, th*(tw+1)) contiguous, position index p = b*a + a_row."""
+    n, c, h, w = x.shape
+    a = bt.shape[0]
+    wq = m * (tw + 1)                      # padded width: a multiple of m
+    # rows: g[i, n, c, ti, 1 + col] = x[n, c, m*ti + i - 1, col]  (zero outside)
+    g = x.new_zeros(a, n, c, th, wq)
+    for i in range(a):
+        lo = 1 if i == 0 else 0                          # first tile row with a valid source row
+        hi = min(th, (h - i) // m + 1)                   # rows m*ti + i - 1 <= h - 1
+        if hi > lo:
+            src = x[:, :, m * lo + i - 1: m * (hi - 1) + i: m]
+            g[i, :, :, lo:hi, 1:w + 1] = src
+    rows = a * n * c * th * (tw + 1)
+    z = x.new_empty(rows * m + m)                       # one spare row for the shifted view
+    z[rows * m:].zero_()
+    torch.mm(bt, g.view(a, -1), out=z[:rows * m].view(a, -1))
+    # columns: window of tile j = cols m*j .. m*j+m-1 (row j of zm) + first a-m cols of row j+1
+    zm = z.view(rows + 1, m)
+    v = torch.mm(bt[:, :m], zm[:rows].t())
+    v.addmm_(bt[:, m:], zm[1:, : a - m].t())
+    return v.view(a * a, n, c, th * (tw + 1))
+
+
+def _input_transform_t(dv: Tensor, bt: Tensor, m: int, th: int, tw: int,
+                       shape: torch.Size) -> Tensor:
+    """Transpose of _input_transform: dV (a*a, N, C, T') -> dx (N, C, H, W)."""
+    n, c, h, w = shape
+    a = bt.shape[0]
+    rows = a * n * c * th * (tw + 1)
+    dvm = dv.reshape(a, rows)
+    dz = dv.new_empty(rows + 1, m)
+    torch.mm(dvm.t(), bt[:, :m], out=dz[:rows])
+    dz[rows:].zero_()
+    dz[1:, : a - m].addmm_(dvm.t(), bt[:, m:])
+    dg = (bt.t() @ dz[:rows].view(a, -1)).view(a, n, c, th, m * (tw + 1))
+    dx = dv.new_zeros(n, c, h, w)
+    for i in range(a):
+        lo = 1 if i == 0 else 0
+        hi = min(th, (h - i) // m + 1)
+        if hi > lo:
+            dx[:, :, m * lo + i - 1: m * (hi - 1) + i: m] += dg[i, :, :, lo:hi, 1:w + 1]
+    return dx
+
+
+def _gemm(u: Tensor, v: Tensor) -> Tensor:
+    """M[n, :, p, :] = U_p @ V[p, n]:  U (P, K, C), V (P, N, C, T) -> M (N, K, P, T)."""
+    p_, n, _, t = v.shape
+    out = v.new_empty(n, u.shape[1], p_, t)
+    for i in range(n):
+        for p in range(p_):
+            torch.mm(u[p], v[p, i], out=out[i, :, p])
+    return out
+
+
+class _WinogradFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, m: int) -> Tensor:
+        n, c, h, w = x.shape
+        k = weight.shape[0]
+        th, tw = -(-h // m), -(-w // m)
+        bt, gk, ak = _consts(m, x.dtype, x.device)
+        x = x.contiguous()
+        u = _filter_transform(weight, gk)
+        v = _input_transform(x, bt, m, th, tw)
+        mm = _gemm(u, v)                                           # (N, K, P, th*(tw+1))
+        y = torch.matmul(ak, mm)                                   # (N, K, m*m, th*(tw+1))
+        # y[n, k, col, row, ti, tj] (p = b * a + a_row)  ->  (n, k, ti, row, tj, col)
+        y = y.view(n, k, m, m, th, tw + 1)[..., :tw].permute(0, 1, 4, 3, 5, 2)
+        out = x.new_empty(n, k, th, m, tw, m)
+        if bias is not None:
+            torch.add(y, bias.view(1, k, 1, 1, 1, 1), out=out)
+        else:
+            out.copy_(y)
+        out = out.view(n, k, th * m, tw * m)
+        if th * m != h or tw * m != w:
+            out = out[:, :, :h, :w].contiguous()
+        ctx.save_for_backward(u, v)
+        ctx.m, ctx.shape, ctx.has_bias = m, x.shape, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        u, v = ctx.saved_tensors
+        m = ctx.m
+        n, c, h, w = ctx.shape
+        k = u.shape[1]
+        th, tw = -(-h // m), -(-w // m)
+        bt, gk, ak = _consts(m, dy.dtype, dy.device)
+        # transposed output transform: dM[n, k] = ak^T @ tiles of dY
+        d = dy.new_zeros(n, k, m, m, th, tw + 1)
+        dyp = dy if (th * m == h and tw * m == w) else F.pad(dy, (0, tw * m - w, 0, th * m - h))
+        d[..., :tw] = dyp.reshape(n, k, th, m, tw, m).permute(0, 1, 5, 3, 2, 4)
+        dm = torch.matmul(ak.t(), d.view(n, k, m * m, -1))        # (N, K, P, T')
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dv = v.new_empty(v.shape)
+            for i in range(n):
+                for p in range(u.shape[0]):
+                    torch.mm(u[p].t(), dm[i, :, p], out=dv[p, i])
+            dx = _input_transform_t(dv, bt, m, th, tw, ctx.shape)
+        if ctx.needs_input_grad[1]:
+            du = u.new_empty(u.shape)
+            for p in range(u.shape[0]):
+                torch.mm(dm[0, :, p], v[p, 0].t(), out=du[p])
+                for i in range(1, n):
+                    du[p].addmm_(dm[i, :, p], v[p, i].t())
+            dw = (gk.t() @ du.view(u.shape[0], -1)).t().reshape(k, c, 3, 3).transpose(2, 3).contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum((0, 2, 3))
+        return dx, dw, db, None
+
+
+def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None, m: int = 4) -> Tensor:
+    """Same as F.conv2d(x, weight, bias, padding=1) for a (K, C, 3, 3) weight, via F(m, 3)."""
+    return _WinogradFn.apply(x, weight, bias, m)
+
+
+class WinogradConv2d(nn.Conv2d):
+    """nn.Conv2d whose 3x3 / stride 1 / padding 1 case runs through Winograd F(m x m, 3 x 3).
+
+    Same parameters and state dict as nn.Conv2d; every other configuration, and inputs
+    that are too small or have too few channels to gain, use nn.Conv2d's own forward.
+    """
+
+    def __init__(self, *args, m: int = 4, min_channels: int = 32,
+                 min_size: int = 16, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.m, self.min_channels, self.min_size = m, min_channels, min_size
+        self.winograd_ok = _eligible(self, min_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (self.winograd_ok and x.dim() == 4 and x.dtype == torch.float32 and x.is_cpu
+                and x.shape[-1] >= self.min_size and x.shape[-2] >= self.min_size):
+            return winograd_conv3x3(x, self.weight, self.bias, self.m)
+        return super().forward(x)
+
+
+def _eligible(conv: nn.Conv2d, min_channels: int) -> bool:
+    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.dilation == (1, 1)
+            and conv.groups == 1 and conv.padding == (1, 1) and conv.padding_mode == "zeros"
+            and min(conv.in_channels, conv.out_channels) >= min_channels)
+
+
+def winograd_convs(module: nn.Module, min_channels: int = 32, m: int = 4) -> int:
+    """Replace, in place, every eligible nn.Conv2d below `module` by a WinogradConv2d that
+    shares its Parameter objects; return how many were replaced."""
+    count = 0
+    for name, child in list(module.named_children()):
+        if type(child) is nn.Conv2d and _eligible(child, min_channels):
+            new = WinogradConv2d.__new__(WinogradConv2d)
+            new.__dict__.update(child.__dict__)          # same Parameters, hooks, training flag
+            new._parameters = dict(child._parameters)
+            new._buffers, new._modules = dict(child._buffers), dict(child._modules)
+            new.m, new.min_channels, new.min_size = m, min_channels, 16
+            new.winograd_ok = True
+            setattr(module, name, new)
+            count += 1
+        else:
+            count += winograd_convs(child, min_channels, m)
+    return count
