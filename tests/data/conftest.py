@@ -87,7 +87,7 @@ def raw_tree(tmp_path):
     return make_raw_tree(tmp_path / "raw")
 
 
-@_pytest.fixture
+@_pytest.fixture(scope="session")
 def make_raw():
     """The :func:`make_raw_tree` factory, for tests that need other sizes or domains."""
     return make_raw_tree
