@@ -88,7 +88,8 @@ def download_s3(bucket: str, prefix: str, dest: Path) -> Path:
 
     where = f"s3://{bucket}/{prefix}"
     try:
-        client = boto3.client("s3")
+        # A fresh session resolves the environment now (boto3's default session caches it).
+        client = boto3.session.Session().client("s3")
         keys = _list_keys(client, bucket, prefix)
         if not keys:
             raise DataError("no objects under this S3 prefix", where)

@@ -1,0 +1,269 @@
+"""Ingest: canonical output, manifest, seeded subject-level splits, atomicity, sources."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from sasan.cli import main
+from sasan.data.adapters import SourceCase
+from sasan.data.ingest import assign_splits, run_ingest
+from sasan.data.layout import read_dataset_json, save_nifti
+from sasan.data.manifest import read_manifest
+from sasan.data.phantom import generate_phantom
+from sasan.data.sources import parse_source
+from sasan.errors import ConfigError, DataError
+
+AFF = np.diag([1.5, 1.5, 2.0, 1.0])
+MMWHS_RAW = np.array([0, 205, 420, 500, 550, 600, 820, 850], np.uint16)
+
+
+def _mmwhs_tree(root, n=5):
+    rng = np.random.default_rng(0)
+    for mod in ("mr", "ct"):
+        for k in range(n):
+            num = 1001 + k
+            img = rng.normal(size=(6, 5, 4)).astype(np.float32)
+            lab = MMWHS_RAW[np.arange(6 * 5 * 4) % len(MMWHS_RAW)].reshape(6, 5, 4)
+            save_nifti(root / f"{mod}_train/{mod}_train_{num}_image.nii.gz", img, AFF)
+            save_nifti(root / f"{mod}_train/{mod}_train_{num}_label.nii.gz", lab, AFF)
+    return root
+
+
+@pytest.fixture(scope="module")
+def phantom_src(tmp_path_factory):
+    return Path(generate_phantom(tmp_path_factory.mktemp("src") / "phantom", cases=5, seed=1, size=16)["out_dir"])
+
+
+def _sha(p):
+    return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------ splits ---
+
+def _cases(ids, domain="mr", test=()):
+    return [SourceCase(domain, i, Path(f"{i}.nii.gz"), None, "test" if i in test else None) for i in ids]
+
+
+def test_splits_are_seeded_and_keep_fraction():
+    ids = [f"s{i:02d}" for i in range(20)]
+    a = assign_splits(_cases(ids), 0.2, seed=0)
+    assert a == assign_splits(_cases(list(reversed(ids))), 0.2, seed=0)  # order does not matter
+    assert sum(v == "test" for v in a.values()) == 4
+    assert any(assign_splits(_cases(ids), 0.2, seed=s) != a for s in range(1, 5))
+
+
+def test_held_out_cases_stay_test_and_count():
+    ids = [f"s{i}" for i in range(10)]
+    sp = assign_splits(_cases(ids, test=("s3", "s7")), 0.3, seed=0)
+    assert sp["s3"] == sp["s7"] == "test"
+    assert sum(v == "test" for v in sp.values()) == 3  # 2 forced + 1 drawn
+    sp = assign_splits(_cases(ids, test=("s0", "s1", "s2", "s3", "s4")), 0.2, seed=0)
+    assert sum(v == "test" for v in sp.values()) == 5  # never moves a held-out case to train
+
+
+def test_each_domain_gets_a_test_set_and_pairs_stay_together():
+    cases = _cases(["mr_1", "mr_2", "mr_3"]) + _cases(["ct_1", "ct_2", "ct_3"], "ct")
+    sp = assign_splits(cases, 0.2, seed=0)
+    assert sum(sp[c] == "test" for c in ("mr_1", "mr_2", "mr_3")) == 1
+    assert sum(sp[c] == "test" for c in ("ct_1", "ct_2", "ct_3")) == 1
+    paired = _cases(["p1", "p2", "p3", "p4"], "ct") + _cases(["p1", "p2", "p3", "p4"], "mr")
+    sp = assign_splits(paired, 0.25, seed=3)
+    assert list(sp) and sum(v == "test" for v in sp.values()) == 1  # one subject, both its scans
+
+
+# ------------------------------------------------------------------------ end to end ---
+
+def test_ingest_phantom_writes_manifest(tmp_path, phantom_src):
+    out = tmp_path / "raw"
+    summary = run_ingest(phantom_src, out, layout="nnunet", test_fraction=0.2, seed=0)
+    assert summary["domains"] == {"ct": {"train": 4, "test": 1}, "mr": {"train": 4, "test": 1}}
+    doc = read_manifest(out)
+    assert doc["version"] == 1 and doc["seed"] == 0 and doc["test_fraction"] == 0.2
+    assert doc["domains"]["mr"] == {"modality": "MR", "labels": {"background": 0, "MYO": 1, "LA": 2, "LV": 3,
+                                                                "AA": 4}}
+    for case in doc["cases"]:
+        sub = "Tr" if case["split"] == "train" else "Ts"
+        assert case["image"] == f"{case['domain']}/images{sub}/{case['case_id']}_0000.nii.gz"
+        assert case["label"] == f"{case['domain']}/labels{sub}/{case['case_id']}.nii.gz"
+        assert case["sha256"] == {"image": _sha(out / case["image"]), "label": _sha(out / case["label"])}
+        img = nib.load(out / case["image"])
+        assert case["shape"] == list(img.shape) and case["orientation"] == "RAS"
+        assert np.allclose(case["spacing"], img.header.get_zooms())
+        # images are copied byte for byte: geometry and values untouched
+        src = phantom_src / case["domain"] / "imagesTr" / Path(case["image"]).name
+        assert _sha(src) == case["sha256"]["image"]
+    assert read_dataset_json(out / "ct").num_training == 4
+    again = run_ingest(phantom_src, out, test_fraction=0.2, seed=0)  # re-ingest replaces OUT
+    assert again["cases"] == 10 and read_manifest(out)["cases"] == doc["cases"]
+
+
+def test_mmwhs_labels_are_remapped(tmp_path):
+    src = _mmwhs_tree(tmp_path / "mmwhs")
+    run_ingest(src, tmp_path / "out", layout="mmwhs", test_fraction=0.4, seed=0)
+    doc = read_manifest(tmp_path / "out")
+    case = next(c for c in doc["cases"] if c["case_id"] == "mr_1003")
+    lab = nib.load(tmp_path / "out" / case["label"])
+    assert lab.get_data_dtype() == np.uint8 and np.allclose(lab.affine, AFF)
+    expected = np.array([0, 1, 2, 3, 0, 0, 4, 0], np.uint8)[np.arange(120) % 8].reshape(6, 5, 4)
+    assert np.array_equal(np.asarray(lab.dataobj), expected)
+    assert sum(c["split"] == "test" for c in doc["cases"] if c["domain"] == "ct") == 2
+
+
+def test_brats_pairs_never_straddle_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        case = f"BraTS20_Training_{i:03d}"
+        for mod in ("t1", "t2"):
+            save_nifti(tmp_path / "src" / case / f"{case}_{mod}.nii.gz", rng.normal(size=(4, 4, 4)).astype(np.float32),
+                       AFF)
+        save_nifti(tmp_path / "src" / case / f"{case}_seg.nii.gz",
+                   np.array([0, 1, 2, 4], np.uint8)[np.arange(64) % 4].reshape(4, 4, 4), AFF)
+    run_ingest(tmp_path / "src", tmp_path / "out", layout="brats", test_fraction=0.34, seed=2)
+    doc = read_manifest(tmp_path / "out")
+    split_of = {}
+    for c in doc["cases"]:
+        assert split_of.setdefault(c["case_id"], c["split"]) == c["split"]
+    assert sum(v == "test" for v in split_of.values()) == 2
+    assert doc["domains"]["t2"]["labels"] == {"background": 0, "NCR": 1, "ED": 2, "ET": 3}
+    lab = np.asarray(nib.load(tmp_path / "out" / doc["cases"][0]["label"]).dataobj)
+    assert set(np.unique(lab)) == {0, 1, 2, 3}
+
+
+def test_paired_without_labels_and_non_ras_orientation(tmp_path):
+    lps = np.diag([-1.0, -1.0, 2.0, 1.0])
+    for case in ("a", "b", "c"):
+        save_nifti(tmp_path / "src" / case / "ct.nii.gz", np.zeros((3, 3, 3), np.int16), lps)
+        save_nifti(tmp_path / "src" / case / "mr.nii.gz", np.zeros((3, 3, 3), np.float32), AFF)
+    run_ingest(tmp_path / "src", tmp_path / "out", layout="paired", test_fraction=0.3)
+    doc = read_manifest(tmp_path / "out")
+    assert {c["label"] for c in doc["cases"]} == {None}
+    assert {c["orientation"] for c in doc["cases"] if c["domain"] == "ct"} == {"LPS"}
+    assert doc["domains"]["ct"]["labels"] == {"background": 0}
+
+
+# ------------------------------------------------------------------------- bad input ---
+
+def test_bad_label_fails_and_leaves_previous_output(tmp_path, phantom_src):
+    out = tmp_path / "raw"
+    run_ingest(phantom_src, out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    src = tmp_path / "src"
+    shutil.copytree(phantom_src, src)
+    bad = src / "ct/labelsTr/ct_003.nii.gz"
+    img = nib.load(bad)
+    save_nifti(bad, np.asarray(img.dataobj)[:-1], img.affine)  # shape differs from the image
+    with pytest.raises(DataError) as err:
+        run_ingest(src, out)
+    assert "ct_003.nii.gz" in str(err.value) and "shape" in str(err.value)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
+    with pytest.raises(DataError):
+        run_ingest(src, tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_unknown_label_value_is_rejected(tmp_path, phantom_src):
+    src = tmp_path / "src"
+    shutil.copytree(phantom_src, src)
+    lab = src / "mr/labelsTr/mr_002.nii.gz"
+    img = nib.load(lab)
+    data = np.asarray(img.dataobj).copy()
+    data[0, 0, 0] = 9
+    save_nifti(lab, data, img.affine)
+    with pytest.raises(DataError, match=r"mr_002.nii.gz: label values \[9\]"):
+        run_ingest(src, tmp_path / "out")
+
+
+def test_refuses_to_replace_a_foreign_folder(tmp_path, phantom_src):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home/notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="refusing"):
+        run_ingest(phantom_src, tmp_path / "home")
+    assert (tmp_path / "home/notes.txt").exists()
+    with pytest.raises(ConfigError):
+        run_ingest(phantom_src, tmp_path / "o", layout="dicom")
+    with pytest.raises(ConfigError):
+        run_ingest(phantom_src, tmp_path / "o", test_fraction=1.0)
+
+
+def test_archive_source(tmp_path):
+    src = _mmwhs_tree(tmp_path / "MMWHS")
+    arc = tmp_path / "mmwhs.tar.gz"
+    with tarfile.open(arc, "w:gz") as tf:
+        tf.add(src, arcname="MMWHS")
+    summary = run_ingest(arc, tmp_path / "out", layout="mmwhs")
+    assert summary["cases"] == 10 and read_manifest(tmp_path / "out")["source"] == str(arc)
+
+
+def test_parse_source():
+    assert parse_source("s3://bkt/a/b/").path == "a/b"
+    s = parse_source("dvc://git@github.com:org/repo.git@v1.0/data/raw")
+    assert (s.kind, s.location, s.rev, s.path) == ("dvc", "git@github.com:org/repo.git", "v1.0", "data/raw")
+    assert parse_source("dvc:///srv/repo@abc123/x").location == "/srv/repo"
+    for bad in ("dvc:///srv/repo/data", "dvc://repo@v1", "ftp://host/x", "s3:///x"):
+        with pytest.raises(DataError):
+            parse_source(bad)
+
+
+def test_cli_ingest_error_is_one_line(tmp_path, capsys):
+    rc = main(["ingest", str(tmp_path / "nope"), str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "nope" in err[0] and "not found" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_ingest(tmp_path, phantom_src, capsys):
+    rc = main(["ingest", str(phantom_src), str(tmp_path / "out"), "--test-fraction", "0.4", "--seed", "7"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["domains"]["mr"] == {"train": 3, "test": 2}
+    assert read_manifest(tmp_path / "out")["seed"] == 7
+
+
+# ------------------------------------------------------------------------ DVC source ---
+
+def _run(cmd, cwd):
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com", "DVC_NO_ANALYTICS": "1"}
+    subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_dvc_source_at_a_revision(tmp_path, phantom_src):
+    dvc = [sys.executable, "-m", "dvc"]
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _run(["git", "init", "-q", "-b", "main"], repo)
+    _run(dvc + ["init", "-q"], repo)
+    _run(dvc + ["config", "core.analytics", "false"], repo)
+    _run(dvc + ["remote", "add", "-d", "store", str(tmp_path / "remote")], repo)
+    shutil.copytree(phantom_src, repo / "data/phantom")
+    _run(dvc + ["add", "-q", "data/phantom"], repo)
+    _run(dvc + ["push", "-q"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-q", "-m", "v1 data"], repo)
+    _run(["git", "tag", "v1"], repo)
+    # A later revision drops one case; v1 must still give all of them.
+    shutil.rmtree(repo / "data/phantom/mr")
+    _run(dvc + ["add", "-q", "data/phantom"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-q", "-m", "v2 data"], repo)
+    shutil.rmtree(repo / ".dvc/cache")  # v1's files now exist only in the DVC remote
+
+    summary = run_ingest(f"dvc://{repo}@v1/data/phantom", tmp_path / "out", seed=0)
+    assert summary["domains"] == {"ct": {"train": 4, "test": 1}, "mr": {"train": 4, "test": 1}}
+    local = run_ingest(phantom_src, tmp_path / "local", seed=0)
+    assert local["domains"] == summary["domains"]
+    assert [c["sha256"] for c in read_manifest(tmp_path / "out")["cases"]] == \
+        [c["sha256"] for c in read_manifest(tmp_path / "local")["cases"]]
+    with pytest.raises(DataError, match="does not exist"):
+        run_ingest(f"dvc://{repo}@v1/data/nothing", tmp_path / "o2")
