@@ -114,7 +114,7 @@ def render_mr(tissue: np.ndarray, grid: Grid, rng: np.random.Generator) -> np.nd
     sigma = np.float32(rng.uniform(12.0, 30.0))
     real = img + sigma * rng.standard_normal(grid.shape, dtype=np.float32)
     imag = sigma * rng.standard_normal(grid.shape, dtype=np.float32)
-    return np.sqrt(real * real + imag * imag).astype(np.float32)
+    return np.sqrt(real * real + imag * imag).astype(np.float32, copy=False)
 
 
 def phantom_case(domain: str, index: int, seed: int = 0, size: int = 128):

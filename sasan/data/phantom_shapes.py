@@ -49,12 +49,14 @@ class Grid:
             out.append(v.reshape(shape))
         return out[0], out[1], out[2]
 
-    def box(self, center, radius: float, margin_mm: float = 0.0) -> tuple[slice, slice, slice] | None:
-        """Index box covering a world sphere (mm); None when it misses the grid."""
+    def box(self, center, radius: float, margin_mm: float = 0.0, half=None) -> tuple[slice, slice, slice] | None:
+        """Index box covering a world sphere of ``radius`` mm (or a box of ``half`` widths per
+        axis) plus ``margin_mm``; None when it misses the grid."""
         sl = []
         for ax in range(3):
-            lo = (center[ax] - radius - margin_mm - self.origin[ax]) / self.spacing[ax]
-            hi = (center[ax] + radius + margin_mm - self.origin[ax]) / self.spacing[ax]
+            ext = (radius if half is None else float(half[ax])) + margin_mm
+            lo = (center[ax] - ext - self.origin[ax]) / self.spacing[ax]
+            hi = (center[ax] + ext - self.origin[ax]) / self.spacing[ax]
             lo_i, hi_i = max(int(np.floor(lo)), 0), min(int(np.ceil(hi)) + 1, self.shape[ax])
             if lo_i >= hi_i:
                 return None
@@ -79,11 +81,11 @@ def smooth_field(rng: np.random.Generator, grid: Grid, wavelength_mm: float, ter
         x = grid.origin[ax] + grid.spacing[ax] * np.arange(grid.shape[ax])
         freq = rng.uniform(0.0, 1.0 / wavelength_mm, size=terms)
         phase = rng.uniform(0.0, 2 * np.pi, size=terms)
-        per_axis.append(np.cos(2 * np.pi * np.outer(x, freq) + phase))  # (n_ax, terms)
-    amp = rng.normal(size=terms) * np.sqrt(8.0 / terms)  # cos^3 products have mean square 1/8
+        per_axis.append(np.cos(2 * np.pi * np.outer(x, freq) + phase).astype(np.float32))  # (n_ax, terms)
+    amp = (rng.normal(size=terms) * np.sqrt(8.0 / terms)).astype(np.float32)  # cos^3 products: mean square 1/8
     cx, cy, cz = per_axis
     field = (cx[:, None, :] * cy[None, :, :] * amp).reshape(-1, terms) @ cz.T
-    return field.reshape(grid.shape).astype(np.float32)
+    return field.reshape(grid.shape).astype(np.float32, copy=False)
 
 
 class Canvas:
@@ -92,9 +94,9 @@ class Canvas:
     def __init__(self, grid: Grid, displacement: tuple[np.ndarray, np.ndarray, np.ndarray], max_disp_mm: float):
         x, y, z = grid.axes()
         self.grid = grid
-        self.px = (x + displacement[0]).astype(np.float32)
-        self.py = (y + displacement[1]).astype(np.float32)
-        self.pz = (z + displacement[2]).astype(np.float32)
+        self.px = (x + displacement[0]).astype(np.float32, copy=False)
+        self.py = (y + displacement[1]).astype(np.float32, copy=False)
+        self.pz = (z + displacement[2]).astype(np.float32, copy=False)
         self.margin = max_disp_mm
         self.tissue = np.zeros(grid.shape, np.uint8)
         self.label = np.zeros(grid.shape, np.uint8)
@@ -111,6 +113,7 @@ def ellipsoid_q(canvas: Canvas, sl, center, axes: np.ndarray, semi) -> tuple[np.
     """Normalised radius q (< 1 inside) of an ellipsoid with orthonormal ``axes`` (columns,
     world) and ``semi`` semi-axes (mm); also the coordinate along the first axis (mm)."""
     px, py, pz = canvas.coords(sl)
+    center = np.asarray(center, np.float32)  # float64 scalars would promote whole arrays
     dx, dy, dz = px - center[0], py - center[1], pz - center[2]
     q = np.zeros(dx.shape, np.float32)
     first = None
@@ -123,24 +126,33 @@ def ellipsoid_q(canvas: Canvas, sl, center, axes: np.ndarray, semi) -> tuple[np.
     return q, first
 
 
-def tube_dist(canvas: Canvas, sl, points: np.ndarray) -> np.ndarray:
-    """Distance (mm) to a polyline through ``points`` (n, 3)."""
-    px, py, pz = canvas.coords(sl)
-    best = None
+def tube_dist(canvas: Canvas, sl, points: np.ndarray, radius: float) -> np.ndarray:
+    """Distance (mm) to a polyline through ``points`` (n, 3) inside box ``sl``; each segment
+    is evaluated only in its own box (``radius`` around it), elsewhere the distance is inf."""
+    points = np.asarray(points, np.float32)
+    shape = tuple(s.stop - s.start for s in sl)
+    best = np.full(shape, np.inf, np.float32)
     for a, b in zip(points[:-1], points[1:]):
+        lo, hi = np.minimum(a, b) - radius, np.maximum(a, b) + radius
+        seg = canvas.grid.box((lo + hi) / 2, 0.0, canvas.margin, half=(hi - lo) / 2)
+        if seg is None:
+            continue
+        inter = tuple(slice(max(s.start, o.start), min(s.stop, o.stop)) for s, o in zip(seg, sl))
+        if any(i.start >= i.stop for i in inter):
+            continue
+        px, py, pz = canvas.coords(inter)
         d = b - a
-        dd = float(d @ d)
-        t = ((px - a[0]) * d[0] + (py - a[1]) * d[1] + (pz - a[2]) * d[2]) / np.float32(dd)
+        t = ((px - a[0]) * d[0] + (py - a[1]) * d[1] + (pz - a[2]) * d[2]) / np.float32(d @ d)
         np.clip(t, 0.0, 1.0, out=t)
         dist2 = (px - a[0] - t * d[0]) ** 2 + (py - a[1] - t * d[1]) ** 2 + (pz - a[2] - t * d[2]) ** 2
-        best = dist2 if best is None else np.minimum(best, dist2)
-    return np.sqrt(best)
+        local = tuple(slice(i.start - s.start, i.stop - s.start) for i, s in zip(inter, sl))
+        np.minimum(best[local], np.sqrt(dist2), out=best[local])
+    return best
 
 
 def polyline_box(canvas: Canvas, points: np.ndarray, radius: float):
-    lo, hi = points.min(0), points.max(0)
-    center = (lo + hi) / 2
-    return canvas.grid.box(center, float(np.linalg.norm(hi - lo)) / 2 + radius, canvas.margin)
+    lo, hi = points.min(0) - radius, points.max(0) + radius
+    return canvas.grid.box((lo + hi) / 2, 0.0, canvas.margin, half=(hi - lo) / 2)
 
 
 @dataclass(frozen=True)
@@ -291,7 +303,7 @@ def _paint_heart(c: Canvas, s: Subject) -> None:
     for pts, r in ((aa, s.aa_radius), (pa, s.pa_radius)):
         sl = polyline_box(c, pts, r + f)
         if sl is not None:
-            c.paint(sl, tube_dist(c, sl, pts) < r + f, "fat")
+            c.paint(sl, tube_dist(c, sl, pts, r + f) < r + f, "fat")
 
     # Right heart (blood_right: less contrast enhancement on CT), thin RV wall.
     sl = c.grid.box(rv_c, max(rv_semi) + 3, c.margin)
@@ -305,7 +317,7 @@ def _paint_heart(c: Canvas, s: Subject) -> None:
         c.paint(sl, ellipsoid_q(c, sl, ra_c, body_axes, s.ra_semi)[0] < 1, "blood_right")
     sl = polyline_box(c, pa, s.pa_radius + 1.5)
     if sl is not None:
-        d = tube_dist(c, sl, pa)
+        d = tube_dist(c, sl, pa, s.pa_radius + 1.5)
         c.paint(sl, d < s.pa_radius + 1.5, "muscle")
         c.paint(sl, d < s.pa_radius, "blood_right")
 
@@ -315,7 +327,7 @@ def _paint_heart(c: Canvas, s: Subject) -> None:
         c.paint(sl, ellipsoid_q(c, sl, la_c, body_axes, s.la_semi)[0] < 1, "blood", CARDIAC_LABELS["LA"])
     sl = polyline_box(c, aa, s.aa_radius + 1.5)
     if sl is not None:
-        d = tube_dist(c, sl, aa)
+        d = tube_dist(c, sl, aa, s.aa_radius + 1.5)
         c.paint(sl, (d < s.aa_radius + 1.5) & (d >= s.aa_radius), "muscle")
         c.paint(sl, d < s.aa_radius, "blood", CARDIAC_LABELS["AA"])
     sl = c.grid.box(ctr, a + t, c.margin)
