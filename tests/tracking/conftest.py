@@ -1,0 +1,57 @@
+"""Fixtures of the tracking tests: a real local MLflow store per test, tiny model bundles.
+
+Creating a fresh SQLite store runs MLflow's schema migrations (several seconds on a shared
+CPU), so one empty store is built per session and copied for each test."""
+
+import shutil
+
+import pytest
+import torch
+
+from sasan.bundle import ModelBundle, save_bundle
+from sasan.config import config_from_dict
+from sasan.models import AttentionModule, SynthesisModule, build_segmenter
+
+TINY_MODEL = {"k": 4, "num_classes": 3, "attention_width": 8, "synth_width": 8, "norm_hidden": 8,
+              "disc_width": 8, "seg_disc_width": 8, "unet_width": 4}
+
+
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory):
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()   # creates the schema
+    return db
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, _empty_store):
+    """``sqlite:///`` URI of an empty store of this test (artifacts next to it)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(_empty_store, store / "mlflow.db")
+    return f"sqlite:///{(store / 'mlflow.db').as_posix()}"
+
+
+def tiny_config(**model):
+    return config_from_dict({"model": {**TINY_MODEL, **model}, "preprocess": {"image_size": 32}})
+
+
+def tiny_bundle(variant: str = "sasan", seed: int = 0) -> ModelBundle:
+    """A small random bundle: ``sasan`` (A_t + S_s + U-Net), ``cyclegan`` (S_s without
+    attention) or ``no_adaptation`` (U-Net only)."""
+    torch.manual_seed(seed)
+    cfg = tiny_config(attention=variant != "cyclegan")
+    m = cfg.model
+    att_t = AttentionModule(m.in_channels, m.k, m.num_classes, m.attention_width) if variant == "sasan" else None
+    syn_s = (SynthesisModule(m.in_channels, m.in_channels, m.k, m.synth_width, m.norm_hidden)
+             if variant in ("sasan", "cyclegan") else None)
+    return ModelBundle(cfg, variant, build_segmenter(m), att_t, syn_s).eval()
+
+
+@pytest.fixture
+def bundle_path(tmp_path):
+    path = tmp_path / "bundle.pt"
+    save_bundle(path, tiny_bundle())
+    return path
