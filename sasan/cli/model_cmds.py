@@ -1,0 +1,167 @@
+"""CLI: ``sasan train``, ``sasan evaluate``, ``sasan translate`` (thin adapters over
+sasan.stages and sasan.inference). Tracking (MLflow) is wired here, at the edge: the
+tracking URI comes from ``MLFLOW_TRACKING_URI`` or the local default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sasan.errors import ConfigError
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _config(args: argparse.Namespace):
+    from sasan.config import load_config
+
+    return load_config(args.params, _overrides(args.set))
+
+
+def _tracking_uri() -> str:
+    from sasan.tracking.runs import default_tracking_uri
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(Path.cwd())
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="configuration (default params.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a parameter, e.g. --set train.joint.max_steps=10 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    tr = sub.add_parser("train", help="train SASAN and the baselines on preprocessed shards",
+                        description="Run the training recipe (attention pre-training, joint adversarial "
+                                    "training, fake-source augmentation, U-Net) for each variant into "
+                                    "OUT/<variant>/, logging to one MLflow run.")
+    tr.add_argument("shards", type=Path, help="preprocessed shards (output of `sasan preprocess`)")
+    tr.add_argument("out", type=Path, help="output folder (one sub-folder per variant)")
+    tr.add_argument("--variants", default="sasan,cyclegan,no_adaptation,upper_bound",
+                    help="comma-separated: sasan, cyclegan, no_adaptation, upper_bound, no_seg_adversary, "
+                         "no_aux, no_orthogonality, k16, no_fake_source, feature_disc")
+    tr.add_argument("--run-ref", type=Path, default=None,
+                    help="where to write the MLflow run reference (default OUT/mlflow_run.json)")
+    tr.add_argument("--parent-run-id", default=None, help="nest the run under this MLflow run (pipelines)")
+    tr.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    _common(tr)
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="score each trained variant on the target test volumes",
+                        description="3-D Dice and ASSD (voxels and mm) per structure on whole target test "
+                                    "volumes, for every variant listed in evaluate.methods.")
+    ev.add_argument("raw", type=Path, help="ingested data set (canonical layout + manifest.json)")
+    ev.add_argument("models", type=Path, help="training output folder (OUT of `sasan train`)")
+    ev.add_argument("--metrics", type=Path, default=Path("metrics/evaluation.json"))
+    ev.add_argument("--report", type=Path, default=Path("reports/evaluation"))
+    ev.add_argument("--run-ref", type=Path, default=None, help="MLflow run reference (default MODELS/mlflow_run.json)")
+    ev.add_argument("--no-predictions", action="store_true", help="do not write predicted NIfTI volumes")
+    _common(ev)
+    ev.set_defaults(func=_evaluate)
+
+    tl = sub.add_parser("translate", help="translate and segment one target-modality NIfTI volume",
+                        description="Translate a target-modality volume into the source modality and "
+                                    "segment it; outputs keep the input's affine and header.")
+    tl.add_argument("image", type=Path, help="input NIfTI (.nii or .nii.gz)")
+    tl.add_argument("out", type=Path, help="translated volume (.nii.gz), values in [-1, 1]")
+    tl.add_argument("--bundle", type=Path, required=True, help="model bundle (OUT/<variant>/model.pt)")
+    tl.add_argument("--labels", type=Path, default=None, help="also write the label volume here")
+    tl.add_argument("--modality", default=None, help="input modality key for intensity bounds (default: target)")
+    tl.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    tl.set_defaults(func=_translate)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sasan.stages.train import run_train
+    from sasan.tracking.provenance import provenance_tags
+    from sasan.tracking.runs import Tracker, write_run_ref
+
+    cfg = _config(args)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.no_tracking:
+        tracker = Tracker.disabled()
+    else:
+        tracker = Tracker.start(_tracking_uri(), cfg.experiment.name,
+                                f"{cfg.experiment.source}->{cfg.experiment.target}",
+                                parent_run_id=args.parent_run_id,
+                                tags={**provenance_tags(Path.cwd(), str(args.shards)), "variants": ",".join(variants)})
+    write_run_ref(args.run_ref or args.out / "mlflow_run.json", tracker)
+    tracker.log_config(cfg)
+
+    def on_log(variant: str, phase: str, step: int, values: dict[str, float]) -> None:
+        tracker.log_metrics(values, step=step, prefix=f"{variant}/{phase}/")
+
+    try:
+        summaries = run_train(args.shards, args.out, cfg, variants, on_log=on_log, progress=not args.no_progress)
+        for variant in variants:
+            vdir = args.out / variant
+            for png in sorted((vdir / "samples").glob("*.png")) + sorted((vdir / "logs").glob("*.png")):
+                tracker.log_image(png, artifact_path=f"images/{variant}")
+            tracker.log_artifact(vdir / "summary.json", artifact_path=f"summaries/{variant}")
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end()
+    for variant, s in summaries.items():
+        steps = {k: v.get("steps") for k, v in s.items() if isinstance(v, dict) and "steps" in v}
+        print(f"{variant}: {steps} -> {args.out / variant / 'model.pt'}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from sasan.stages.evaluate import run_evaluate, summary_table
+    from sasan.tracking.runs import Tracker, flatten_metrics, read_run_ref
+
+    cfg = _config(args)
+    models = {m: args.models / m / "model.pt" for m in cfg.evaluate.methods if (args.models / m / "model.pt").is_file()}
+    missing = [m for m in cfg.evaluate.methods if m not in models]
+    if not models:
+        raise ConfigError(f"no trained model bundle under {args.models} for {list(cfg.evaluate.methods)}")
+    if missing:
+        print(f"sasan evaluate: skipping methods without a model: {', '.join(missing)}", file=sys.stderr)
+    results = run_evaluate(models, args.raw, args.metrics, args.report, cfg,
+                           save_predictions=not args.no_predictions, progress=not args.no_progress)
+    ref_path = args.run_ref or args.models / "mlflow_run.json"
+    if ref_path.is_file():
+        tracker = Tracker.reopen(read_run_ref(ref_path), os.environ.get("MLFLOW_TRACKING_URI"))
+        for method, r in results.items():
+            tracker.log_metrics(flatten_metrics({"mean": r["mean"], **{n: {k: v for k, v in s.items() if not k.endswith("_std") and k != "n_missing"} for n, s in r["per_structure"].items()}}), prefix=f"{method}/")
+        for png in sorted(args.report.glob("*.png")):
+            tracker.log_image(png, artifact_path="images/evaluation")
+        tracker.log_artifact(args.metrics, artifact_path="metrics")
+        tracker.end()
+    print(summary_table(results, [m for m in cfg.evaluate.methods if m in results]))
+    print(f"metrics: {args.metrics}   report: {args.report}/")
+    return 0
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from sasan.bundle import load_bundle
+    from sasan.inference import infer_volume, save_nifti
+    from sasan.train.device import resolve_runtime
+
+    runtime = resolve_runtime(args.device)
+    bundle = load_bundle(args.bundle, map_location=runtime.device).to(runtime.device)
+    modality = args.modality or bundle.cfg.experiment.target
+    result = infer_volume(bundle, args.image, bundle.cfg.preprocess, modality, runtime)
+    if result.translated is None:
+        raise ConfigError(f"bundle {args.bundle} ({bundle.variant}) does not translate; use --labels only")
+    save_nifti(result.translated, args.out)
+    if args.labels:
+        save_nifti(result.labels, args.labels)
+    print(f"translated: {args.out}" + (f"   labels: {args.labels}" if args.labels else ""))
+    return 0

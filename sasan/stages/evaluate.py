@@ -1,0 +1,117 @@
+"""Evaluate stage: segmentation transfer on whole target test volumes (METHOD.md section 6).
+
+For every method (a model bundle) and every target test case of the manifest: infer the
+label volume in the original geometry and score 3-D Dice and ASSD (voxels and mm) per
+structure; aggregate mean +- std over subjects. Target labels are read here and only here.
+
+Writes ``metrics_path`` (``{METHOD: {"per_structure": {NAME: {"dice", "assd_vox", "assd_mm",
+...std}}, "mean": {...}, "n_subjects"}}``), ``report_dir/per_structure.json`` (rows for
+``dvc plots``), ``report_dir/*.png`` and ``report_dir/predictions/<method>/<case>.nii.gz``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import nibabel as nib
+import numpy as np
+from tqdm.auto import tqdm
+
+from sasan.atomic import write_json
+from sasan.bundle import load_bundle
+from sasan.config import Config
+from sasan.errors import DataError
+from sasan.inference import infer_volume, save_nifti
+from sasan.metrics import aggregate_subjects, segmentation_scores
+from sasan.stages.evaluation_pictures import dice_bars, segmentation_montage
+from sasan.train.device import resolve_runtime
+
+log = logging.getLogger(__name__)
+
+
+def target_test_cases(raw_dir: Path, domain: str) -> tuple[list[dict[str, Any]], dict[str, int], str]:
+    """(cases, label names -> values, modality) of the target domain's test split."""
+    manifest_path = raw_dir / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise DataError("manifest.json not found: run `sasan ingest` first", manifest_path) from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"manifest is not valid JSON: {err}", manifest_path) from None
+    if domain not in manifest.get("domains", {}):
+        raise DataError(f"domain {domain!r} not in manifest (has {sorted(manifest.get('domains', {}))})", manifest_path)
+    info = manifest["domains"][domain]
+    cases = [c for c in manifest["cases"] if c["domain"] == domain and c["split"] == "test" and c.get("label")]
+    if not cases:
+        raise DataError(f"no labelled test cases for target domain {domain!r}", manifest_path)
+    labels = dict(sorted(((k, int(v)) for k, v in info["labels"].items()), key=lambda kv: kv[1]))
+    return cases, labels, info.get("modality", domain)
+
+
+def run_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_path: str | Path,
+                 report_dir: str | Path, cfg: Config, save_predictions: bool = True,
+                 progress: bool = True) -> dict[str, Any]:
+    raw_dir, report_dir = Path(raw_dir), Path(report_dir)
+    target = cfg.experiment.target
+    cases, labels, modality = target_test_cases(raw_dir, target)
+    runtime = resolve_runtime(cfg.train.device, cfg.train.bf16, cfg.train.channels_last)
+    results: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    montage: dict[str, Any] = {}
+    for method, bundle_path in models.items():
+        bundle = load_bundle(bundle_path, map_location=runtime.device).to(runtime.device)
+        # the bundle's own preprocessing config: a model is applied as it was trained
+        prep = bundle.cfg.preprocess
+        subject_scores = []
+        for case in tqdm(cases, desc=f"evaluate {method}", disable=not progress):
+            result = infer_volume(bundle, raw_dir / case["image"], prep, modality, runtime, cfg.evaluate.batch_size)
+            gt_img = nib.load(raw_dir / case["label"])
+            gt = np.asarray(gt_img.dataobj).astype(np.int64)
+            pred = np.asarray(result.labels.dataobj).astype(np.int64)
+            spacing = tuple(float(z) for z in gt_img.header.get_zooms()[:3])
+            scores = segmentation_scores(pred, gt, labels, spacing, cfg.evaluate.assd_cap_vox)
+            scores["case_id"] = case["case_id"]
+            subject_scores.append(scores)
+            if save_predictions:
+                save_nifti(result.labels, report_dir / "predictions" / method / f"{case['case_id']}.nii.gz")
+                if result.translated is not None:
+                    save_nifti(result.translated, report_dir / "translations" / method / f"{case['case_id']}.nii.gz")
+            if case is cases[0]:
+                montage[method] = (result.prepared, pred, result.translated)
+        agg = aggregate_subjects(subject_scores)
+        agg["subjects"] = {s["case_id"]: s["mean"] for s in subject_scores}
+        results[method] = agg
+        for name, s in agg["per_structure"].items():
+            rows.append({"method": method, "structure": name, "dice": s["dice"], "assd_vox": s["assd_vox"],
+                         "assd_mm": s["assd_mm"]})
+        log.info("%s: mean Dice %.3f, ASSD %.2f vox over %d subjects", method, agg["mean"]["dice"],
+                 agg["mean"]["assd_vox"], agg["n_subjects"])
+    write_json(metrics_path, results)
+    write_json(report_dir / "per_structure.json", rows)
+    dice_bars(results, report_dir / "dice_per_structure.png")
+    first = cases[0]
+    gt_first = np.asarray(nib.load(raw_dir / first["label"]).dataobj).astype(np.int64)
+    img_first = np.asarray(nib.load(raw_dir / first["image"]).dataobj, dtype=np.float32)
+    segmentation_montage(img_first, gt_first, {m: v[1] for m, v in montage.items()},
+                         report_dir / "segmentations.png", f"{target} test case {first['case_id']}")
+    return results
+
+
+def summary_table(results: dict[str, Any], order: Optional[list[str]] = None) -> str:
+    """A plain-text table: per-structure Dice and ASSD (voxels) for each method."""
+    methods = order or list(results)
+    names = list(next(iter(results.values()))["per_structure"])
+    head = f"{'method':<16}" + "".join(f"{n:>14}" for n in names) + f"{'mean':>14}"
+    lines = [head, "-" * len(head)]
+    for m in methods:
+        if m not in results:
+            continue
+        r = results[m]
+        cells = [f"{r['per_structure'][n]['dice']:.3f}/{r['per_structure'][n]['assd_vox']:.1f}" for n in names]
+        cells.append(f"{r['mean']['dice']:.3f}/{r['mean']['assd_vox']:.1f}")
+        lines.append(f"{m:<16}" + "".join(f"{c:>14}" for c in cells))
+    lines.append("cells: Dice / ASSD (voxels); mean over structures and subjects")
+    return "\n".join(lines)
