@@ -51,8 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "OUT/<variant>/, logging to one MLflow run.")
     tr.add_argument("shards", type=Path, help="preprocessed shards (output of `sasan preprocess`)")
     tr.add_argument("out", type=Path, help="output folder (one sub-folder per variant)")
-    tr.add_argument("--variants", default="sasan,cyclegan,no_adaptation,upper_bound",
-                    help="comma-separated: sasan, cyclegan, no_adaptation, upper_bound, no_seg_adversary, "
+    tr.add_argument("--variants", default=None,
+                    help="default: evaluate.methods of the params; comma-separated: sasan, cyclegan, no_adaptation, upper_bound, no_seg_adversary, "
                          "no_aux, no_orthogonality, k16, no_fake_source, feature_disc")
     tr.add_argument("--run-ref", type=Path, default=None,
                     help="where to write the MLflow run reference (default OUT/mlflow_run.json)")
@@ -73,6 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(ev)
     ev.set_defaults(func=_evaluate)
 
+    sm = sub.add_parser("summary", help="print the results table of the last evaluation and where to look")
+    sm.add_argument("--metrics", type=Path, default=Path("metrics/evaluation.json"))
+    sm.add_argument("--params", type=Path, default=Path("params.yaml"))
+    sm.set_defaults(func=_summary)
+
     tl = sub.add_parser("translate", help="translate and segment one target-modality NIfTI volume",
                         description="Translate a target-modality volume into the source modality and "
                                     "segment it; outputs keep the input's affine and header.")
@@ -91,7 +96,8 @@ def _train(args: argparse.Namespace) -> int:
     from sasan.tracking.runs import Tracker, write_run_ref
 
     cfg = _config(args)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    variants = ([v.strip() for v in args.variants.split(",") if v.strip()] if args.variants
+                else list(cfg.evaluate.methods))
     if args.no_tracking:
         tracker = Tracker.disabled()
     else:
@@ -164,4 +170,28 @@ def _translate(args: argparse.Namespace) -> int:
     if args.labels:
         save_nifti(result.labels, args.labels)
     print(f"translated: {args.out}" + (f"   labels: {args.labels}" if args.labels else ""))
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    import json
+
+    from sasan.stages.evaluate import summary_table
+
+    try:
+        results = json.loads(args.metrics.read_text())
+    except FileNotFoundError:
+        raise ConfigError("no evaluation yet: run `make run` or `dvc repro`", args.metrics) from None
+    order = [m for m in ("no_adaptation", "cyclegan", "sasan", "upper_bound") if m in results]
+    order += [m for m in results if m not in order]
+    print(summary_table(results, order))
+    print()
+    print("Where to look:")
+    print("  mlflow ui                              # then open http://127.0.0.1:5000 (runs, curves, images, model)")
+    print("  reports/evaluation/segmentations.png   # predictions of every method on a target test volume")
+    print("  reports/evaluation/dice_per_structure.png")
+    print("  outputs/train/sasan/samples/           # translations and attention maps")
+    print("  reports/validation/validation.html     # data validation report")
+    print("  reports/register/register.md           # registry decision")
+    print("  dvc metrics show | dvc plots show      # DVC views of the same numbers")
     return 0

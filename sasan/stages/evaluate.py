@@ -61,6 +61,7 @@ def run_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_path: str
     results: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     montage: dict[str, Any] = {}
+    per_subject: dict[str, Any] = {}
     for method, bundle_path in models.items():
         bundle = load_bundle(bundle_path, map_location=runtime.device).to(runtime.device)
         # the bundle's own preprocessing config: a model is applied as it was trained
@@ -82,15 +83,17 @@ def run_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_path: str
             if case is cases[0]:
                 montage[method] = (result.prepared, pred, result.translated)
         agg = aggregate_subjects(subject_scores)
-        agg["subjects"] = {s["case_id"]: s["mean"] for s in subject_scores}
+        per_subject[method] = {s["case_id"]: s["mean"] for s in subject_scores}
         results[method] = agg
         for name, s in agg["per_structure"].items():
-            rows.append({"method": method, "structure": name, "dice": s["dice"], "assd_vox": s["assd_vox"],
+            rows.append({"label": f"{method} {name}", "method": method, "structure": name,
+                         "dice": s["dice"], "assd_vox": s["assd_vox"],
                          "assd_mm": s["assd_mm"]})
         log.info("%s: mean Dice %.3f, ASSD %.2f vox over %d subjects", method, agg["mean"]["dice"],
                  agg["mean"]["assd_vox"], agg["n_subjects"])
     write_json(metrics_path, results)
     write_json(report_dir / "per_structure.json", rows)
+    write_json(report_dir / "per_subject.json", per_subject)
     dice_bars(results, report_dir / "dice_per_structure.png")
     first = cases[0]
     gt_first = np.asarray(nib.load(raw_dir / first["label"]).dataobj).astype(np.int64)
