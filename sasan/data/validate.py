@@ -171,8 +171,8 @@ def _gx_check(check: dict[str, Any], table: pd.DataFrame, root: Path) -> dict[st
         row = rows.loc[row_id].to_dict()
         blame = check["blame"]
         failures.append({
-            "file": str(root / row[blame]) if blame and row.get(blame) else None, "case_id": row["case_id"], "domain": row["domain"],
-            "split": row["split"], "reason": _format(check["reason"], row),
+            "file": str(root / row[blame]) if blame and row.get(blame) else None, "case_id": row["case_id"],
+            "domain": row["domain"], "split": row["split"], "reason": _format(check["reason"], row),
         })
     if not check["success"] and not failures:
         reason = check["exception"] or f"{check['check']} failed (observed {check['observed']})"
@@ -191,57 +191,69 @@ def _format(template: str, row: dict[str, Any]) -> str:
 
 def dataset_checks(dataset: RawDataset, table: pd.DataFrame, cfg: ValidateConfig) -> list[dict[str, Any]]:
     """Checks across cases: counts per domain and split, leakage, dataset.json consistency."""
-    checks = []
     counts = Counter(zip(table["domain"], table["split"]))
-    minimum = {"train": cfg.min_cases_train, "test": cfg.min_cases_test}
-    fails = []
-    for domain, info in dataset.domains.items():
-        for split, need in minimum.items():
-            have = counts.get((domain, split), 0)
-            if have < need:
-                fails.append(_failure(dataset.root / domain, f"domain '{domain}' has {have} {split} case(s), "
-                                      f"at least {need} required", domain=domain, split=split))
-    checks.append(_check("minimum cases per domain and split", "error", fails))
+    return [
+        _check("minimum cases per domain and split", "error", _too_few_cases(dataset, counts, cfg)),
+        _check("no case in two splits (leakage)", "error", _case_in_two_splits(dataset)),
+        _check("no identical image across splits (leakage)", "error", _identical_images(dataset, table, True)),
+        _check("no duplicate image within a split", "warning", _identical_images(dataset, table, False)),
+        _check("dataset.json agrees with the cases and manifest", "warning", _dataset_json_drift(dataset, counts)),
+        _check("labels present per domain", "warning", _unlabelled_domains(dataset, table)),
+    ]
 
-    fails = []
+
+def _too_few_cases(dataset: RawDataset, counts: Counter, cfg: ValidateConfig) -> list[dict[str, Any]]:
+    minimum = {"train": cfg.min_cases_train, "test": cfg.min_cases_test}
+    return [_failure(dataset.root / domain, f"domain '{domain}' has {counts.get((domain, split), 0)} {split} "
+                     f"case(s), at least {need} required", domain=domain, split=split)
+            for domain in dataset.domains for split, need in minimum.items()
+            if counts.get((domain, split), 0) < need]
+
+
+def _case_in_two_splits(dataset: RawDataset) -> list[dict[str, Any]]:
     by_case: dict[tuple[str, str], list[RawCase]] = defaultdict(list)
     for case in dataset.cases:
         by_case[(case.domain, case.case_id)].append(case)
+    fails = []
     for (domain, case_id), group in sorted(by_case.items()):
         if len({c.split for c in group}) > 1:
             test_image = next(c.image for c in group if c.split == "test")
             fails.append(_failure(test_image, f"case '{case_id}' of domain '{domain}' is in both train and test",
                                   domain=domain, case_id=case_id))
-    checks.append(_check("no case in two splits (leakage)", "error", fails))
+    return fails
 
-    fails, dup_fails = [], []
-    if "image_sha256" in table and table["image_sha256"].notna().any():
-        for digest, group in table[table["image_sha256"].notna()].groupby("image_sha256", sort=True):
-            if len(group) < 2:
-                continue
-            files = ", ".join(group["image"])
-            target = fails if group["split"].nunique() > 1 else dup_fails
-            target.append(_failure(dataset.root / group["image"].iloc[-1], f"identical image file in {len(group)} cases "
-                                   f"({files})", domain=group["domain"].iloc[-1], case_id=group["case_id"].iloc[-1]))
-    checks.append(_check("no identical image across splits (leakage)", "error", fails))
-    checks.append(_check("no duplicate image within a split", "warning", dup_fails))
 
+def _identical_images(dataset: RawDataset, table: pd.DataFrame, across_splits: bool) -> list[dict[str, Any]]:
+    """Groups of byte-identical images, either spanning several splits or within one split."""
+    hashed = table[table["image_sha256"].notna()] if "image_sha256" in table else table.iloc[:0]
     fails = []
-    for domain, info in dataset.domains.items():
-        n_train = counts.get((domain, "train"), 0)
-        if info.num_training is not None and info.num_training != n_train:
-            fails.append(_failure(dataset.dataset_json(domain), f"numTraining is {info.num_training} but {n_train} training "
-                                  "case(s) were found", domain=domain))
-        declared = ((dataset.manifest or {}).get("domains") or {}).get(domain, {}).get("labels")
-        if declared is not None and declared != info.labels:
-            fails.append(_failure(dataset.dataset_json(domain), f"labels {info.labels} differ from manifest.json {declared}",
-                                  domain=domain))
-    checks.append(_check("dataset.json agrees with the cases and manifest", "warning", fails))
+    for _, group in hashed.groupby("image_sha256", sort=True):
+        if len(group) < 2 or (group["split"].nunique() > 1) != across_splits:
+            continue
+        last = group.iloc[-1]
+        fails.append(_failure(dataset.root / last["image"], f"identical image file in {len(group)} cases "
+                              f"({', '.join(group['image'])})", domain=last["domain"], case_id=last["case_id"]))
+    return fails
 
-    fails = [_failure(dataset.root / d, f"domain '{d}' has no labelled case (it can only be a target)", domain=d)
-             for d, info in dataset.domains.items() if not table[(table["domain"] == d)]["has_label"].any()]
-    checks.append(_check("labels present per domain", "warning", fails))
-    return checks
+
+def _dataset_json_drift(dataset: RawDataset, counts: Counter) -> list[dict[str, Any]]:
+    fails = []
+    declared_domains = (dataset.manifest or {}).get("domains") or {}
+    for domain, info in dataset.domains.items():
+        path = dataset.dataset_json(domain)
+        n_train = counts.get((domain, "train"), 0)
+        if info.num_training != n_train:
+            fails.append(_failure(path, f"numTraining is {info.num_training} but {n_train} training case(s) "
+                                  "were found", domain=domain))
+        declared = declared_domains.get(domain, {}).get("labels")
+        if declared is not None and declared != info.labels:
+            fails.append(_failure(path, f"labels {info.labels} differ from manifest.json {declared}", domain=domain))
+    return fails
+
+
+def _unlabelled_domains(dataset: RawDataset, table: pd.DataFrame) -> list[dict[str, Any]]:
+    return [_failure(dataset.root / d, f"domain '{d}' has no labelled case (it can only be a target)", domain=d)
+            for d in dataset.domains if not table.loc[table["domain"] == d, "has_label"].any()]
 
 
 def _failure(path: Optional[Path | str], reason: str, **where: Any) -> dict[str, Any]:

@@ -153,7 +153,8 @@ def test_sigkill_mid_run_then_rerun(raw_tree, tmp_path):
         shards.write_dataset_shards(__import__("pathlib").Path({str(raw_tree)!r}),
                                     __import__("pathlib").Path({str(out)!r}), PreprocessConfig(image_size=32))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == -9
     assert (out / "ct" / "test" / "images.npy").exists()
     assert not (out / "mr" / "train").exists()  # never half a shard
