@@ -41,6 +41,8 @@ grad_x = transposed input transform (overlap-add), grad_w = G^T grad_U G.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -75,9 +77,29 @@ def _consts(m: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, .
     if key not in _cache:
         bt, g, at = (t.double() for t in winograd_matrices(m))
         gk = torch.kron(g, g)        # (a*a, 9):  vec(G w G^T) = gk @ vec(w)
-        ak = torch.kron(at, at)      # (m*m, a*a)
+        # (m*m, a*a): output (row, col) of the tile from M at p = col * a + row
+        ak = torch.kron(at, at).view(m, m, -1).transpose(0, 1).reshape(m * m, -1)
         _cache[key] = tuple(t.to(device, dtype).contiguous() for t in (bt, gk, ak))
     return _cache[key]
+
+
+_workspace = threading.local()
+
+
+def _buffer(slot: str, numel: int, like: Tensor) -> Tensor:
+    """Flat scratch tensor reused across calls (per thread): fresh multi-MB allocations
+    cost page faults that are a large part of the runtime otherwise."""
+    bufs = _workspace.__dict__.setdefault("bufs", {})
+    key = (slot, like.dtype, like.device)
+    buf = bufs.get(key)
+    if buf is None or buf.numel() < numel:
+        bufs[key] = buf = like.new_empty(numel)
+    return buf[:numel]
+
+
+def clear_workspace() -> None:
+    """Free this thread's scratch buffers."""
+    _workspace.__dict__.pop("bufs", None)
 
 
 def _filter_transform(w: Tensor, gk: Tensor) -> Tensor:
@@ -86,21 +108,29 @@ def _filter_transform(w: Tensor, gk: Tensor) -> Tensor:
     return (gk @ w.transpose(2, 3).reshape(k * c, 9).t()).view(-1, k, c)
 
 
+def _row_ranges(a: int, m: int, th: int, h: int):
+    """For window row i: tile rows lo..hi-1 read image row m*ti + i - 1 (inside the image)."""
+    for i in range(a):
+        lo = 1 if i == 0 else 0
+        yield i, lo, max(lo, min(th, (h - i) // m + 1))
+
+
 def _input_transform(x: Tensor, bt: Tensor, m: int, th: int, tw: int) -> Tensor:
-    """x (N, C, H, W) -> V (a*a, N, C, th*(tw+1)) contiguous, position index p = b*a + a_row."""
+    """x (N, C, H, W) -> V (a*a, N, C, th*(tw+1)), a new tensor; p = column * a + row."""
     n, c, h, w = x.shape
     a = bt.shape[0]
     wq = m * (tw + 1)                      # padded width: a multiple of m
     # rows: g[i, n, c, ti, 1 + col] = x[n, c, m*ti + i - 1, col]  (zero outside)
-    g = x.new_zeros(a, n, c, th, wq)
-    for i in range(a):
-        lo = 1 if i == 0 else 0                          # first tile row with a valid source row
-        hi = min(th, (h - i) // m + 1)                   # rows m*ti + i - 1 <= h - 1
+    g = _buffer("a", a * n * c * th * wq, x).view(a, n, c, th, wq)
+    g[..., 0] = 0
+    g[..., w + 1:] = 0
+    for i, lo, hi in _row_ranges(a, m, th, h):
+        g[i, :, :, :lo] = 0
+        g[i, :, :, hi:] = 0
         if hi > lo:
-            src = x[:, :, m * lo + i - 1: m * (hi - 1) + i: m]
-            g[i, :, :, lo:hi, 1:w + 1] = src
+            g[i, :, :, lo:hi, 1:w + 1] = x[:, :, m * lo + i - 1: m * (hi - 1) + i: m]
     rows = a * n * c * th * (tw + 1)
-    z = x.new_empty(rows * m + m)                       # one spare row for the shifted view
+    z = _buffer("b", rows * m + m, x)                  # one spare row for the shifted view
     z[rows * m:].zero_()
     torch.mm(bt, g.view(a, -1), out=z[:rows * m].view(a, -1))
     # columns: window of tile j = cols m*j .. m*j+m-1 (row j of zm) + first a-m cols of row j+1
@@ -117,28 +147,23 @@ def _input_transform_t(dv: Tensor, bt: Tensor, m: int, th: int, tw: int,
     a = bt.shape[0]
     rows = a * n * c * th * (tw + 1)
     dvm = dv.reshape(a, rows)
-    dz = dv.new_empty(rows + 1, m)
+    dz = _buffer("a", rows * m + m, dv).view(rows + 1, m)
     torch.mm(dvm.t(), bt[:, :m], out=dz[:rows])
     dz[rows:].zero_()
     dz[1:, : a - m].addmm_(dvm.t(), bt[:, m:])
-    dg = (bt.t() @ dz[:rows].view(a, -1)).view(a, n, c, th, m * (tw + 1))
+    dg = _buffer("c", rows * m, dv).view(a, -1)
+    torch.mm(bt.t(), dz[:rows].view(a, -1), out=dg)
+    dg = dg.view(a, n, c, th, m * (tw + 1))
     dx = dv.new_zeros(n, c, h, w)
-    for i in range(a):
-        lo = 1 if i == 0 else 0
-        hi = min(th, (h - i) // m + 1)
+    for i, lo, hi in _row_ranges(a, m, th, h):
         if hi > lo:
             dx[:, :, m * lo + i - 1: m * (hi - 1) + i: m] += dg[i, :, :, lo:hi, 1:w + 1]
     return dx
 
 
-def _gemm(u: Tensor, v: Tensor) -> Tensor:
-    """M[n, :, p, :] = U_p @ V[p, n]:  U (P, K, C), V (P, N, C, T) -> M (N, K, P, T)."""
-    p_, n, _, t = v.shape
-    out = v.new_empty(n, u.shape[1], p_, t)
-    for i in range(n):
-        for p in range(p_):
-            torch.mm(u[p], v[p, i], out=out[i, :, p])
-    return out
+def _batched(u: Tensor, n: int) -> Tensor:
+    """(P, R, S) -> (P * n, R, S): each matrix repeated n times (for one bmm over P and N)."""
+    return u.unsqueeze(1).expand(-1, n, -1, -1).reshape(-1, *u.shape[1:])
 
 
 class _WinogradFn(torch.autograd.Function):
@@ -147,14 +172,17 @@ class _WinogradFn(torch.autograd.Function):
         n, c, h, w = x.shape
         k = weight.shape[0]
         th, tw = -(-h // m), -(-w // m)
+        t1 = th * (tw + 1)
         bt, gk, ak = _consts(m, x.dtype, x.device)
         x = x.contiguous()
-        u = _filter_transform(weight, gk)
-        v = _input_transform(x, bt, m, th, tw)
-        mm = _gemm(u, v)                                           # (N, K, P, th*(tw+1))
-        y = torch.matmul(ak, mm)                                   # (N, K, m*m, th*(tw+1))
-        # y[n, k, col, row, ti, tj] (p = b * a + a_row)  ->  (n, k, ti, row, tj, col)
-        y = y.view(n, k, m, m, th, tw + 1)[..., :tw].permute(0, 1, 4, 3, 5, 2)
+        u = _filter_transform(weight, gk)                          # (P, K, C)
+        v = _input_transform(x, bt, m, th, tw)                     # (P, N, C, T')
+        p_ = v.shape[0]
+        mm = _buffer("c", p_ * n * k * t1, x).view(p_ * n, k, t1)
+        torch.bmm(_batched(u, n), v.view(p_ * n, c, t1), out=mm)    # (P, N, K, T')
+        yt = _buffer("a", n * k * t1 * m * m, x).view(-1, m * m)
+        torch.mm(mm.view(p_, -1).t(), ak.t(), out=yt)              # (N, K, th, tw+1, row, col)
+        y = yt.view(n, k, th, tw + 1, m, m)[:, :, :, :tw].permute(0, 1, 2, 4, 3, 5)
         out = x.new_empty(n, k, th, m, tw, m)
         if bias is not None:
             torch.add(y, bias.view(1, k, 1, 1, 1, 1), out=out)
@@ -172,28 +200,27 @@ class _WinogradFn(torch.autograd.Function):
         u, v = ctx.saved_tensors
         m = ctx.m
         n, c, h, w = ctx.shape
-        k = u.shape[1]
+        p_, k = u.shape[:2]
         th, tw = -(-h // m), -(-w // m)
+        t1 = th * (tw + 1)
         bt, gk, ak = _consts(m, dy.dtype, dy.device)
-        # transposed output transform: dM[n, k] = ak^T @ tiles of dY
-        d = dy.new_zeros(n, k, m, m, th, tw + 1)
+        # transposed output transform: tiles of dY (dummy tile column zero), then ak^T
+        dt = _buffer("a", n * k * t1 * m * m, dy).view(n, k, th, tw + 1, m, m)
+        dt[:, :, :, tw:] = 0
         dyp = dy if (th * m == h and tw * m == w) else F.pad(dy, (0, tw * m - w, 0, th * m - h))
-        d[..., :tw] = dyp.reshape(n, k, th, m, tw, m).permute(0, 1, 5, 3, 2, 4)
-        dm = torch.matmul(ak.t(), d.view(n, k, m * m, -1))        # (N, K, P, T')
+        dt[:, :, :, :tw] = dyp.reshape(n, k, th, m, tw, m).permute(0, 1, 2, 4, 3, 5)
+        dm = _buffer("c", p_ * n * k * t1, dy).view(p_, n, k, t1)
+        torch.mm(ak.t(), dt.view(-1, m * m).t(), out=dm.view(p_, -1))
         dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dv = v.new_empty(v.shape)
-            for i in range(n):
-                for p in range(u.shape[0]):
-                    torch.mm(u[p].t(), dm[i, :, p], out=dv[p, i])
-            dx = _input_transform_t(dv, bt, m, th, tw, ctx.shape)
         if ctx.needs_input_grad[1]:
-            du = u.new_empty(u.shape)
-            for p in range(u.shape[0]):
-                torch.mm(dm[0, :, p], v[p, 0].t(), out=du[p])
-                for i in range(1, n):
-                    du[p].addmm_(dm[i, :, p], v[p, i].t())
-            dw = (gk.t() @ du.view(u.shape[0], -1)).t().reshape(k, c, 3, 3).transpose(2, 3).contiguous()
+            du = torch.bmm(dm[:, 0], v[:, 0].transpose(1, 2))           # (P, K, C)
+            for i in range(1, n):
+                du.baddbmm_(dm[:, i], v[:, i].transpose(1, 2))
+            dw = (gk.t() @ du.view(p_, -1)).t().reshape(k, c, 3, 3).transpose(2, 3).contiguous()
+        if ctx.needs_input_grad[0]:
+            dv = _buffer("b", p_ * n * c * t1, dy).view(p_ * n, c, t1)
+            torch.bmm(_batched(u.transpose(1, 2), n), dm.view(p_ * n, k, t1), out=dv)
+            dx = _input_transform_t(dv.view(p_, n, c, t1), bt, m, th, tw, ctx.shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy.sum((0, 2, 3))
         return dx, dw, db, None
