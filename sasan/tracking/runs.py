@@ -8,18 +8,22 @@ active-run stack). The run id travels between stages in a small JSON file
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 from urllib.parse import urlsplit, urlunsplit
 
+import mlflow
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from sasan.atomic import write_json
 from sasan.config import Config
@@ -228,6 +232,25 @@ class DisabledTracker(Tracker):
 
 
 _STATUS_NAMES = {"RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"}
+
+
+@contextlib.contextmanager
+def process_tracking_uri(uri: Optional[str]) -> Iterator[None]:
+    """Point MLflow's process-wide tracking URI at ``uri`` for the duration of a call that
+    only reads the global one (``log_model``; the registry resolving a ``models:/`` source,
+    see the TODO in mlflow's SqlAlchemyStore.create_model_version), then restore both the
+    global and the ``MLFLOW_TRACKING_URI`` variable ``mlflow.set_tracking_uri`` writes."""
+    saved_uri = tracking_utils._tracking_uri
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 # --------------------------------------------------------------------- run reference file

@@ -25,6 +25,14 @@ def _empty_store(tmp_path_factory):
     return db
 
 
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Run in tmp_path with no tracking URI in the environment: a call that ignored the
+    explicit URI would create ./mlflow.db here, where tests can see it, not in the repo."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def tracking_uri(tmp_path, _empty_store):
     """``sqlite:///`` URI of an empty store of this test (artifacts next to it)."""

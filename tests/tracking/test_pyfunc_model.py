@@ -1,0 +1,148 @@
+"""The bundle as an MLflow pyfunc: logged to a real store, loaded back, predicting what the
+bundle itself predicts."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from sasan.bundle import save_bundle
+from sasan.tracking.pyfunc_model import log_bundle_model, pinned_requirements, predict_labels
+from sasan.tracking.runs import Tracker
+from tests.tracking.conftest import tiny_bundle
+
+
+def _reference_labels(bundle, x: np.ndarray) -> np.ndarray:
+    """The METHOD.md 4.5 inference path, spelt out: fake_s = G_s(x, A_t(x)), U-Net, argmax."""
+    with torch.no_grad():
+        t = torch.from_numpy(x)
+        if bundle.syn_s is not None:
+            att_t = bundle.att_t(t)[0] if bundle.att_t is not None else None
+            t = bundle.syn_s(t, att_t)
+        return bundle.segmenter(t).argmax(1).numpy()
+
+
+def _stacks(n=5, size=32, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, (n, 3, size, size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("variant", ["sasan", "cyclegan", "no_adaptation"])
+def test_predict_labels_follows_the_inference_path_in_any_batch_size(variant):
+    bundle = tiny_bundle(variant, seed=3)
+    x = _stacks()
+    labels = predict_labels(bundle, x, batch_size=2)
+    assert labels.shape == (5, 32, 32) and labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, _reference_labels(bundle, x))
+    assert predict_labels(bundle, x[:0]).shape == (0, 32, 32)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        predict_labels(bundle, x[:, :1])
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory, _empty_store):
+    """One tiny SASAN bundle logged to a fresh store (logging takes seconds: share it)."""
+    root = tmp_path_factory.mktemp("pyfunc")
+    shutil.copy(_empty_store, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    bundle = tiny_bundle("sasan", seed=1)
+    save_bundle(root / "bundle.pt", bundle)
+    tracker = Tracker.start(uri, "exp", "pipeline")
+    model_uri = log_bundle_model(tracker, root / "bundle.pt", example=_stacks(1))
+    tracker.end()
+    return {"uri": uri, "model_uri": model_uri, "bundle": bundle, "tracker": tracker, "root": root}
+
+
+def _load(logged):
+    # load_model resolves models:/ URIs through the process-wide tracking URI
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(logged["uri"])
+    try:
+        return mlflow.pyfunc.load_model(logged["model_uri"])
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_logged_model_loads_and_predicts_like_the_bundle(logged):
+    model = _load(logged)
+    x = _stacks(3, size=48, seed=7)                   # another image size than the example
+    labels = model.predict(x)
+    assert labels.shape == (3, 48, 48) and labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, _reference_labels(logged["bundle"], x))
+    np.testing.assert_array_equal(model.predict(x, params={"batch_size": 1}), labels)
+
+
+def test_logged_model_has_a_tensor_signature_and_pinned_requirements(logged):
+    model = _load(logged)
+    sig = model.metadata.signature
+    [inp], [out] = sig.inputs.inputs, sig.outputs.inputs
+    assert (inp.type, inp.shape) == (np.dtype("float32"), (-1, 3, -1, -1))
+    assert (out.type, out.shape) == (np.dtype("int64"), (-1, -1, -1))
+    with pytest.raises(Exception, match="(?i)shape"):
+        model.predict(_stacks(1)[:, :2])             # wrong stack depth is refused by the schema
+    artifacts = Path(MlflowClient(logged["uri"]).get_logged_model(logged["model_uri"].split("/")[-1])
+                     .artifact_location.removeprefix("file://"))
+    reqs = (artifacts / "requirements.txt").read_text().split()
+    assert reqs == pinned_requirements(Path(__file__).resolve().parents[2] / "requirements" / "constraints.txt")
+    assert any(r.startswith("torch==") for r in reqs) and any(r.startswith("mlflow==") for r in reqs)
+    assert (artifacts / "code" / "sasan" / "bundle.py").is_file()
+    assert not list((artifacts / "code").rglob("__pycache__"))
+    assert json.loads((artifacts / "input_example.json").read_text())
+
+
+def test_model_is_an_output_of_the_run_in_its_experiment(logged):
+    client = MlflowClient(logged["uri"])
+    model_id = logged["model_uri"].removeprefix("models:/")
+    run = client.get_run(logged["tracker"].run_id)
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
+    model = client.get_logged_model(model_id)
+    assert model.experiment_id == run.info.experiment_id and model.source_run_id == run.info.run_id
+    assert model.status.to_proto() == model.status.READY.to_proto()
+
+
+def test_logging_leaves_the_process_wide_tracking_uri_alone(logged, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    save_bundle(tmp_path / "b.pt", tiny_bundle("no_adaptation"))
+    tracker = Tracker.start(logged["uri"], "exp", "other")
+    log_bundle_model(tracker, tmp_path / "b.pt")
+    assert mlflow.get_tracking_uri() == before
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def test_disabled_tracking_logs_no_model(bundle_path):
+    assert log_bundle_model(Tracker.disabled(), bundle_path) is None
+
+
+@pytest.mark.slow
+def test_model_loads_where_sasan_is_not_installed(logged, tmp_path):
+    """The model ships the sasan package: load it in a process that cannot import the
+    installed one (its editable-install finder removed)."""
+    x = _stacks(2, seed=11)
+    np.save(tmp_path / "x.npy", x)
+    script = f"""
+import sys
+sys.meta_path = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+sys.path = [p for p in sys.path if p not in ("", {str(Path.cwd())!r}, {str(Path(__file__).resolve().parents[2])!r})]
+try:
+    import sasan
+    raise SystemExit("sasan is still importable: the test proves nothing")
+except ImportError:
+    pass
+import mlflow, numpy as np
+mlflow.set_tracking_uri({logged["uri"]!r})
+model = mlflow.pyfunc.load_model({logged["model_uri"]!r})
+np.save({str(tmp_path / "y.npy")!r}, model.predict(np.load({str(tmp_path / "x.npy")!r})))
+print(sys.modules["sasan"].__file__)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "/code/sasan/" in done.stdout                       # the shipped copy was used
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), _reference_labels(logged["bundle"], x))

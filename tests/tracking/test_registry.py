@@ -1,0 +1,140 @@
+"""The registry gate on a real local MLflow registry: promote / no-promote, reports, errors."""
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from sasan.config import RegisterConfig
+from sasan.tracking.registry import (
+    DICE_TAG, MetricsError, decide, load_evaluation, register_and_gate, target_mean_dice,
+)
+from sasan.tracking.runs import Tracker
+
+GATE = RegisterConfig(model_name="seg", min_dice=0.5, alias="champion")
+
+
+def evaluation(sasan_dice: float, baseline: float = 0.2) -> dict:
+    def method(d):
+        return {"per_structure": {"LV": {"dice": d, "assd_vox": 1.0, "assd_mm": 1.5}},
+                "mean": {"dice": d, "assd_vox": 1.0, "assd_mm": 1.5}}
+    return {"no_adaptation": method(baseline), "cyclegan": method(baseline), "sasan": method(sasan_dice),
+            "upper_bound": method(0.95)}
+
+
+@pytest.fixture
+def candidate(tracking_uri):
+    """A function making a run with a (metadata-only) logged model: (run_id, model_uri)."""
+    client = MlflowClient(tracking_uri)
+
+    def make():
+        tracker = Tracker.start(tracking_uri, "exp", "pipeline")
+        model = client.create_logged_model(tracker.experiment_id, name="model", source_run_id=tracker.run_id)
+        client.finalize_logged_model(model.model_id, "READY")
+        return tracker.run_id, f"models:/{model.model_id}"
+    return make
+
+
+def gate(tracking_uri, candidate, dice, report_dir, cfg=GATE):
+    run_id, model_uri = candidate()
+    return register_and_gate(tracking_uri, model_uri, evaluation(dice), cfg, run_id, report_dir)
+
+
+def champion(tracking_uri, name="seg", alias="champion"):
+    return str(MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version)
+
+
+def test_first_model_past_the_threshold_is_promoted(tracking_uri, candidate, tmp_path):
+    report = gate(tracking_uri, candidate, 0.71, tmp_path / "r")
+    assert report["promoted"] is True and report["version"] == "1" and report["previous_champion"] is None
+    assert champion(tracking_uri) == "1"
+    assert not (tmp_path / "mlflow.db").exists()          # no stray default store in the working dir
+    mv = MlflowClient(tracking_uri).get_model_version("seg", "1")
+    assert float(mv.tags[DICE_TAG]) == 0.71 and mv.tags["sasan.gate"] == "promoted"
+    assert mv.run_id == report["run_id"] and mv.source == report["model_uri"]
+    assert MlflowClient(tracking_uri).get_run(report["run_id"]).data.tags["sasan.registered_version"] == "seg/1"
+    on_disk = json.loads((tmp_path / "r" / "register.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    md = (tmp_path / "r" / "register.md").read_text()
+    assert "**Promoted**" in md and "0.7100" in md and "no current champion" in md
+
+
+def test_first_model_below_the_threshold_is_registered_not_promoted(tracking_uri, candidate, tmp_path):
+    report = gate(tracking_uri, candidate, 0.49, tmp_path)
+    assert report["promoted"] is False and report["version"] == "1" and report["champion_version"] is None
+    assert "0.4900 < threshold 0.5000" in report["reasons"][0]
+    assert MlflowClient(tracking_uri).get_registered_model("seg").aliases == {}
+    assert "**Not promoted**" in (tmp_path / "register.md").read_text()
+
+
+def test_better_model_takes_over_the_alias(tracking_uri, candidate, tmp_path):
+    gate(tracking_uri, candidate, 0.60, tmp_path)
+    report = gate(tracking_uri, candidate, 0.65, tmp_path)
+    assert report["promoted"] is True and champion(tracking_uri) == "2"
+    assert report["previous_champion"] == {"version": "1", "target_mean_dice": 0.60}
+    assert "0.6500 > champion v1's 0.6000" in report["reasons"][1]
+
+
+@pytest.mark.parametrize("dice", [0.59, 0.60])                # worse, and a tie: the champion stays
+def test_model_not_better_than_the_champion_leaves_the_alias(tracking_uri, candidate, tmp_path, dice):
+    gate(tracking_uri, candidate, 0.60, tmp_path)
+    report = gate(tracking_uri, candidate, dice, tmp_path)
+    assert report["promoted"] is False and report["version"] == "2" and report["champion_version"] == "1"
+    assert champion(tracking_uri) == "1"
+    assert MlflowClient(tracking_uri).get_model_version("seg", "2").tags["sasan.gate"] == "rejected"
+    assert "`@champion` stays on v1" in (tmp_path / "register.md").read_text()
+
+
+def test_better_than_champion_but_below_a_raised_threshold_is_not_promoted(tracking_uri, candidate, tmp_path):
+    gate(tracking_uri, candidate, 0.60, tmp_path)
+    stricter = RegisterConfig(model_name="seg", min_dice=0.9, alias="champion")
+    report = gate(tracking_uri, candidate, 0.80, tmp_path, cfg=stricter)
+    assert report["promoted"] is False and champion(tracking_uri) == "1"
+
+
+def test_a_champion_set_by_hand_without_a_score_is_not_replaced(tracking_uri, candidate, tmp_path):
+    gate(tracking_uri, candidate, 0.60, tmp_path)
+    client = MlflowClient(tracking_uri)
+    client.delete_model_version_tag("seg", "1", DICE_TAG)
+    report = gate(tracking_uri, candidate, 0.99, tmp_path)
+    assert report["promoted"] is False and champion(tracking_uri) == "1"
+    assert "no target_mean_dice tag" in report["reasons"][1]
+
+
+@pytest.mark.parametrize("metrics, message", [
+    ({"cyclegan": {"mean": {"dice": 0.7}}}, r"no sasan.mean.dice .*methods present: \['cyclegan'\]"),
+    ({"sasan": {"mean": {"assd_mm": 1.0}}}, "no sasan.mean.dice"),
+    ({"sasan": {"mean": {"dice": "0.7"}}}, "must be a finite number"),
+    ({"sasan": {"mean": {"dice": float("nan")}}}, "must be a finite number"),
+    ({"sasan": {"mean": {"dice": 70.0}}}, r"must lie in \[0, 1\]"),
+    ({"sasan": ["not", "a", "mapping"]}, "no sasan.mean.dice"),
+])
+def test_malformed_metrics_fail_clearly_before_anything_is_registered(tracking_uri, candidate, tmp_path,
+                                                                      metrics, message):
+    run_id, model_uri = candidate()
+    with pytest.raises(MetricsError, match=message):
+        register_and_gate(tracking_uri, model_uri, metrics, GATE, run_id, tmp_path, metrics_origin="m.json")
+    assert MlflowClient(tracking_uri).search_registered_models() == []
+    assert not (tmp_path / "register.json").exists()
+
+
+def test_metrics_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "evaluation.json"
+    bad.write_text("{truncated")
+    with pytest.raises(MetricsError, match="evaluation.json: not valid JSON"):
+        load_evaluation(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(MetricsError, match="top level must be an object"):
+        load_evaluation(bad)
+    with pytest.raises(MetricsError, match="not found"):
+        load_evaluation(tmp_path / "absent.json")
+    with pytest.raises(MetricsError, match=f"{bad}: no sasan.mean.dice"):
+        target_mean_dice({}, origin=bad)
+
+
+@pytest.mark.parametrize("dice, champ, promote", [
+    (0.5, None, True), (0.49, None, False), (0.7, 0.6, True), (0.6, 0.6, False), (0.4, 0.3, False),
+])
+def test_gate_table(dice, champ, promote):
+    d = decide(dice, 0.5, None if champ is None else "3", champ)
+    assert d.promote is promote and len(d.reasons) == 2
