@@ -28,13 +28,15 @@ def one(variant: str, device: str, size: int, batch: int, iters: int, profile: b
 
     from sasan.config import config_from_dict
     from sasan.models import build_networks, count_parameters
-    from sasan.train.device import resolve_runtime
+    from sasan.train.device import keep_freed_memory, resolve_runtime
     from sasan.train.joint import JointOptions, JointTrainer, make_optimizers
     from sasan.train.variants import variant_config
 
     torch.manual_seed(0)
     cfg = variant_config(config_from_dict({"train": {"device": device}}), variant)
     rt = resolve_runtime(device, bf16=True, channels_last=True)
+    if rt.device.type == "cpu":
+        keep_freed_memory()
     nets = rt.prepare_module(build_networks(cfg.model))
     j = cfg.train.joint
     g, d, og, od = make_optimizers(nets, j.lr, j.betas, j.weight_decay, False, False)

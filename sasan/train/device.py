@@ -45,3 +45,23 @@ def resolve_runtime(device: str = "auto", bf16: bool = True, channels_last: bool
 
         raise ConfigError(f"train.device={device} but CUDA is not available")
     return Runtime(dev, bf16=bf16 and cuda and torch.cuda.is_bf16_supported(), channels_last=channels_last and cuda)
+
+
+def keep_freed_memory() -> bool:
+    """CPU training allocates and frees the same large activations every step. glibc serves
+    blocks above 32 MB with mmap and returns them to the kernel on free, so every step pays
+    millions of page faults (measured: 20-25% of CPU time at 256x256). Serving them from the
+    heap and not trimming it keeps the memory for reuse, like a GPU caching allocator.
+    Returns True if applied (Linux/glibc only; a no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):   # musl and others have no mallopt
+        return False

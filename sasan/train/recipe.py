@@ -26,12 +26,13 @@ from sasan.bundle import ModelBundle, save_bundle
 from sasan.config import Config, save_config
 from sasan.models import build_networks, build_segmenter, count_parameters
 from sasan.train.data import ArraySliceDataset, ConcatSlices
-from sasan.train.device import Runtime, resolve_runtime
+from sasan.train.device import Runtime, keep_freed_memory, resolve_runtime
 from sasan.train.fake_source import translate_to_source
 from sasan.train.history import History
 from sasan.train.joint import JointOptions, JointTrainer, make_optimizers
 from sasan.train.loop import Phase, run_phase
 from sasan.train.pictures import attention_grid, translation_grid
+from sasan.train.prefetch import Prefetcher
 from sasan.train.sampling import StreamSampler, collate
 from sasan.train.schedule import make_scheduler
 from sasan.train.supervised import attention_pretrain_loss, segmenter_loss, steps_for, supervised_phase
@@ -87,6 +88,8 @@ class Trainer:
         tc = self.cfg.train
         self.rt = runtime or resolve_runtime(tc.device, tc.bf16, tc.channels_last)
         self.summary: dict[str, Any] = {"variant": variant, "device": str(self.rt.device)}
+        if self.rt.device.type == "cpu":
+            keep_freed_memory()
 
     # -------------------------------------------------------------- helpers
     @property
@@ -120,7 +123,8 @@ class Trainer:
             batch_size=c.batch_size, lr=c.lr, seed=self.cfg.experiment.seed + 11, runtime=self.rt,
             checkpoint=self._ckpt("pretrain_attention"), checkpoint_every=self.cfg.train.checkpoint_every,
             log_every=self.cfg.train.log_every, dice_weight=self.cfg.train.losses.dice_weight,
-            orth_weight=self.cfg.train.losses.orthogonality, rank=self.rank, world_size=self.world_size)
+            orth_weight=self.cfg.train.losses.orthogonality, rank=self.rank, world_size=self.world_size,
+            num_workers=self.cfg.train.num_workers)
         self.summary["pretrain_attention"] = {"steps": steps, **self._run(phase)}
 
     def joint(self, nets, data: TrainData) -> JointTrainer:
@@ -142,8 +146,10 @@ class Trainer:
             s = collate(data.source, src_sampler.draw(step))
             return {"x": s["image"], "y_x": s.get("label"), "t": t["image"]}
 
+        batches = Prefetcher(batch_at, steps, self.cfg.train.num_workers)
+
         def step_fn(step: int) -> dict[str, float]:
-            logs = trainer.step(batch_at(step))
+            logs = trainer.step(batches.get(step))
             sched_g.step(), sched_d.step()
             logs["lr"] = sched_g.get_last_lr()[0]
             return logs
@@ -186,7 +192,8 @@ class Trainer:
             name, unet, segmenter_loss, train_set, steps=steps, batch_size=c.batch_size, lr=c.lr,
             seed=self.cfg.experiment.seed + 31, runtime=self.rt, checkpoint=self._ckpt(name),
             checkpoint_every=self.cfg.train.checkpoint_every, log_every=self.cfg.train.log_every,
-            dice_weight=self.cfg.train.losses.dice_weight, rank=self.rank, world_size=self.world_size)
+            dice_weight=self.cfg.train.losses.dice_weight, rank=self.rank, world_size=self.world_size,
+            num_workers=self.cfg.train.num_workers)
         self.summary[name] = {"steps": steps, "train_slices": len(train_set), **self._run(phase)}
         return unet.eval()
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from sasan import losses as L
 from sasan.train.device import Runtime
 from sasan.train.loop import Phase
+from sasan.train.prefetch import Prefetcher
 from sasan.train.sampling import StreamSampler, collate
 
 
@@ -42,13 +43,14 @@ def supervised_phase(name: str, model: nn.Module, loss_fn: Callable[..., Any], d
                      steps: int, batch_size: int, lr: float, seed: int, runtime: Runtime,
                      checkpoint: Path, checkpoint_every: int, log_every: int, dice_weight: float,
                      orth_weight: float = 0.0, rank: int = 0, world_size: int = 1,
-                     extra: dict | None = None) -> Phase:
+                     num_workers: int = 0, extra: dict | None = None) -> Phase:
     sampler = StreamSampler(len(dataset), seed, batch_size, rank, world_size)
+    batches = Prefetcher(lambda step: collate(dataset, sampler.draw(step)), steps, num_workers)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
 
     def step_fn(step: int) -> dict[str, float]:
         model.train()
-        batch = collate(dataset, sampler.draw(step))
+        batch = batches.get(step)
         image, label = runtime.batch(batch["image"]), batch["label"].to(runtime.device)
         optimizer.zero_grad(set_to_none=True)
         with runtime.autocast():

@@ -47,3 +47,24 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_prefetch_with_workers_gives_the_same_batches_and_restarts_at_any_step():
+    from sasan.train.data import ArraySliceDataset
+    from sasan.train.prefetch import Prefetcher
+    from sasan.train.sampling import collate
+
+    from .conftest import blob_slices
+
+    xs, ys = blob_slices(6, size=16)
+    ds = ArraySliceDataset(xs, ys)
+    sampler = StreamSampler(len(ds), seed=0, batch_size=2)
+
+    def batch_at(step):
+        return collate(ds, sampler.draw(step))
+
+    direct = Prefetcher(batch_at, 6, num_workers=0)
+    workers = Prefetcher(batch_at, 6, num_workers=2)
+    for step in [0, 1, 2, 4, 5]:          # skipping step 3 restarts the worker stream
+        a, b = direct.get(step), workers.get(step)
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
