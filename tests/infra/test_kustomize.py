@@ -339,7 +339,8 @@ def test_mlflow_server_uses_postgres_s3_and_authentication(overlay):
     assert "--artifacts-destination=s3://mlflow-artifacts" in args
     env = {e["name"]: e for e in container["env"]}
     assert {"PGUSER", "PGPASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-            "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"} <= set(env)
+            "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
+            "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= set(env)
     server_env = one(overlay, "ConfigMap", container["envFrom"][0]["configMapRef"]["name"])["data"]
     assert server_env["MLFLOW_S3_ENDPOINT_URL"].startswith("http://seaweedfs.sasan.svc")
     auth_config = next(v for v in pod_spec(deployment)["volumes"] if v["name"] == "auth-config")
