@@ -180,7 +180,10 @@ class Subject:
 def sample_subject(rng: np.random.Generator) -> Subject:
     sb = rng.uniform(0.88, 1.12)        # body size
     sh = rng.uniform(0.85, 1.15)        # heart size
-    j = lambda lo=0.9, hi=1.1: rng.uniform(lo, hi)  # noqa: E731 - independent per-dimension jitter
+
+    def j(lo: float = 0.9, hi: float = 1.1) -> float:  # independent per-dimension jitter
+        return rng.uniform(lo, hi)
+
     return Subject(
         body_semi=(140.0 * sb * j(), 100.0 * sb * j()),
         fat_mm=rng.uniform(5.0, 18.0),
@@ -274,7 +277,10 @@ def _paint_heart(c: Canvas, s: Subject) -> None:
     u_base = 0.55 * a
     base = ctr + e_u * u_base
     rot = s.heart_rot
-    world = lambda v: rot @ np.asarray(v, float)  # noqa: E731 - body-frame offset -> world offset
+
+    def world(offset) -> np.ndarray:  # body-frame offset (mm) -> world offset, heart rotation applied
+        return rot @ np.asarray(offset, float)
+
 
     la_c = base + e_u * 12.0 + world([-4.0, -14.0, 6.0])
     ra_c = la_c + world([32.0, 10.0, -8.0])
