@@ -238,7 +238,8 @@ def _run(cmd, cwd):
 
 
 @pytest.mark.slow
-def test_dvc_source_at_a_revision(tmp_path, phantom_src):
+def test_dvc_source_at_a_revision(tmp_path, phantom_src, monkeypatch):
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site"))  # keep DVC's index in tmp
     dvc = [sys.executable, "-m", "dvc"]
     repo = tmp_path / "repo"
     repo.mkdir()
