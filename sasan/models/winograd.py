@@ -154,10 +154,18 @@ def _input_transform_t(dv: Tensor, bt: Tensor, m: int, th: int, tw: int,
     dg = _buffer("c", rows * m, dv).view(a, -1)
     torch.mm(bt.t(), dz[:rows].view(a, -1), out=dg)
     dg = dg.view(a, n, c, th, m * (tw + 1))
-    dx = dv.new_zeros(n, c, h, w)
+    # overlap-add: window rows 0..m-1 of all tiles cover image rows 0 .. m*th - 2 once
+    # (assign), rows m..a-1 overlap the next tile (add)
+    dx = dv.new_empty(n, c, h, w)
+    dx[:, :, m * th - 1:] = 0
     for i, lo, hi in _row_ranges(a, m, th, h):
         if hi > lo:
-            dx[:, :, m * lo + i - 1: m * (hi - 1) + i: m] += dg[i, :, :, lo:hi, 1:w + 1]
+            dst = dx[:, :, m * lo + i - 1: m * (hi - 1) + i: m]
+            src = dg[i, :, :, lo:hi, 1:w + 1]
+            if i < m:
+                dst.copy_(src)
+            else:
+                dst += src
     return dx
 
 
