@@ -77,6 +77,7 @@ def run_ingest(source: str | Path, out_dir: str | Path, layout: str = "nnunet", 
         if root.resolve() == out_dir.resolve() or out_dir.resolve().is_relative_to(root.resolve()):
             raise DataError("output folder must lie outside the source folder", out_dir)
         ds = ADAPTERS[layout_name](root)
+        _check_unique(ds)
         splits = assign_splits(ds.cases, test_fraction, seed)
         with atomic_dir(out_dir) as tmp:
             entries, domains = _write_dataset(ds, splits, tmp)
@@ -87,6 +88,14 @@ def run_ingest(source: str | Path, out_dir: str | Path, layout: str = "nnunet", 
     log.info("ingested %d cases into %s: %s", len(entries), out_dir, counts)
     return {"out_dir": str(out_dir), "dataset": ds.name, "layout": layout_name, "cases": len(entries),
             "domains": counts, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _check_unique(ds: AdaptedDataset) -> None:
+    seen: dict[tuple[str, str], Path] = {}
+    for c in ds.cases:
+        first = seen.setdefault((c.domain, c.case_id), c.image)
+        if first != c.image:
+            raise DataError(f"case id {c.case_id!r} of domain {c.domain!r} also comes from {first}", c.image)
 
 
 def _check_output(out_dir: Path) -> None:

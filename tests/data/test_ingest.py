@@ -195,6 +195,13 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path, phantom_src):
         run_ingest(phantom_src, tmp_path / "o", test_fraction=1.0)
 
 
+def test_duplicate_case_ids_are_rejected(tmp_path):
+    src = _mmwhs_tree(tmp_path / "mmwhs", n=2)
+    save_nifti(src / "mr_test/mr_test_1001_image.nii.gz", np.zeros((6, 5, 4), np.float32), AFF)
+    with pytest.raises(DataError, match="mr_1001"):
+        run_ingest(src, tmp_path / "out", layout="mmwhs")
+
+
 def test_archive_source(tmp_path):
     src = _mmwhs_tree(tmp_path / "MMWHS")
     arc = tmp_path / "mmwhs.tar.gz"
