@@ -69,6 +69,8 @@ def run_ingest(source: str | Path, out_dir: str | Path, layout: str = "nnunet", 
         raise ConfigError(f"unknown layout {layout_name!r}; choose from {', '.join(ADAPTERS)}")
     if not 0.0 < test_fraction < 1.0:
         raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {seed}")
     start = time.perf_counter()
     out_dir = Path(out_dir)
     _check_output(out_dir)

@@ -141,6 +141,8 @@ def generate_phantom(out_dir: str | Path, cases: int = 10, seed: int = 0,
     of view. Written atomically: on failure ``out_dir`` is left as it was."""
     if cases < 1:
         raise ConfigError(f"cases must be >= 1, got {cases}")
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {seed}")
     if size < 16:
         raise ConfigError(f"size must be >= 16, got {size}")
     bad = [d for d in domains if d not in PROTOCOLS]

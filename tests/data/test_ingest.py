@@ -193,6 +193,8 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path, phantom_src):
         run_ingest(phantom_src, tmp_path / "o", layout="dicom")
     with pytest.raises(ConfigError):
         run_ingest(phantom_src, tmp_path / "o", test_fraction=1.0)
+    with pytest.raises(ConfigError):
+        run_ingest(phantom_src, tmp_path / "o", seed=-1)
 
 
 def test_duplicate_case_ids_are_rejected(tmp_path):

@@ -107,6 +107,8 @@ def test_generate_is_atomic_and_guards_foreign_folders(tmp_path, monkeypatch):
     assert (tmp_path / "mine/thesis.tex").read_text() == "precious"
     with pytest.raises(ConfigError):
         generate_phantom(tmp_path / "x", domains=("mr", "pet"))
+    with pytest.raises(ConfigError):
+        generate_phantom(tmp_path / "x", seed=-1)
 
 
 def test_cli_phantom(tmp_path, capsys):
