@@ -31,12 +31,15 @@ autograd.Function so no intermediate of the transforms is kept besides V):
   multiple of m, the a-wide windows are "m columns of this tile + the first a-m columns
   of the next tile", i.e. two GEMMs on plain strided views (this adds one dummy tile per
   tile row, computed and discarded).
-* per position p (a*a of them) and image: one GEMM  U_p @ V_p  written straight into
-  M (N, C_out, a*a, tiles) -- the layout the output transform wants.
-* output transform: one GEMM per (image, channel) with A^T (x) A^T (Kronecker, m*m x a*a),
-  then a permuting copy (fused with the bias add) into (N, C_out, H, W).
+* one bmm over (position p, image):  M_p = U_p @ V_p, M laid out (a*a, N, C_out, tiles).
+* output transform: one GEMM  M^T @ (A^T (x) A^T)^T  (Kronecker, a*a -> m*m per tile), then
+  a permuting copy (fused with the bias add) into a contiguous (N, C_out, H, W).
+* large scratch tensors (everything but V, the output and the gradients) are reused
+  across calls, per thread (clear_workspace() frees them): fresh multi-MB allocations
+  cost page faults that otherwise take a large share of the time.
 Backward is the transpose of each step: grad_V = U_p^T grad_M_p, grad_U = grad_M_p V_p^T,
-grad_x = transposed input transform (overlap-add), grad_w = G^T grad_U G.
+grad_x = transposed input transform (overlap-add), grad_w = G^T grad_U G.  Memory: V, kept
+for the backward, is (a/m)^2 (2.25x for m = 4) the input's size, instead of the input.
 """
 
 from __future__ import annotations
