@@ -10,8 +10,8 @@ from mlflow import MlflowClient
 
 from sasan.config import config_from_dict
 from sasan.tracking.runs import (
-    CLASSIC_ML_KIND, EXPERIMENT_KIND_TAG, MAX_PARAM_VALUE, Tracker, TrackingError, default_tracking_uri,
-    metric_name, read_run_ref, redact_uri, write_run_ref,
+    CLASSIC_ML_KIND, EXPERIMENT_KIND_TAG, MAX_PARAM_VALUE, RUNS_VIEW_KEY, SHARED_VIEW_TAG, Tracker,
+    TrackingError, default_tracking_uri, metric_name, read_run_ref, redact_uri, runs_table_url, write_run_ref,
 )
 
 
@@ -39,6 +39,18 @@ def test_new_experiment_is_a_classic_ml_experiment_with_local_artifacts(tracking
     assert exp.tags[EXPERIMENT_KIND_TAG] == CLASSIC_ML_KIND
     store_dir = Path(tracking_uri[len("sqlite:///"):]).parent
     assert exp.artifact_location == (store_dir / "mlruns" / "sasan-demo").as_uri()
+
+
+def test_experiment_carries_a_runs_table_view_with_metric_columns(tracking_uri):
+    tracker = Tracker.start(tracking_uri, "exp", "run")
+    tags = MlflowClient(tracking_uri).get_experiment(tracker.experiment_id).tags
+    view = json.loads(tags[SHARED_VIEW_TAG + RUNS_VIEW_KEY])
+    assert view["orderByKey"] == "metrics.`sasan/mean/dice`" and view["orderByAsc"] is False
+    assert "metrics.`no_adaptation/mean/dice`" in view["selectedColumns"]
+    assert "params.`train.joint.lr`" in view["selectedColumns"]
+    url = runs_table_url(tracker.experiment_id, "http://localhost:5000/")
+    assert url == (f"http://localhost:5000/#/experiments/{tracker.experiment_id}/runs"
+                   f"?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_KEY}")
 
 
 def test_existing_experiment_is_reused_and_its_own_kind_kept(tracking_uri):
