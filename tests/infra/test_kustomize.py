@@ -170,17 +170,18 @@ def test_every_container_is_locked_down(overlay):
     for workload in workloads(overlay):
         spec = pod_spec(workload)
         pod_security = spec.get("securityContext", {})
-        assert spec.get("automountServiceAccountToken") is False or workload["kind"] == "Job", label(workload)
+        assert spec.get("automountServiceAccountToken") is False, f"{label(workload)}: API token mounted"
         for container in containers(workload):
             where = f"{label(workload)} container {container['name']}"
-            security = {**pod_security, **container.get("securityContext", {})}
+            own = container.get("securityContext", {})
+            security = {**pod_security, **own}
             assert security.get("runAsNonRoot") is True, where
             assert security.get("runAsUser", 0) >= 999, f"{where}: fixed non-root UID"
-            assert container["securityContext"].get("allowPrivilegeEscalation") is False, where
-            assert container["securityContext"].get("readOnlyRootFilesystem") is True, where
-            assert container["securityContext"].get("privileged", False) is False, where
-            assert container["securityContext"].get("capabilities", {}).get("drop") == ["ALL"], where
-            assert not container["securityContext"].get("capabilities", {}).get("add"), where
+            assert own.get("allowPrivilegeEscalation") is False, where
+            assert own.get("readOnlyRootFilesystem") is True, where
+            assert own.get("privileged", False) is False, where
+            assert own.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not own.get("capabilities", {}).get("add"), where
             assert security.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
         assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
         for volume in spec.get("volumes", []):
