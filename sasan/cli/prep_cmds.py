@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _validate(args: argparse.Namespace) -> int:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # the edge: no usage statistics leave the machine
+    if not args.verbose:  # GX logs its plugin registration at INFO; our own log says what matters
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
     from sasan.data.validate import run_validate
 
     report = run_validate(args.raw, args.report, _config(args).validate_)

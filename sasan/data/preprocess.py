@@ -43,9 +43,9 @@ class Geometry:
 
     @property
     def plane(self) -> tuple[int, int]:
-        """In-plane size of the cropped slices before fitting into the canvas."""
-        lens = [hi - lo for lo, hi in self.box]
-        return tuple(n for a, n in enumerate(lens) if a != self.axis)  # type: ignore[return-value]
+        """(H, W) of the cropped slices before fitting into the canvas."""
+        lens = tuple(hi - lo for lo, hi in self.box)
+        return geo.display_plane(lens, self.axis)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class PreparedVolume:
         ras = geo.to_ras(label.astype(np.uint8, copy=False), g.transform)
         ras = geo.resample(ras, g.grid_shape, nearest=True)
         cropped = ras[tuple(slice(lo, hi) for lo, hi in g.box)]
-        planes = geo.resize_slices(np.moveaxis(cropped, g.axis, 0), g.content, nearest=True)
+        planes = geo.resize_slices(geo.volume_to_slices(cropped, g.axis), g.content, nearest=True)
         return geo.to_canvas(planes, g.size, 0)
 
     def restore(self, label_slices: np.ndarray) -> nib.Nifti1Image:
@@ -95,7 +95,7 @@ class PreparedVolume:
             raise DataError(f"restore expects slices of shape {expected}, got {slices.shape}")
         planes = geo.resize_slices(geo.from_canvas(slices, g.content), g.plane, nearest=nearest)
         grid = np.full(g.grid_shape, fill, dtype=planes.dtype)
-        grid[tuple(slice(lo, hi) for lo, hi in g.box)] = np.moveaxis(planes, 0, g.axis)
+        grid[tuple(slice(lo, hi) for lo, hi in g.box)] = geo.slices_to_volume(planes, g.axis)
         ras = geo.resample(grid, g.ras_shape, nearest=nearest)
         data = np.ascontiguousarray(geo.from_ras(ras, g.transform))
         header = self.header.copy()
@@ -138,7 +138,7 @@ def prepare_loaded(volume: Volume, cfg: PreprocessConfig, bounds: tuple[float, f
     else:
         box = tuple((0, n) for n in ras.shape)
     cropped = ras[tuple(slice(lo, hi) for lo, hi in box)]
-    stack = np.moveaxis(cropped, cfg.axis, 0)  # (Z, a, b)
+    stack = geo.volume_to_slices(cropped, cfg.axis)  # (Z, H, W), superior/anterior up
     content = geo.fit_size(stack.shape[1:], cfg.image_size)
     planes = geo.resize_slices(stack, content)
     normalised, stats = normalise(planes, cfg.clip_percentiles, bounds, volume.path)
@@ -156,8 +156,7 @@ def normalise(planes: np.ndarray, percentiles: tuple[float, float], bounds: tupl
     """Clip at the volume's percentiles, z-score, map [low, high] z-scores to [-1, 1]."""
     p_lo, p_hi = (float(v) for v in np.percentile(_sample(planes), percentiles))
     clipped = np.clip(planes, p_lo, p_hi, out=np.empty_like(planes, dtype=np.float32))
-    mean = float(clipped.mean(dtype=np.float64))
-    std = float(clipped.std(dtype=np.float64))
+    mean, std = _mean_std(clipped)
     if not std > 1e-8:
         raise DataError(f"constant intensity after clipping at percentiles {percentiles}: cannot z-score", path)
     lo, hi = bounds
@@ -168,6 +167,17 @@ def normalise(planes: np.ndarray, percentiles: tuple[float, float], bounds: tupl
     clipped += np.float32(offset)
     np.clip(clipped, -1.0, 1.0, out=clipped)
     return clipped, {"p_low": p_lo, "p_high": p_hi, "mean": mean, "std": std}
+
+
+def _mean_std(x: np.ndarray, chunk: int = 1 << 21) -> tuple[float, float]:
+    """Mean and standard deviation with float64 accumulation, in chunks (no volume-sized temporaries)."""
+    flat = x.reshape(-1)
+    mean = float(np.add.reduce(flat, dtype=np.float64)) / flat.size
+    sq = 0.0
+    for start in range(0, flat.size, chunk):
+        d = flat[start:start + chunk].astype(np.float64) - mean
+        sq += float(np.dot(d, d))
+    return mean, (sq / flat.size) ** 0.5
 
 
 def stack_slices(slices: np.ndarray, index: np.ndarray, channels: int) -> np.ndarray:

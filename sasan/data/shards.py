@@ -108,6 +108,7 @@ def write_split(cases: list[RawCase], target: Path, cfg: PreprocessConfig, bound
     dtype = np.dtype(cfg.dtype)
     per_case: dict[str, dict[str, Any]] = {}
     with atomic_dir(target) as tmp:
+        tmp.chmod(0o755)  # mkdtemp makes it private; shards are read by other users (containers, DVC)
         chunks = tmp / "chunks"
         chunks.mkdir()
         kept_per_case, labelled = [], []

@@ -96,6 +96,27 @@ def body_box(counts: list[np.ndarray], shape: tuple[int, int, int], fraction: fl
     return tuple(box)
 
 
+# ----------------------------------------------------------------------------- slice display order
+def volume_to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
+    """RAS (X, Y, Z) volume -> (N, H, W) slices along ``axis`` in display order (a view).
+
+    Rows run along the later remaining RAS axis, reversed (superior, or anterior for axial
+    slices, at the top); columns along the earlier one (towards the patient's right: the
+    neurological convention). So a left-right flip of a slice mirrors the patient."""
+    return np.moveaxis(volume, axis, 0).transpose(0, 2, 1)[:, ::-1, :]
+
+
+def slices_to_volume(slices: np.ndarray, axis: int) -> np.ndarray:
+    """Inverse of :func:`volume_to_slices` (a view)."""
+    return np.moveaxis(slices[:, ::-1, :].transpose(0, 2, 1), 0, axis)
+
+
+def display_plane(shape: tuple[int, int, int], axis: int) -> tuple[int, int]:
+    """(H, W) of the slices :func:`volume_to_slices` makes from a volume of ``shape``."""
+    first, second = (n for a, n in enumerate(shape) if a != axis)
+    return second, first
+
+
 # ----------------------------------------------------------------------------- square canvas
 def fit_size(plane: tuple[int, int], size: int) -> tuple[int, int]:
     """In-plane content size after scaling the longer side to ``size`` (aspect kept)."""
@@ -125,7 +146,11 @@ def to_canvas(stack: np.ndarray, size: int, fill: float) -> np.ndarray:
     """Centre a (Z, h, w) stack on a (Z, size, size) canvas filled with ``fill``."""
     z, h, w = stack.shape
     top, left = pad_offsets((h, w), size)
-    canvas = np.full((z, size, size), fill, dtype=stack.dtype)
+    canvas = np.empty((z, size, size), dtype=stack.dtype)  # write each byte once: borders, then content
+    canvas[:, :top] = fill
+    canvas[:, top + h:] = fill
+    canvas[:, top:top + h, :left] = fill
+    canvas[:, top:top + h, left + w:] = fill
     canvas[:, top:top + h, left:left + w] = stack
     return canvas
 

@@ -58,6 +58,22 @@ def test_bounds_lookup():
         bounds_for(cfg, "PET", "pet")
 
 
+def test_slices_in_display_order():
+    from sasan.data.slice_geometry import display_plane, slices_to_volume, volume_to_slices
+
+    ras = np.zeros((4, 5, 6), np.float32)  # X (to the right), Y (anterior), Z (superior)
+    ras[:, :, -1] = 1.0  # top of the head
+    ras[-1, :, :] += 2.0  # patient's right
+    coronal = volume_to_slices(ras, 1)
+    assert coronal.shape == (5, *display_plane(ras.shape, 1)) == (5, 6, 4)
+    assert coronal[0, 0, 0] == 1.0 and coronal[0, -1, 0] == 0.0  # superior row on top
+    assert coronal[0, 3, -1] == 2.0  # patient's right on the right
+    axial = volume_to_slices(ras, 2)
+    assert axial.shape == (6, 5, 4)
+    for axis in range(3):
+        assert np.array_equal(slices_to_volume(volume_to_slices(ras, axis), axis), ras)
+
+
 def _files(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -230,8 +246,9 @@ def test_restore_inverts_exactly_without_resampling(tmp_path, nifti_writer):
     path, label, affine = _labelled_volume(tmp_path, nifti_writer)
     cfg = PreprocessConfig(image_size=32, crop="none", clip_percentiles=(0.0, 100.0), bounds={"mr": (-20.0, 20.0)})
     prepared = prepare_volume(path, cfg, "MR")  # the label volume itself as the image
-    # content is 32 x 20 of a 32 x 32 canvas: identity resize, so intensities map back to labels
-    values = np.unique(prepared.slices[:, :, 6:26])
+    # coronal slices are 20 (S-I) x 32 (R-L) in a 32 x 32 canvas: identity resize, so
+    # intensities map back to labels
+    values = np.unique(prepared.slices[:, 6:26, :])
     assert len(values) == 4
     as_labels = np.searchsorted(values, prepared.slices).clip(0, 3)
     as_labels = np.array([0, 1, 2, 3], np.uint8)[as_labels]
