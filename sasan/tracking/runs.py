@@ -1,8 +1,9 @@
 """MLflow runs: one parent run per pipeline execution, re-opened by id by every stage.
 
-:class:`Tracker` wraps an :class:`mlflow.MlflowClient` bound to an explicit tracking URI,
-so nothing here touches MLflow's process-wide state (``mlflow.set_tracking_uri``, the
-active-run stack). The run id travels between stages in a small JSON file
+:class:`Tracker` wraps an :class:`mlflow.MlflowClient` bound to an explicit tracking URI
+and never uses MLflow's active-run stack. MLflow's process-wide tracking URI is set only
+inside :func:`process_tracking_uri`, around the two MLflow calls that read nothing else,
+and restored after. The run id travels between stages in a small JSON file
 (:func:`write_run_ref` / :func:`read_run_ref`), never through the environment.
 """
 
