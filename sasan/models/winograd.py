@@ -63,6 +63,11 @@ _F23 = (
     [[1, 1, 1, 0], [0, 1, -1, -1]],
 )
 _MATRICES = {4: _F43, 2: _F23}
+# Below these (min(C_in, C_out), min(H, W)) nn.Conv2d was as fast or faster in
+# bench/winograd.py (fp32 CPU): the transforms cost O(C + C_out) per tile, the GEMM saves
+# O(C * C_out).
+MIN_CHANNELS = 64
+MIN_SIZE = 64
 _cache: dict[tuple, tuple[Tensor, ...]] = {}
 
 
@@ -249,8 +254,8 @@ class WinogradConv2d(nn.Conv2d):
     that are too small or have too few channels to gain, use nn.Conv2d's own forward.
     """
 
-    def __init__(self, *args, m: int = 4, min_channels: int = 32,
-                 min_size: int = 16, **kwargs):
+    def __init__(self, *args, m: int = 4, min_channels: int = MIN_CHANNELS,
+                 min_size: int = MIN_SIZE, **kwargs):
         super().__init__(*args, **kwargs)
         self.m, self.min_channels, self.min_size = m, min_channels, min_size
         self.winograd_ok = _eligible(self, min_channels)
@@ -268,9 +273,12 @@ def _eligible(conv: nn.Conv2d, min_channels: int) -> bool:
             and min(conv.in_channels, conv.out_channels) >= min_channels)
 
 
-def winograd_convs(module: nn.Module, min_channels: int = 32, m: int = 4) -> int:
-    """Replace, in place, every eligible nn.Conv2d below `module` by a WinogradConv2d that
-    shares its Parameter objects; return how many were replaced."""
+def winograd_convs(module: nn.Module, min_channels: int = MIN_CHANNELS, m: int = 4,
+                   min_size: int = MIN_SIZE) -> int:
+    """Replace, in place, every nn.Conv2d below `module` that is 3x3 / stride 1 / padding 1 /
+    groups 1 with min(C_in, C_out) >= min_channels by a WinogradConv2d sharing its Parameter
+    objects (optimizers and state dicts are unaffected); return how many were replaced.
+    The new modules still use nn.Conv2d's path for inputs smaller than min_size."""
     count = 0
     for name, child in list(module.named_children()):
         if type(child) is nn.Conv2d and _eligible(child, min_channels):
@@ -278,10 +286,10 @@ def winograd_convs(module: nn.Module, min_channels: int = 32, m: int = 4) -> int
             new.__dict__.update(child.__dict__)          # same Parameters, hooks, training flag
             new._parameters = dict(child._parameters)
             new._buffers, new._modules = dict(child._buffers), dict(child._modules)
-            new.m, new.min_channels, new.min_size = m, min_channels, 16
+            new.m, new.min_channels, new.min_size = m, min_channels, min_size
             new.winograd_ok = True
             setattr(module, name, new)
             count += 1
         else:
-            count += winograd_convs(child, min_channels, m)
+            count += winograd_convs(child, min_channels, m, min_size)
     return count

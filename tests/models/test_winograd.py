@@ -122,7 +122,7 @@ def test_small_inputs_and_few_channels_fall_back(monkeypatch):
     assert len(calls) == 1
 
 
-def test_swap_helper_shares_parameters_and_outputs():
+def test_swap_helper_shares_parameters_and_outputs(monkeypatch):
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Conv2d(8, 8, 3, padding=1),                      # swapped
@@ -136,13 +136,18 @@ def test_swap_helper_shares_parameters_and_outputs():
     ref = net(x)
     params = {name: p for name, p in net.named_parameters()}
     state = {k: v.clone() for k, v in net.state_dict().items()}
-    assert winograd_convs(net, min_channels=4) == 2
+    calls = []
+    monkeypatch.setattr("sasan.models.winograd.winograd_conv3x3",
+                        lambda *a: calls.append(a) or winograd_conv3x3(*a))
+    assert winograd_convs(net, min_channels=4, min_size=8) == 2
     assert type(net[0]) is WinogradConv2d and type(net[2][0]) is WinogradConv2d
     assert type(net[2][1]) is nn.Conv2d and type(net[3]) is nn.Conv2d
     assert all(p is params[name] for name, p in net.named_parameters())
     assert net.state_dict().keys() == state.keys()
     assert _rel(net(x), ref) < 1e-4
+    assert len(calls) == 2
     net.zero_grad()
     net(x).square().sum().backward()
     assert all(p.grad is not None for p in net.parameters())
     assert winograd_convs(net, min_channels=4) == 0                 # idempotent
+    assert winograd_convs(nn.Sequential(nn.Conv2d(32, 32, 3, padding=1))) == 0  # default: 64
