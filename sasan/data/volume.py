@@ -11,6 +11,7 @@ import gzip
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import nibabel as nib
 import numpy as np
@@ -58,12 +59,23 @@ def read_bytes(path: Path) -> bytes:
         if path.name.endswith(".gz"):
             raise DataError("not a gzip-compressed file although named .gz (not a .nii.gz NIfTI)", path)
         return data
+    decompress, codec_errors = gzip_codec()
     try:
-        return gzip.decompress(data)
+        return decompress(data)
     except EOFError:
         raise DataError("truncated gzip stream (file ends before the end-of-stream marker)", path) from None
-    except (gzip.BadGzipFile, zlib.error) as err:
+    except (gzip.BadGzipFile, zlib.error, *codec_errors) as err:
         raise DataError(f"corrupt gzip data ({err})", path) from None
+
+
+def gzip_codec() -> tuple[Callable[[bytes], bytes], tuple[type[Exception], ...]]:
+    """Whole-buffer gzip decompression: python-isal's (about 3x faster inflate) when it is
+    installed, else the standard library's; plus the codec's own error types."""
+    try:
+        from isal import igzip, isal_zlib
+    except ImportError:
+        return gzip.decompress, ()
+    return igzip.decompress, (isal_zlib.error,)
 
 
 def parse_image(raw: bytes, path: Path) -> nib.Nifti1Image | nib.Nifti2Image:

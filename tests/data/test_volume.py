@@ -130,3 +130,21 @@ def test_label_values():
     assert label_values(np.array([[[0, 4, 4, 1]]], np.uint8)) == [0, 1, 4]
     assert label_values(np.array([[[70000, 2]]], np.int32)) == [2, 70000]
     assert isinstance(load_volume, object) and Volume  # public names exist
+
+
+@pytest.mark.parametrize("codec", ["installed", "stdlib"])
+def test_gzip_codecs_agree_and_fail_alike(tmp_path, monkeypatch, codec):
+    import sasan.data.volume as volume
+
+    if codec == "stdlib":
+        monkeypatch.setattr(volume, "gzip_codec", lambda: (gzip.decompress, ()))
+    data = np.random.default_rng(1).integers(-1000, 1000, size=(20, 18, 16)).astype(np.int16)
+    path = _save(tmp_path / "v.nii.gz", data)
+    assert np.array_equal(load_volume(path).array, data)
+    raw = path.read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(raw[:-100])
+    _raises(tmp_path / "cut.nii.gz", "truncated")
+    bad = bytearray(raw)
+    bad[-8:-4] = bytes(4)  # wrong CRC32 in the trailer
+    (tmp_path / "crc.nii.gz").write_bytes(bytes(bad))
+    _raises(tmp_path / "crc.nii.gz", "corrupt gzip")
