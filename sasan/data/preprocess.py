@@ -132,9 +132,8 @@ def prepare_loaded(volume: Volume, cfg: PreprocessConfig, bounds: tuple[float, f
         grid_shape = geo.resampled_shape(ras.shape, spacing, cfg.target_spacing)
         ras = geo.resample(ras, grid_shape)
     threshold = geo.otsu_threshold(_sample(ras).astype(np.float32))
-    counts = geo.body_counts(ras, threshold)
     if cfg.crop == "body":
-        box = geo.body_box(counts, ras.shape, cfg.body_fraction, cfg.crop_margin)
+        box = geo.body_box(geo.body_counts(ras, threshold), ras.shape, cfg.body_fraction, cfg.crop_margin)
     else:
         box = tuple((0, n) for n in ras.shape)
     cropped = ras[tuple(slice(lo, hi) for lo, hi in box)]
