@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from sasan.config import Config, load_config
-from sasan.errors import SasanError
+from sasan.errors import CheckpointError, SasanError
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -40,9 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _register(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from sasan.bundle import load_bundle
     from sasan.tracking.pyfunc_model import log_bundle_model
     from sasan.tracking.registry import load_evaluation, register_and_gate, target_mean_dice
     from sasan.tracking.runs import Tracker, default_tracking_uri, read_run_ref
@@ -50,18 +47,17 @@ def _register(args: argparse.Namespace) -> int:
     cfg = _config(args)
     metrics = load_evaluation(args.metrics)
     target_mean_dice(metrics, args.method, args.metrics)        # a bad file fails before MLflow is touched
+    if not args.bundle.is_file():
+        raise CheckpointError("model bundle not found (written by `sasan train`)", args.bundle)
     ref = read_run_ref(args.run_ref)
     if not ref["run_id"]:
         raise SasanError("the run reference names no MLflow run (the pipeline ran without tracking); "
                          "registering needs one", args.run_ref)
     tracking_uri = (os.environ.get("MLFLOW_TRACKING_URI") or ref["tracking_uri"]
                     or default_tracking_uri(Path.cwd()))
-    bundle_cfg = load_bundle(args.bundle).cfg
-    example = np.full((1, bundle_cfg.model.in_channels, bundle_cfg.preprocess.image_size,
-                       bundle_cfg.preprocess.image_size), -1.0, np.float32)
 
     with Tracker.reopen(ref, tracking_uri) as tracker:        # FAILED on any error below
-        model_uri = log_bundle_model(tracker, args.bundle, example=example)
+        model_uri = log_bundle_model(tracker, args.bundle)
         report = register_and_gate(tracking_uri, model_uri, metrics, cfg.register_, tracker.run_id,
                                    args.report, method=args.method, metrics_origin=args.metrics)
         tracker.log_artifact(args.report, "register")

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 16
 # What loading the bundle imports (sasan.bundle -> config, models, checkpoint), plus
-# cloudpickle, which MLflow uses to restore the PythonModel object.
+# cloudpickle, which mlflow.pyfunc imports (an explicit list replaces MLflow's own).
 REQUIREMENTS = ("torch", "numpy", "mlflow", "PyYAML", "pydantic", "tqdm", "cloudpickle")
 
 
@@ -36,14 +36,11 @@ class SasanSegmenterModel(mlflow.pyfunc.PythonModel):
     """Loads the bundle from the model's ``bundle`` artifact; see the module docstring."""
 
     def load_context(self, context) -> None:
-        import torch
-
         from sasan.bundle import load_bundle
 
-        torch.set_grad_enabled(False)
         self.bundle = load_bundle(context.artifacts["bundle"], map_location="cpu")
 
-    def predict(self, context, model_input, params: Optional[dict] = None) -> np.ndarray:
+    def predict(self, context, model_input: np.ndarray, params: Optional[dict] = None) -> np.ndarray:
         batch_size = int((params or {}).get("batch_size", DEFAULT_BATCH_SIZE))
         return predict_labels(self.bundle, model_input, batch_size)
 
@@ -114,13 +111,18 @@ def log_bundle_model(tracker: Tracker, bundle_path: str | Path, name: str = "mod
                      example: Optional[np.ndarray] = None,
                      constraints: Optional[Path] = None) -> Optional[str]:
     """Log the bundle as an MLflow model of the tracker's run; returns its URI
-    (``models:/<model_id>``), or None when tracking is disabled."""
+    (``models:/<model_id>``), or None when tracking is disabled. ``example`` (stored with
+    the model, run once to check the signature) defaults to one blank stack of the
+    bundle's training image size."""
     if not tracker.enabled:
         return None
     bundle_path = Path(bundle_path)
     from sasan.bundle import load_bundle    # fail here, not in a server, on a bad bundle
 
     bundle = load_bundle(bundle_path)
+    if example is None:
+        size = bundle.cfg.preprocess.image_size
+        example = np.full((1, bundle.cfg.model.in_channels, size, size), -1.0, np.float32)
     client = tracker.client
     requirements = pinned_requirements(constraints or default_constraints())
     logged = _call(client.create_logged_model, tracker.tracking_uri, tracker.experiment_id, name=name,
@@ -132,7 +134,7 @@ def log_bundle_model(tracker: Tracker, bundle_path: str | Path, name: str = "mod
             name=name, model_id=logged.model_id, python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             artifacts={"bundle": str(bundle_path)}, code_paths=[str(code)],
             signature=model_signature(bundle.cfg.model.in_channels),
-            input_example=None if example is None else np.asarray(example, np.float32),
+            input_example=np.asarray(example, np.float32),
             pip_requirements=requirements,
         )
     # log_model links a model to the *active* run only; this run is not made active

@@ -74,6 +74,21 @@ def test_malformed_metrics_exit_non_zero_with_one_line(tracking_uri, tmp_path, m
 def test_a_run_reference_without_a_run_is_refused(tmp_path, capsys):
     (tmp_path / "evaluation.json").write_text(json.dumps(evaluation(0.7)))
     write_run_ref(tmp_path / "run.json", Tracker.disabled())
-    code = main(["register", "--bundle", "b.pt", "--metrics", str(tmp_path / "evaluation.json"),
+    save_bundle(tmp_path / "b.pt", tiny_bundle("no_adaptation"))
+    code = main(["register", "--bundle", str(tmp_path / "b.pt"), "--metrics", str(tmp_path / "evaluation.json"),
                  "--run-ref", str(tmp_path / "run.json")])
     assert code != 0 and "names no MLflow run" in capsys.readouterr().err
+
+
+def test_a_missing_bundle_is_one_line_and_leaves_the_run_alone(tracking_uri, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    (tmp_path / "evaluation.json").write_text(json.dumps(evaluation(0.7)))
+    tracker = Tracker.start(tracking_uri, "exp", "pipeline")
+    write_run_ref(tmp_path / "run.json", tracker)
+    tracker.end()
+    code = main(["register", "--bundle", str(tmp_path / "nope.pt"), "--metrics", str(tmp_path / "evaluation.json"),
+                 "--run-ref", str(tmp_path / "run.json")])
+    assert code != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"sasan register: error: {tmp_path / 'nope.pt'}: model bundle not found (written by `sasan train`)"
+    assert MlflowClient(tracking_uri).get_run(tracker.run_id).info.status == "FINISHED"
