@@ -186,8 +186,16 @@ def _summary(args: argparse.Namespace) -> int:
     order += [m for m in results if m not in order]
     print(summary_table(results, order))
     print()
+    from sasan.tracking.runs import read_run_ref, runs_table_url
+
+    url = "http://127.0.0.1:5000"
+    ref_path = Path("outputs/train/mlflow_run.json")
+    if ref_path.is_file():
+        exp = read_run_ref(ref_path).get("experiment_id")
+        url = runs_table_url(exp) if exp else url
     print("Where to look:")
-    print("  mlflow ui                              # then open http://127.0.0.1:5000 (runs, curves, images, model)")
+    print("  mlflow ui                              # then open the runs table (curves, images, model):")
+    print(f"    {url}")
     print("  reports/evaluation/segmentations.png   # predictions of every method on a target test volume")
     print("  reports/evaluation/dice_per_structure.png")
     print("  outputs/train/sasan/samples/           # translations and attention maps")
