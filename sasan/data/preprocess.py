@@ -133,7 +133,7 @@ def prepare_loaded(volume: Volume, cfg: PreprocessConfig, bounds: tuple[float, f
         ras = geo.resample(ras, grid_shape)
     threshold = geo.otsu_threshold(_sample(ras).astype(np.float32))
     if cfg.crop == "body":
-        box = geo.body_box(geo.body_counts(ras, threshold), ras.shape, cfg.body_fraction, cfg.crop_margin)
+        box = geo.body_box(ras, threshold, cfg.body_fraction, cfg.crop_margin)
     else:
         box = tuple((0, n) for n in ras.shape)
     cropped = ras[tuple(slice(lo, hi) for lo, hi in box)]

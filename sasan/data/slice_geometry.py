@@ -76,23 +76,26 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
-def body_counts(array: np.ndarray, threshold: float) -> list[np.ndarray]:
-    """Per axis, the number of voxels above ``threshold`` in each plane orthogonal to it."""
-    mask = array > threshold
-    return [np.count_nonzero(mask, axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)]
+def body_box(array: np.ndarray, threshold: float, fraction: float, margin: int) -> tuple[tuple[int, int], ...]:
+    """Bounding box (lo, hi) per axis of the planes in which at least ``fraction`` of the
+    voxels are above ``threshold``, widened by ``margin`` voxels.
 
-
-def body_box(counts: list[np.ndarray], shape: tuple[int, int, int], fraction: float,
-             margin: int) -> tuple[tuple[int, int], ...]:
-    """Bounding box (lo, hi) per axis of planes holding at least ``fraction`` body voxels."""
+    Large volumes are scanned on every 2nd voxel (8x less work); the box is then widened
+    by the one voxel the lattice can miss on each side."""
+    step = 2 if min(array.shape) >= 64 else 1
+    mask = array[::step, ::step, ::step] > threshold
     box = []
-    for axis, c in enumerate(counts):
-        area = int(np.prod(shape)) // shape[axis]
-        planes = np.flatnonzero(c >= max(1.0, fraction * area))
+    for axis in range(3):
+        counts = np.count_nonzero(mask, axis=tuple(a for a in range(3) if a != axis))
+        area = mask.size // mask.shape[axis]
+        planes = np.flatnonzero(counts >= max(1.0, fraction * area))
+        n = array.shape[axis]
         if planes.size == 0:  # no body at all: keep everything rather than guess
-            box.append((0, shape[axis]))
+            box.append((0, n))
             continue
-        box.append((max(0, int(planes[0]) - margin), min(shape[axis], int(planes[-1]) + 1 + margin)))
+        lo = int(planes[0]) * step - (step - 1) - margin
+        hi = int(planes[-1]) * step + step + margin
+        box.append((max(0, lo), min(n, hi)))
     return tuple(box)
 
 

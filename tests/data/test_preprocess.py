@@ -283,3 +283,19 @@ def test_restore_rejects_wrong_shape(tmp_path, nifti_writer):
     prepared = prepare_volume(path, PreprocessConfig(image_size=32), "MR")
     with pytest.raises(DataError, match="restore expects slices of shape"):
         prepared.restore(np.zeros((3, 32, 32), np.uint8))
+
+
+@pytest.mark.parametrize("size", [40, 80])  # lattice step 1 and 2
+def test_body_box_by_hand(size):
+    from sasan.data.slice_geometry import body_box
+
+    volume = np.zeros((size, size, size), np.float32)
+    volume[11:30, 5:21, 17:36] = 100.0
+    volume[0, 0, 0] = 100.0  # one noisy voxel does not make a body plane
+    truth = ((11, 30), (5, 21), (17, 36))
+    if size == 40:  # full lattice: exact
+        assert body_box(volume, 50.0, 0.01, 0) == truth
+    for (lo, hi), (true_lo, true_hi) in zip(body_box(volume, 50.0, 0.01, 2), truth):
+        # never cuts the body; the step-2 lattice may add at most one voxel per side
+        assert true_lo - 3 <= lo <= true_lo - 2 and true_hi + 2 <= hi <= true_hi + 3
+    assert body_box(np.zeros((8, 8, 8), np.float32), 1.0, 0.01, 0) == ((0, 8), (0, 8), (0, 8))
