@@ -24,8 +24,10 @@ def check_shards(shards: Path, cfg: Config) -> None:
 
 def run_train(shards: str | Path, out_dir: str | Path, cfg: Config, variants: Sequence[str] = ("sasan",),
               on_log: Optional[Callable[[str, str, int, dict[str, float]], None]] = None,
-              rank: int = 0, world_size: int = 1, progress: bool = True) -> dict[str, Any]:
-    """``on_log(variant, phase, step, values)`` receives every logged training value."""
+              rank: int = 0, world_size: int = 1, progress: bool = True,
+              on_checkpoint: Optional[Callable[[Path], None]] = None) -> dict[str, Any]:
+    """``on_log(variant, phase, step, values)`` receives every logged training value;
+    ``on_checkpoint(path)`` is called on rank 0 after each checkpoint save."""
     shards, out_dir = Path(shards), Path(out_dir)
     check_shards(shards, cfg)
     unknown = [v for v in variants if v not in VARIANTS]
@@ -36,6 +38,6 @@ def run_train(shards: str | Path, out_dir: str | Path, cfg: Config, variants: Se
         log.info("training variant %s", variant)
         hook = (lambda phase, step, values, v=variant: on_log(v, phase, step, values)) if on_log else None
         trainer = Trainer(cfg, out_dir / variant, variant, on_log=hook, rank=rank, world_size=world_size,
-                          progress=progress)
+                          progress=progress, on_checkpoint=on_checkpoint)
         summaries[variant] = trainer.run(open_shards(shards, trainer.cfg, variant))
     return summaries

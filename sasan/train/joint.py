@@ -63,8 +63,9 @@ class JointTrainer:
 
     def __init__(self, nets: SASANNetworks, opts: JointOptions, runtime: Runtime,
                  g_params: list[nn.Parameter], d_params: list[nn.Parameter],
-                 opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer):
+                 opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, sync: Optional[Any] = None):
         self.nets, self.opts, self.rt = nets, opts, runtime
+        self.sync = sync      # data-parallel: sasan.train.distributed.Synchronizer, else None
         self.g_params, self.d_params = g_params, d_params
         self.opt_g, self.opt_d = opt_g, opt_d
         self.att_source_frozen = nets.att_s is not None and not (opts.train_source_attention or opts.paired)
@@ -185,6 +186,8 @@ class JointTrainer:
             g_terms = self.generator_losses(x, y_x, t, out)
             loss_g = self.weighted_total(g_terms)
         loss_g.backward()
+        if self.sync is not None:
+            self.sync.gradients(self.g_params)
         self.opt_g.step()
         set_requires_grad(d_modules, True)
 
@@ -198,7 +201,11 @@ class JointTrainer:
             d_terms = self.discriminator_losses(x, y_x, t)
             loss_d = sum(d_terms.values())
         loss_d.backward()
+        if self.sync is not None:
+            self.sync.gradients(self.d_params)
         self.opt_d.step()
+        if self.sync is not None:
+            self.sync.buffers(self.nets)
         self._fakes = {}
 
         logs = {f"G/{k}": float(v.detach()) for k, v in g_terms.items()}

@@ -39,8 +39,10 @@ class Phase:
 
 
 def run_phase(phase: Phase, on_log: Optional[LogFn] = None, is_main: bool = True,
-              progress: bool = True) -> dict[str, float]:
-    """Run (or resume) ``phase`` to completion; return the mean of the last logged values."""
+              progress: bool = True, on_checkpoint: Optional[Callable[[Path], None]] = None) -> dict[str, float]:
+    """Run (or resume) ``phase`` to completion; return the mean of the last logged values.
+    ``on_checkpoint(path)`` is called on the main process after each checkpoint save (e.g. to
+    copy it to object storage)."""
     start = 0
     if phase.checkpoint.is_file():
         state = load_checkpoint(phase.checkpoint)
@@ -53,6 +55,8 @@ def run_phase(phase: Phase, on_log: Optional[LogFn] = None, is_main: bool = True
         if is_main:  # data-parallel: rank 0 writes, every rank holds the same state
             save_checkpoint(phase.checkpoint, {"step": step, "state": phase.get_state(), "rng": rng_state(),
                                                "phase": phase.name, **(phase.extra or {})})
+            if on_checkpoint is not None:
+                on_checkpoint(phase.checkpoint)
 
     last: dict[str, float] = {}
     bar = tqdm(total=phase.total_steps, initial=start, desc=phase.name, unit="it",

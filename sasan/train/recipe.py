@@ -27,6 +27,7 @@ from sasan.config import Config, save_config
 from sasan.models import build_networks, build_segmenter, count_parameters
 from sasan.train.data import ArraySliceDataset, ConcatSlices
 from sasan.train.device import Runtime, keep_freed_memory, resolve_runtime
+from sasan.train.distributed import synchronizer
 from sasan.train.fake_source import translate_to_source
 from sasan.train.history import History
 from sasan.train.joint import JointOptions, JointTrainer, make_optimizers
@@ -80,11 +81,14 @@ class Trainer:
     """Runs the recipe of one variant into ``out_dir``."""
 
     def __init__(self, cfg: Config, out_dir: Path, variant: str = "sasan", *, on_log: Optional[MetricsFn] = None,
-                 rank: int = 0, world_size: int = 1, progress: bool = True, runtime: Optional[Runtime] = None):
+                 rank: int = 0, world_size: int = 1, progress: bool = True, runtime: Optional[Runtime] = None,
+                 on_checkpoint: Optional[Callable[[Path], None]] = None):
         self.variant = variant
         self.cfg = variant_config(cfg, variant)
         self.out = Path(out_dir)
         self.on_log, self.rank, self.world_size, self.progress = on_log, rank, world_size, progress
+        self.on_checkpoint = on_checkpoint                  # main process, after each checkpoint save
+        self.sync = synchronizer(world_size)                # data-parallel replicas kept identical
         tc = self.cfg.train
         self.rt = runtime or resolve_runtime(tc.device, tc.bf16, tc.channels_last)
         self.summary: dict[str, Any] = {"variant": variant, "device": str(self.rt.device)}
@@ -106,7 +110,8 @@ class Trainer:
 
     def _run(self, phase: Phase) -> dict[str, float]:
         history = History(self.out / "logs" / f"{phase.name}.tsv")
-        last = run_phase(phase, self._log(history), is_main=self.is_main, progress=self.progress)
+        last = run_phase(phase, self._log(history), is_main=self.is_main, progress=self.progress,
+                         on_checkpoint=self.on_checkpoint)
         if self.is_main:
             history.plot(self.out / "logs" / f"{phase.name}.png", f"{self.variant}: {phase.name}")
         return last
@@ -124,7 +129,7 @@ class Trainer:
             checkpoint=self._ckpt("pretrain_attention"), checkpoint_every=self.cfg.train.checkpoint_every,
             log_every=self.cfg.train.log_every, dice_weight=self.cfg.train.losses.dice_weight,
             orth_weight=self.cfg.train.losses.orthogonality, rank=self.rank, world_size=self.world_size,
-            num_workers=self.cfg.train.num_workers)
+            num_workers=self.cfg.train.num_workers, sync=self.sync)
         self.summary["pretrain_attention"] = {"steps": steps, **self._run(phase)}
 
     def joint(self, nets, data: TrainData) -> JointTrainer:
@@ -136,7 +141,7 @@ class Trainer:
             nets, c.lr, c.betas, c.weight_decay, c.train_source_attention, paired)
         sched_g, sched_d = make_scheduler(opt_g, steps), make_scheduler(opt_d, steps)
         trainer = JointTrainer(nets, JointOptions(self.cfg.train.losses, paired, c.train_source_attention, c.seg_real),
-                               self.rt, g_params, d_params, opt_g, opt_d)
+                               self.rt, g_params, d_params, opt_g, opt_d, sync=self.sync)
         tgt_sampler = StreamSampler(len(data.target), seed + 21, c.batch_size, self.rank, self.world_size)
         src_sampler = (tgt_sampler if paired else
                        StreamSampler(len(data.source), seed + 22, c.batch_size, self.rank, self.world_size))
@@ -187,13 +192,15 @@ class Trainer:
     def segmenter(self, train_set: Any, name: str = "segmenter"):
         c = self.cfg.train.segmenter
         unet = self.rt.prepare_module(build_segmenter(self.cfg.model))
+        if self.sync is not None:
+            self.sync.broadcast(unet)
         steps = steps_for(c.epochs, len(train_set), c.batch_size, self.world_size, c.max_steps)
         phase = supervised_phase(
             name, unet, segmenter_loss, train_set, steps=steps, batch_size=c.batch_size, lr=c.lr,
             seed=self.cfg.experiment.seed + 31, runtime=self.rt, checkpoint=self._ckpt(name),
             checkpoint_every=self.cfg.train.checkpoint_every, log_every=self.cfg.train.log_every,
             dice_weight=self.cfg.train.losses.dice_weight, rank=self.rank, world_size=self.world_size,
-            num_workers=self.cfg.train.num_workers)
+            num_workers=self.cfg.train.num_workers, sync=self.sync)
         self.summary[name] = {"steps": steps, "train_slices": len(train_set), **self._run(phase)}
         return unet.eval()
 
@@ -212,6 +219,8 @@ class Trainer:
 
         w = self.cfg.train.losses
         nets = self.rt.prepare_module(build_networks(self.cfg.model, seg_adversary=w.seg_adversarial > 0 and not paired))
+        if self.sync is not None:
+            self.sync.broadcast(nets)
         self.summary["parameters"] = {name: count_parameters(m) for name, m in nets.named_children()}
         if nets.att_s is not None and not paired:
             self.pretrain_attention(nets, data)

@@ -43,10 +43,13 @@ def supervised_phase(name: str, model: nn.Module, loss_fn: Callable[..., Any], d
                      steps: int, batch_size: int, lr: float, seed: int, runtime: Runtime,
                      checkpoint: Path, checkpoint_every: int, log_every: int, dice_weight: float,
                      orth_weight: float = 0.0, rank: int = 0, world_size: int = 1,
-                     num_workers: int = 0, extra: dict | None = None) -> Phase:
+                     num_workers: int = 0, extra: dict | None = None, sync: Any = None) -> Phase:
+    """``sync``: a data-parallel :class:`sasan.train.distributed.Synchronizer` (gradients
+    averaged over ranks before each step, buffers after), or None for one process."""
     sampler = StreamSampler(len(dataset), seed, batch_size, rank, world_size)
     batches = Prefetcher(lambda step: collate(dataset, sampler.draw(step)), steps, num_workers)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
 
     def step_fn(step: int) -> dict[str, float]:
         model.train()
@@ -56,7 +59,11 @@ def supervised_phase(name: str, model: nn.Module, loss_fn: Callable[..., Any], d
         with runtime.autocast():
             loss, logs = loss_fn(model, image, label, dice_weight, orth_weight)
         loss.backward()
+        if sync is not None:
+            sync.gradients(params)
         optimizer.step()
+        if sync is not None:
+            sync.buffers(model)
         return {"loss": float(loss.detach()), **logs}
 
     return Phase(
