@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="where to write the MLflow run reference (default OUT/mlflow_run.json)")
     tr.add_argument("--parent-run-id", default=None, help="nest the run under this MLflow run (pipelines)")
     tr.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    tr.add_argument("--checkpoint-uri", default=None, metavar="s3://BUCKET/PREFIX",
+                    help="keep checkpoints in object storage too: download what is there before training, "
+                         "upload each checkpoint after it is saved (a preempted pod resumes from it)")
     _common(tr)
     tr.set_defaults(func=_train)
 
@@ -91,28 +94,56 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from sasan.train import distributed
+
+    # under torchrun (`torchrun --nproc_per_node N -m sasan train ...`): one process per GPU;
+    # rank 0 alone tracks, checkpoints and writes outputs
+    dist_info = distributed.init_from_env(os.environ)
+    try:
+        return _train_ranked(args, dist_info)
+    finally:
+        distributed.shutdown()
+
+
+def _train_ranked(args: argparse.Namespace, dist_info) -> int:
+    from sasan import storage
     from sasan.stages.train import run_train
     from sasan.tracking.provenance import provenance_tags
     from sasan.tracking.runs import Tracker, write_run_ref
+    from sasan.train import distributed
 
     cfg = _config(args)
     variants = ([v.strip() for v in args.variants.split(",") if v.strip()] if args.variants
                 else list(cfg.evaluate.methods))
-    if args.no_tracking:
+    on_checkpoint = None
+    if args.checkpoint_uri:
+        if dist_info.local_rank == 0:   # one download per node, before any rank looks for checkpoints
+            storage.download_if_exists(args.checkpoint_uri, args.out)
+        distributed.barrier()
+
+        def on_checkpoint(path: Path) -> None:
+            storage.upload(path, storage.join_uri(args.checkpoint_uri, path.relative_to(args.out).as_posix()))
+
+    if args.no_tracking or not dist_info.is_main:
         tracker = Tracker.disabled()
     else:
         tracker = Tracker.start(_tracking_uri(), cfg.experiment.name,
                                 f"{cfg.experiment.source}->{cfg.experiment.target}",
                                 parent_run_id=args.parent_run_id,
                                 tags={**provenance_tags(Path.cwd(), str(args.shards)), "variants": ",".join(variants)})
-    write_run_ref(args.run_ref or args.out / "mlflow_run.json", tracker)
+    if dist_info.is_main:
+        write_run_ref(args.run_ref or args.out / "mlflow_run.json", tracker)
     tracker.log_config(cfg)
 
     def on_log(variant: str, phase: str, step: int, values: dict[str, float]) -> None:
         tracker.log_metrics(values, step=step, prefix=f"{variant}/{phase}/")
 
     try:
-        summaries = run_train(args.shards, args.out, cfg, variants, on_log=on_log, progress=not args.no_progress)
+        summaries = run_train(args.shards, args.out, cfg, variants, on_log=on_log, progress=not args.no_progress,
+                              rank=dist_info.rank, world_size=dist_info.world_size, on_checkpoint=on_checkpoint)
+        distributed.barrier()
+        if not dist_info.is_main:
+            return 0
         for variant in variants:
             vdir = args.out / variant
             for png in sorted((vdir / "samples").glob("*.png")) + sorted((vdir / "logs").glob("*.png")):
