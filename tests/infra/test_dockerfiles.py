@@ -240,9 +240,13 @@ def test_project_entrypoint_is_the_cli(dockerfile):
 
 
 def test_cuda_image_matches_the_cuda_build_of_torch():
-    _, stages = parse_dockerfile(DOCKER / "Dockerfile.cuda")
-    bases = external_bases(stages)
-    assert all(b.startswith("nvidia/cuda:13.0") for b in bases), bases   # torch 2.13.0 wheels: CUDA 13.0
+    global_args, stages = parse_dockerfile(DOCKER / "Dockerfile.cuda")
+    by_name = {s.name: s.base for s in stages}
+    for stage in ("builder", "runtime"):      # torch 2.13.0's PyPI wheels are the CUDA 13.0 build
+        assert by_name[stage].startswith("nvidia/cuda:13.0"), by_name[stage]
+    cpu_args, cpu_stages = parse_dockerfile(DOCKER / "Dockerfile.cpu")
+    cpu_python = re.search(r"python:(\d+\.\d+\.\d+)", external_bases(cpu_stages)[0]).group(1)
+    assert global_args["PYTHON_VERSION"] == cpu_python, "both images run the same Python release"
 
 
 def test_cpu_image_takes_torch_from_the_cpu_index():
