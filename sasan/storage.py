@@ -124,6 +124,13 @@ def upload(local: str | Path, s3_uri: str) -> int:
 
 
 # ------------------------------------------------------------------ data by reference
+def output_name(step: str, artifact_uri: str) -> str:
+    """``<step>-<16 hex>``: a folder name unique to one execution's output artifact."""
+    import hashlib
+
+    return f"{step}-{hashlib.sha256(artifact_uri.encode()).hexdigest()[:16]}"
+
+
 def publish(local_dir: str | Path, data_root: str, name: str, artifact_dir: str | Path) -> str:
     """Make the folder ``local_dir`` the output of a step.
 
