@@ -63,10 +63,11 @@ _F23 = (
     [[1, 1, 1, 0], [0, 1, -1, -1]],
 )
 _MATRICES = {4: _F43, 2: _F23}
-# Below these (min(C_in, C_out), min(H, W)) nn.Conv2d was as fast or faster in
-# bench/winograd.py (fp32 CPU): the transforms cost O(C + C_out) per tile, the GEMM saves
-# O(C * C_out).
+# Below these (min(C_in, C_out), C_in * C_out, min(H, W)) nn.Conv2d was as fast or faster
+# for forward + backward in bench/winograd.py (fp32 CPU): the transforms cost O(C_in + C_out)
+# per tile, the GEMM saves O(C_in * C_out).
 MIN_CHANNELS = 64
+MIN_PRODUCT = 8192
 MIN_SIZE = 64
 _cache: dict[tuple, tuple[Tensor, ...]] = {}
 
@@ -255,10 +256,10 @@ class WinogradConv2d(nn.Conv2d):
     """
 
     def __init__(self, *args, m: int = 4, min_channels: int = MIN_CHANNELS,
-                 min_size: int = MIN_SIZE, **kwargs):
+                 min_product: int = MIN_PRODUCT, min_size: int = MIN_SIZE, **kwargs):
         super().__init__(*args, **kwargs)
-        self.m, self.min_channels, self.min_size = m, min_channels, min_size
-        self.winograd_ok = _eligible(self, min_channels)
+        self.m, self.min_size = m, min_size
+        self.winograd_ok = _eligible(self, min_channels, min_product)
 
     def forward(self, x: Tensor) -> Tensor:
         if (self.winograd_ok and x.dim() == 4 and x.dtype == torch.float32 and x.is_cpu
@@ -267,29 +268,31 @@ class WinogradConv2d(nn.Conv2d):
         return super().forward(x)
 
 
-def _eligible(conv: nn.Conv2d, min_channels: int) -> bool:
+def _eligible(conv: nn.Conv2d, min_channels: int, min_product: int) -> bool:
     return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.dilation == (1, 1)
             and conv.groups == 1 and conv.padding == (1, 1) and conv.padding_mode == "zeros"
-            and min(conv.in_channels, conv.out_channels) >= min_channels)
+            and min(conv.in_channels, conv.out_channels) >= min_channels
+            and conv.in_channels * conv.out_channels >= min_product)
 
 
 def winograd_convs(module: nn.Module, min_channels: int = MIN_CHANNELS, m: int = 4,
-                   min_size: int = MIN_SIZE) -> int:
+                   min_size: int = MIN_SIZE, min_product: int = MIN_PRODUCT) -> int:
     """Replace, in place, every nn.Conv2d below `module` that is 3x3 / stride 1 / padding 1 /
-    groups 1 with min(C_in, C_out) >= min_channels by a WinogradConv2d sharing its Parameter
+    groups 1 with min(C_in, C_out) >= min_channels and C_in * C_out >= min_product by a
+    WinogradConv2d sharing its Parameter
     objects (optimizers and state dicts are unaffected); return how many were replaced.
     The new modules still use nn.Conv2d's path for inputs smaller than min_size."""
     count = 0
     for name, child in list(module.named_children()):
-        if type(child) is nn.Conv2d and _eligible(child, min_channels):
+        if type(child) is nn.Conv2d and _eligible(child, min_channels, min_product):
             new = WinogradConv2d.__new__(WinogradConv2d)
             new.__dict__.update(child.__dict__)          # same Parameters, hooks, training flag
             new._parameters = dict(child._parameters)
             new._buffers, new._modules = dict(child._buffers), dict(child._modules)
-            new.m, new.min_channels, new.min_size = m, min_channels, min_size
+            new.m, new.min_size = m, min_size
             new.winograd_ok = True
             setattr(module, name, new)
             count += 1
         else:
-            count += winograd_convs(child, min_channels, m, min_size)
+            count += winograd_convs(child, min_channels, m, min_size, min_product)
     return count

@@ -74,7 +74,8 @@ def test_only_input_gradient_or_only_weight_gradient():
 
 def _module(min_channels: int = 1, min_size: int = 1) -> WinogradConv2d:
     torch.manual_seed(0)
-    return WinogradConv2d(6, 7, 3, padding=1, min_channels=min_channels, min_size=min_size)
+    return WinogradConv2d(6, 7, 3, padding=1, min_channels=min_channels, min_product=1,
+                          min_size=min_size)
 
 
 def test_module_matches_conv2d_and_state_dict_round_trip():
@@ -101,7 +102,7 @@ def test_module_matches_conv2d_and_state_dict_round_trip():
 ])
 def test_unsupported_configurations_fall_back(kwargs):
     torch.manual_seed(0)
-    wino = WinogradConv2d(4, 4, min_channels=1, min_size=1, **kwargs)
+    wino = WinogradConv2d(4, 4, min_channels=1, min_product=1, min_size=1, **kwargs)
     assert not wino.winograd_ok
     conv = nn.Conv2d(4, 4, **kwargs)
     conv.load_state_dict(wino.state_dict())
@@ -139,7 +140,7 @@ def test_swap_helper_shares_parameters_and_outputs(monkeypatch):
     calls = []
     monkeypatch.setattr("sasan.models.winograd.winograd_conv3x3",
                         lambda *a: calls.append(a) or winograd_conv3x3(*a))
-    assert winograd_convs(net, min_channels=4, min_size=8) == 2
+    assert winograd_convs(net, min_channels=4, min_size=8, min_product=64) == 2
     assert type(net[0]) is WinogradConv2d and type(net[2][0]) is WinogradConv2d
     assert type(net[2][1]) is nn.Conv2d and type(net[3]) is nn.Conv2d
     assert all(p is params[name] for name, p in net.named_parameters())
@@ -149,5 +150,8 @@ def test_swap_helper_shares_parameters_and_outputs(monkeypatch):
     net.zero_grad()
     net(x).square().sum().backward()
     assert all(p.grad is not None for p in net.parameters())
-    assert winograd_convs(net, min_channels=4) == 0                 # idempotent
-    assert winograd_convs(nn.Sequential(nn.Conv2d(32, 32, 3, padding=1))) == 0  # default: 64
+    assert winograd_convs(net, min_channels=4, min_product=64) == 0   # idempotent
+    defaults = nn.Sequential(nn.Conv2d(32, 256, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1),
+                             nn.Conv2d(64, 128, 3, padding=1))
+    assert winograd_convs(defaults) == 1                    # only 64 -> 128 by default
+    assert type(defaults[2]) is WinogradConv2d
