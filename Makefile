@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test test-fast bench clean
+.PHONY: venv run test test-fast bench clean image image-cpu image-mlflow image-push
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,27 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
+
+# Container images, tagged with the commit (Kubeflow caches by image reference: never :latest).
+REGISTRY  ?= localhost:5001
+GIT_SHA   := $(shell git rev-parse HEAD 2>/dev/null)
+IMAGE_TAG := $(shell git rev-parse --short HEAD 2>/dev/null)
+DOCKER_BUILD = docker build --build-arg GIT_SHA=$(GIT_SHA) --build-arg BUILD_DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ)
+
+image:
+	@git diff --quiet HEAD || { echo "uncommitted changes: the tag would not name the image's commit" >&2; exit 1; }
+	$(DOCKER_BUILD) -f infra/docker/Dockerfile.cuda -t $(REGISTRY)/sasan:$(IMAGE_TAG) .
+
+image-cpu:
+	$(DOCKER_BUILD) -f infra/docker/Dockerfile.cpu -t $(REGISTRY)/sasan-cpu:$(IMAGE_TAG) .
+
+image-mlflow:
+	$(DOCKER_BUILD) -f infra/docker/Dockerfile.mlflow -t $(REGISTRY)/sasan-mlflow:3.17.2 .
+
+image-push: image image-cpu image-mlflow
+	docker push $(REGISTRY)/sasan:$(IMAGE_TAG)
+	docker push $(REGISTRY)/sasan-cpu:$(IMAGE_TAG)
+	docker push $(REGISTRY)/sasan-mlflow:3.17.2
 
 clean:
 	rm -rf $(VENV) .pytest_cache
