@@ -18,7 +18,7 @@ def _fit(model, loss_fn, steps, lr=3e-3):
         loss, _ = loss_fn(model, x, y, 0.2, 1.0)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses, model, x, y
 
 
