@@ -24,7 +24,16 @@ def configure(params: str, overrides: dict, source: str, target: str, experiment
 
     from sasan.config import load_config, save_config
 
-    extra = dict(overrides or {})
+    def exact(value):
+        # KFP carries dict parameters as protobuf Structs, where every number is a double:
+        # 3 arrives as 3.0, which an int field rejects (a float field accepts an int)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, list):
+            return [exact(v) for v in value]
+        return {k: exact(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    extra = {key: exact(value) for key, value in (overrides or {}).items()}
     for key, value in (("experiment.source", source), ("experiment.target", target),
                        ("experiment.name", experiment), ("ingest.source", data_source),
                        ("ingest.layout", layout)):
@@ -58,7 +67,7 @@ def ingest(config: Input[Artifact], data_root: str, raw: Output[Dataset]):
         source, layout = cfg.ingest.source, cfg.ingest.layout
         if source == "phantom":
             source, layout = str(Path(scratch) / "phantom"), "nnunet"
-            generate_phantom(source, cases=cfg.phantom.cases, seed=cfg.phantom.seed)
+            generate_phantom(source, cases=cfg.phantom.cases, seed=cfg.phantom.seed, domains=tuple(cfg.phantom.domains))
         out = Path(raw.path) if not data_root else Path(scratch) / "raw"
         summary = run_ingest(source, out, layout=layout, test_fraction=cfg.ingest.test_fraction,
                              seed=cfg.ingest.seed)

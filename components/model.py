@@ -8,11 +8,15 @@ from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 
 def train(config: Input[Artifact], shards: Input[Dataset], variant: str, parent_run_id: str, gpus: int,
-          checkpoint_root: str, run_key: str, model: Output[Model]):
+          accelerator_type: str, cpu: str, memory: str, checkpoint_root: str, run_key: str,
+          model: Output[Model]):
     """``sasan train`` for one variant into the model artifact (``<variant>/model.pt``, its
     config, logs, samples, ``mlflow_run.json``). ``gpus`` > 1: one process per GPU under
     torchrun (NCCL). ``checkpoint_root`` (``s3://...``): checkpoints are kept at
-    ``checkpoint_root/run_key/variant`` so a retried (preempted) pod resumes from them."""
+    ``checkpoint_root/run_key/variant`` so a retried (preempted) pod resumes from them.
+    ``accelerator_type``/``cpu``/``memory`` are the task's resource request, recorded in the
+    model's metadata (being inputs also makes KFP pass them into a ParallelFor body, where the
+    resource settings read them)."""
     import os
     import subprocess
     import sys
@@ -37,7 +41,8 @@ def train(config: Input[Artifact], shards: Input[Dataset], variant: str, parent_
             code = main(argv)
     if code != 0:
         raise RuntimeError(f"sasan train exited with {code}")
-    model.metadata.update({"variant": variant, "bundle": f"{variant}/model.pt", "gpus": gpus})
+    model.metadata.update({"variant": variant, "bundle": f"{variant}/model.pt", "gpus": gpus,
+                           "accelerator_type": accelerator_type if gpus else "", "cpu": cpu, "memory": memory})
 
 
 def evaluate(config: Input[Artifact], raw: Input[Dataset], sasan_model: Input[Model],

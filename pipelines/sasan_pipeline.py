@@ -141,8 +141,12 @@ def build_pipeline(image: str, pvc: Optional[str] = None) -> Callable:
                                         data_root=data_root), "preprocess", mlflow=False, pvc=pvc, cpu="2", memory="8Gi")
 
         def train(variant) -> dsl.PipelineTask:
+            # the resource values are also inputs: kfp 2.17's compiler passes a pipeline parameter
+            # into a ParallelFor body only when a component input uses it, and the resource
+            # settings alone do not count (the loop's train task then fails to resolve them)
             task = c.train(config=config, shards=shards.outputs["shards"], variant=variant, parent_run_id=parent_run_id,
-                           gpus=gpus, checkpoint_root=checkpoint_root, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+                           gpus=gpus, accelerator_type=accelerator_type, cpu=train_cpu, memory=train_memory,
+                           checkpoint_root=checkpoint_root, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
             _schedule(task, "train", pvc=pvc, cpu=train_cpu, memory=train_memory)
             task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus)
             kubernetes.add_node_selector_json(task, gpu_node_selector)
