@@ -7,11 +7,12 @@ from typing import List
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 
-def train(config: Input[Artifact], shards: Input[Dataset], variant: str, parent_run_id: str, gpus: int,
+def train(config: Input[Artifact], shards: Input[Dataset], run: Input[Artifact], variant: str, gpus: int,
           accelerator_type: str, cpu: str, memory: str, checkpoint_root: str, run_key: str,
           model: Output[Model]):
     """``sasan train`` for one variant into the model artifact (``<variant>/model.pt``, its
-    config, logs, samples, ``mlflow_run.json``). ``gpus`` > 1: one process per GPU under
+    config, logs, samples, ``mlflow_run.json``), as an MLflow run nested under the pipeline's
+    run (``run``: its reference from start_run). ``gpus`` > 1: one process per GPU under
     torchrun (NCCL). ``checkpoint_root`` (``s3://...``): checkpoints are kept at
     ``checkpoint_root/run_key/variant`` so a retried (preempted) pod resumes from them.
     ``accelerator_type``/``cpu``/``memory`` are the task's resource request, recorded in the
@@ -25,7 +26,9 @@ def train(config: Input[Artifact], shards: Input[Dataset], variant: str, parent_
 
     from sasan import storage
     from sasan.cli import main
+    from sasan.tracking.runs import read_run_ref
 
+    parent_run_id = read_run_ref(run.path)["run_id"]
     with tempfile.TemporaryDirectory(prefix="sasan-train-") as scratch:
         shards_dir = storage.localize(shards.path, Path(scratch) / "shards")
         argv = ["train", str(shards_dir), model.path, "--params", config.path, "--variants", variant,
@@ -46,12 +49,13 @@ def train(config: Input[Artifact], shards: Input[Dataset], variant: str, parent_
 
 
 def evaluate(config: Input[Artifact], raw: Input[Dataset], sasan_model: Input[Model],
-             baseline_models: Input[List[Model]], parent_run_id: str, metrics: Output[Metrics],
+             baseline_models: Input[List[Model]], run: Input[Artifact], metrics: Output[Metrics],
              evaluation: Output[Artifact], table: Output[Markdown]):
     """3-D Dice / ASSD per structure of every trained variant on the target test volumes.
     ``metrics``: ``<method>.dice.<structure>`` and means (the Kubeflow metrics view);
     ``evaluation``: the metrics JSON and the report folder; ``table``: Markdown with the
-    results table and the report's images embedded as data URIs."""
+    results table and the report's images embedded as data URIs. The numbers and pictures are
+    also logged to the pipeline's MLflow run (``run``)."""
     import base64
     import os
     import tempfile
@@ -60,7 +64,7 @@ def evaluate(config: Input[Artifact], raw: Input[Dataset], sasan_model: Input[Mo
     from sasan import storage
     from sasan.config import load_config
     from sasan.stages.evaluate import run_evaluate
-    from sasan.tracking.runs import Tracker, flatten_metrics
+    from sasan.tracking.runs import Tracker, flatten_metrics, read_run_ref
 
     cfg = load_config(config.path)
     bundles = {m.metadata["variant"]: Path(m.path) / m.metadata["bundle"] for m in [sasan_model, *baseline_models]}
@@ -88,6 +92,7 @@ def evaluate(config: Input[Artifact], raw: Input[Dataset], sasan_model: Input[Mo
         lines += ["", f"## {png.stem.replace('_', ' ')}", "", f"![{png.stem}](data:image/png;base64,{data})"]
     Path(table.path).write_text("\n".join(lines) + "\n")
 
+    parent_run_id = read_run_ref(run.path)["run_id"]
     if parent_run_id:   # the pipeline's MLflow run: numbers and pictures next to the model
         tracker = Tracker.start(os.environ.get("MLFLOW_TRACKING_URI"), "", "", run_id=parent_run_id)
         for method, r in results.items():

@@ -133,7 +133,10 @@ def build_pipeline(image: str, pvc: Optional[str] = None) -> Callable:
         run = _schedule(c.start_run(config=config, pipeline_job=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "start_run",
                         memory="1Gi")
         run.set_display_name("start MLflow run")
-        parent_run_id = run.output
+        # the parent run travels as its reference file (run_id, experiment_id, tracking_uri):
+        # kfp.local 2.17.3 resolves a task's output *parameter* inside a ParallelFor body to
+        # the loop item, while artifacts resolve correctly there
+        parent_run = run.outputs["run"]
 
         raw = _schedule(c.ingest(config=config, data_root=data_root), "ingest", mlflow=False, pvc=pvc)
         report = _schedule(c.validate(config=config, raw=raw.outputs["raw"]), "validate", mlflow=False, pvc=pvc)
@@ -144,7 +147,7 @@ def build_pipeline(image: str, pvc: Optional[str] = None) -> Callable:
             # the resource values are also inputs: kfp 2.17's compiler passes a pipeline parameter
             # into a ParallelFor body only when a component input uses it, and the resource
             # settings alone do not count (the loop's train task then fails to resolve them)
-            task = c.train(config=config, shards=shards.outputs["shards"], variant=variant, parent_run_id=parent_run_id,
+            task = c.train(config=config, shards=shards.outputs["shards"], run=parent_run, variant=variant,
                            gpus=gpus, accelerator_type=accelerator_type, cpu=train_cpu, memory=train_memory,
                            checkpoint_root=checkpoint_root, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
             _schedule(task, "train", pvc=pvc, cpu=train_cpu, memory=train_memory)
@@ -159,9 +162,9 @@ def build_pipeline(image: str, pvc: Optional[str] = None) -> Callable:
 
         evaluation = _schedule(c.evaluate(config=config, raw=raw.outputs["raw"], sasan_model=main.outputs["model"],
                                           baseline_models=dsl.Collected(baseline.outputs["model"]),
-                                          parent_run_id=parent_run_id), "evaluate", pvc=pvc, cpu="2", memory="8Gi")
+                                          run=parent_run), "evaluate", pvc=pvc, cpu="2", memory="8Gi")
         _schedule(c.register(config=config, sasan_model=main.outputs["model"],
-                             evaluation=evaluation.outputs["evaluation"], parent_run_id=parent_run_id),
+                             evaluation=evaluation.outputs["evaluation"], run=parent_run),
                   "register", memory="2Gi")
 
     return sasan_pipeline

@@ -124,10 +124,12 @@ def test_baselines_train_in_a_parallel_for_and_evaluate_collects_them(compiled):
     ev = spec["root"]["dag"]["tasks"]["evaluate"]["inputs"]["artifacts"]
     assert ev["baseline_models"]["taskOutputArtifact"]["producerTask"] == "for-loop-1"
     assert ev["sasan_model"]["taskOutputArtifact"]["producerTask"] == "train"
-    # one MLflow parent run id, passed explicitly to every step that logs
+    # one MLflow parent run, its reference passed explicitly to every step that logs
     for name in ("train", "evaluate", "register"):
-        args = spec["root"]["dag"]["tasks"][name]["inputs"]["parameters"]["parent_run_id"]
-        assert args == {"taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "start-run"}}
+        args = spec["root"]["dag"]["tasks"][name]["inputs"]["artifacts"]["run"]
+        assert args == {"taskOutputArtifact": {"outputArtifactKey": "run", "producerTask": "start-run"}}
+    body = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["train-2"]["inputs"]["artifacts"]["run"]
+    assert body == {"componentInputArtifact": "pipelinechannel--start-run-run"}
 
 
 def test_a_pvc_is_mounted_in_the_data_steps_when_asked(tmp_path):
