@@ -23,12 +23,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def one(variant: str, device: str, size: int, batch: int, iters: int, profile: bool) -> dict:
+def one(variant: str, device: str, size: int, batch: int, iters: int, profile: bool, winograd: bool) -> dict:
     import torch
 
     from sasan.config import config_from_dict
     from sasan.models import build_networks, count_parameters
-    from sasan.train.device import keep_freed_memory, resolve_runtime
+    from sasan.train.device import fast_cpu_convs, keep_freed_memory, resolve_runtime
     from sasan.train.joint import JointOptions, JointTrainer, make_optimizers
     from sasan.train.variants import variant_config
 
@@ -38,6 +38,7 @@ def one(variant: str, device: str, size: int, batch: int, iters: int, profile: b
     if rt.device.type == "cpu":
         keep_freed_memory()
     nets = rt.prepare_module(build_networks(cfg.model))
+    swapped = fast_cpu_convs(nets, rt, winograd)
     j = cfg.train.joint
     g, d, og, od = make_optimizers(nets, j.lr, j.betas, j.weight_decay, False, False)
     trainer = JointTrainer(nets, JointOptions(cfg.train.losses), rt, g, d, og, od)
@@ -71,7 +72,7 @@ def one(variant: str, device: str, size: int, batch: int, iters: int, profile: b
     return {"variant": variant, "device": str(rt.device), "s_per_it": min(times), "s_per_it_median": statistics.median(times),
             "times": times, "peak_mem_mb": peak_mb, "loss_terms": sorted(k for k in logs if k.startswith("G/")),
             "generator_params": sum(count_parameters(m) for m in nets.generator_modules()),
-            "bf16": rt.bf16, "channels_last": rt.channels_last, "threads": torch.get_num_threads()}
+            "winograd_convs": swapped, "bf16": rt.bf16, "channels_last": rt.channels_last, "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -81,11 +82,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--no-winograd", action="store_true", help="default CPU kernels for every conv")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "train_step.json")
     ap.add_argument("--child", nargs=2, metavar=("VARIANT", "DEVICE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(one(args.child[0], args.child[1], args.size, args.batch, args.iters, args.profile)))
+        print(json.dumps(one(args.child[0], args.child[1], args.size, args.batch, args.iters, args.profile,
+                             not args.no_winograd)))
         return
 
     import torch
@@ -98,7 +101,8 @@ def main() -> None:
     for device in devices:
         for variant in ("sasan", "cyclegan"):
             cmd = [sys.executable, __file__, "--child", variant, device, "--size", str(args.size),
-                   "--batch", str(args.batch), "--iters", str(args.iters)] + (["--profile"] if args.profile else [])
+                   "--batch", str(args.batch), "--iters", str(args.iters)] + (["--profile"] if args.profile else []) + (
+                ["--no-winograd"] if args.no_winograd else [])
             res = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
             if res.returncode:
                 sys.exit(f"benchmark child failed:\n{res.stderr[-3000:]}")

@@ -96,6 +96,7 @@ class TrainConfig(StrictModel):
     bf16: bool = Field(True, description="bf16 autocast (CUDA only)")
     channels_last: bool = Field(True, description="channels_last memory format (CUDA only)")
     num_workers: int = Field(0, ge=0)
+    winograd: bool = Field(True, description="CPU training: Winograd F(4x4,3x3) for the large 3x3 convs")
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     log_every: int = Field(10, ge=1)
     pretrain: PretrainConfig = PretrainConfig()

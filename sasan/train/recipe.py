@@ -26,7 +26,7 @@ from sasan.bundle import ModelBundle, save_bundle
 from sasan.config import Config, save_config
 from sasan.models import build_networks, build_segmenter, count_parameters
 from sasan.train.data import ArraySliceDataset, ConcatSlices
-from sasan.train.device import Runtime, keep_freed_memory, resolve_runtime
+from sasan.train.device import Runtime, fast_cpu_convs, keep_freed_memory, resolve_runtime
 from sasan.train.distributed import synchronizer
 from sasan.train.fake_source import translate_to_source
 from sasan.train.history import History
@@ -222,6 +222,7 @@ class Trainer:
         if self.sync is not None:
             self.sync.broadcast(nets)
         self.summary["parameters"] = {name: count_parameters(m) for name, m in nets.named_children()}
+        self.summary["winograd_convs"] = fast_cpu_convs(nets, self.rt, self.cfg.train.winograd)
         if nets.att_s is not None and not paired:
             self.pretrain_attention(nets, data)
         self.joint(nets, data)

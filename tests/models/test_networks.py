@@ -112,3 +112,21 @@ def test_build_networks_from_config_and_ablation_switches():
     k16 = build_networks(cfg.model_copy(update={"k": 16}))
     assert k16.att_t.to_maps[1].out_channels == 16
     assert k16.syn_s.block_full.norm_0.shared[0].in_channels == 16
+
+
+def test_cpu_winograd_swap_keeps_parameters_and_results():
+    from sasan.models import SASANNetworks
+    from sasan.train.device import fast_cpu_convs, resolve_runtime
+
+    torch.manual_seed(0)
+    nets = SASANNetworks(3, 5, 8)
+    before = {k: v.clone() for k, v in nets.state_dict().items()}
+    x, maps = torch.randn(1, 3, 64, 64), torch.randn(1, 8, 64, 64)
+    ref = nets.syn_s(x, maps)
+    swapped = fast_cpu_convs(nets, resolve_runtime("cpu"), enabled=True)
+    # the gamma/beta convs of the 128- and 64-channel SASAN norms, in both synthesis modules
+    assert swapped >= 8
+    assert set(nets.state_dict()) == set(before)
+    assert all(torch.equal(before[k], v) for k, v in nets.state_dict().items())
+    assert torch.allclose(nets.syn_s(x, maps), ref, atol=1e-4)
+    assert fast_cpu_convs(SASANNetworks(3, 5, 8), resolve_runtime("cpu"), enabled=False) == 0
