@@ -25,6 +25,9 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=HERE.parent / "params.yaml")
     ap.add_argument("--cases", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=1200, help="segmenter steps (default 1200)")
+    ap.add_argument("--unet-width", type=int, default=None, help="override model.unet_width")
+    ap.add_argument("--image-size", type=int, default=None, help="override preprocess.image_size")
     ap.add_argument("--work", type=Path, default=None, help="keep intermediate files here")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "phantom_gap.json")
     args = ap.parse_args()
@@ -37,13 +40,22 @@ def main() -> None:
     from sasan.stages.evaluate import run_evaluate
     from sasan.train.recipe import Trainer, open_shards
 
-    cfg = load_config(args.params)
+    overrides = {"train.segmenter.max_steps": args.steps, "train.segmenter.epochs": 1000.0}
+    if args.unet_width:
+        overrides["model.unet_width"] = args.unet_width
+    if args.image_size:
+        overrides["preprocess.image_size"] = args.image_size
+    cfg = load_config(args.params, overrides)
     work = args.work or Path(tempfile.mkdtemp(prefix="phantom-gap-"))
     tic = time.perf_counter()
-    generate_phantom(work / "phantom", cases=args.cases, seed=args.seed)
-    run_ingest(work / "phantom", work / "raw", layout="nnunet", test_fraction=cfg.ingest.test_fraction,
-               seed=cfg.ingest.seed)
-    run_preprocess(work / "raw", work / "shards", cfg.preprocess)
+    if not (work / "shards" / "stats.json").is_file():
+        generate_phantom(work / "phantom", cases=args.cases, seed=args.seed)
+        run_ingest(work / "phantom", work / "raw", layout="nnunet", test_fraction=cfg.ingest.test_fraction,
+                   seed=cfg.ingest.seed)
+        run_preprocess(work / "raw", work / "shards", cfg.preprocess)
+    import shutil
+
+    shutil.rmtree(work / "train", ignore_errors=True)
     trainer = Trainer(cfg, work / "train" / "no_adaptation", "no_adaptation", progress=False)
     trainer.run(open_shards(work / "shards", trainer.cfg, "no_adaptation"))
     bundle = {"no_adaptation": work / "train" / "no_adaptation" / "model.pt"}
