@@ -34,6 +34,10 @@ def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.chdir(tmp_path)          # MLflow's local artifact store lands in tmp
     root = tmp_path / "kfp"
+    # kfp.local's configuration is a process-wide singleton: restore it afterwards, so later
+    # tests that call components outside a pipeline do not run them
+    config = local.config.LocalExecutionConfig
+    monkeypatch.setattr(config, "instance", config.instance)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
 
     pipeline = build_pipeline("sasan:test")
