@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 from sasan.train.data import ArraySliceDataset
 from sasan.train.distributed import env_info, init_from_env, shutdown
 from sasan.train.recipe import TrainData, Trainer
+from tests.pipelines.conftest import tiny_shards  # noqa: F401  (fixture)
 from tests.train.conftest import blob_slices, tiny_config
 
 
@@ -135,3 +136,29 @@ def test_two_ranks_equal_one_process_with_doubled_batch(tmp_path):
     init = build_networks(cfg.model, seg_adversary=False).state_dict()
     moved = max(float((single[k] - init[k]).abs().max()) for k in single if single[k].is_floating_point())
     assert moved > 1e-4, moved
+
+
+@pytest.mark.slow
+def test_sasan_train_under_torchrun(tiny_shards, tmp_path):
+    """`torchrun --nproc_per_node 2 -m sasan train ...` on CPU: rank/world come from the
+    environment at the CLI edge; rank 0 alone writes the outputs and prints the summary."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.pipelines.conftest import tiny_params
+
+    _, shards = tiny_shards
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params()))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "sasan", "train", str(shards), str(tmp_path / "out"),
+           "--params", str(params), "--variants", "no_adaptation", "--no-tracking", "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "rank 1/2" in res.stderr and "backend gloo" in res.stderr
+    assert res.stdout.count("no_adaptation:") == 1          # printed by rank 0 only
+    assert (tmp_path / "out" / "no_adaptation" / "model.pt").is_file()
+    assert _load(tmp_path / "out" / "no_adaptation" / "checkpoints" / "segmenter.pt")["step"] >= 1
