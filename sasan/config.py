@@ -75,6 +75,8 @@ class JointConfig(StrictModel):
     batch_size: int = Field(2, ge=1)
     seg_real: Literal["labels", "source_attention"] = "labels"
     train_source_attention: bool = Field(False, description="keep A_s trainable after pre-training")
+    init_target_attention: Literal["source", "random"] = Field(
+        "source", description="start A_t from the pre-trained A_s (same anatomy, other contrast) or from scratch")
 
 
 class SegmenterConfig(StrictModel):

@@ -225,6 +225,10 @@ class Trainer:
         self.summary["winograd_convs"] = fast_cpu_convs(nets, self.rt, self.cfg.train.winograd)
         if nets.att_s is not None and not paired:
             self.pretrain_attention(nets, data)
+            if self.cfg.train.joint.init_target_attention == "source":
+                # A_t starts from A_s: its maps then mean the same anatomy from step 0, which the
+                # attention-consistency and pseudo-label terms assume; joint training adapts it.
+                nets.att_t.load_state_dict(nets.att_s.state_dict())
         self.joint(nets, data)
 
         parts = [data.source]
