@@ -150,6 +150,11 @@ _Loader.add_implicit_resolver(
 )
 
 
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML (``3e-4`` is a float, ``[1, 2]`` a list, ``null`` None)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> Config:
     """Validate a nested dict (strict: unknown keys and wrong types raise ConfigError)."""
     try:

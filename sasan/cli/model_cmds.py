@@ -8,27 +8,9 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from sasan.cli.params import add_params_args, load_params
 from sasan.errors import ConfigError
-
-
-def _overrides(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def _config(args: argparse.Namespace):
-    from sasan.config import load_config
-
-    return load_config(args.params, _overrides(args.set))
 
 
 def _tracking_uri() -> str:
@@ -38,9 +20,7 @@ def _tracking_uri() -> str:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="configuration (default params.yaml)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                   help="override a parameter, e.g. --set train.joint.max_steps=10 (repeatable)")
+    add_params_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -78,7 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sm = sub.add_parser("summary", help="print the results table of the last evaluation and where to look")
     sm.add_argument("--metrics", type=Path, default=Path("metrics/evaluation.json"))
-    sm.add_argument("--params", type=Path, default=Path("params.yaml"))
     sm.set_defaults(func=_summary)
 
     tl = sub.add_parser("translate", help="translate and segment one target-modality NIfTI volume",
@@ -112,7 +91,7 @@ def _train_ranked(args: argparse.Namespace, dist_info) -> int:
     from sasan.tracking.runs import Tracker, write_run_ref
     from sasan.train import distributed
 
-    cfg = _config(args)
+    cfg = load_params(args)
     variants = ([v.strip() for v in args.variants.split(",") if v.strip()] if args.variants
                 else list(cfg.evaluate.methods))
     on_checkpoint = None
@@ -163,7 +142,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sasan.stages.evaluate import run_evaluate, summary_table
     from sasan.tracking.runs import Tracker, flatten_metrics, read_run_ref
 
-    cfg = _config(args)
+    cfg = load_params(args)
     models = {m: args.models / m / "model.pt" for m in cfg.evaluate.methods if (args.models / m / "model.pt").is_file()}
     missing = [m for m in cfg.evaluate.methods if m not in models]
     if not models:

@@ -8,9 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from sasan.config import Config, load_config
-
-DEFAULT_PARAMS = "params.yaml"
+from sasan.cli.params import add_params_args, load_params
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "validation.html; exit non-zero on any error-level failure.")
     p.add_argument("raw", type=Path, help="canonical raw data set (folder with manifest.json or <domain>/)")
     p.add_argument("--report", type=Path, default=Path("reports/validation"), help="report folder")
-    _params_arg(p)
+    add_params_args(p)
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("preprocess", help="raw volumes -> per-domain, per-split slice-stack shards",
@@ -28,21 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("raw", type=Path, help="canonical raw data set")
     p.add_argument("out", type=Path, help="shard folder")
     p.add_argument("--domains", nargs="+", default=None, help="only these domains (default: all)")
-    _params_arg(p)
+    add_params_args(p)
     p.set_defaults(func=_preprocess)
-
-
-def _params_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", type=Path, default=None,
-                   help=f"parameter file (default: ./{DEFAULT_PARAMS} if present, else built-in defaults)")
-
-
-def _config(args: argparse.Namespace) -> Config:
-    if args.params is not None:
-        return load_config(args.params)
-    if Path(DEFAULT_PARAMS).exists():
-        return load_config(DEFAULT_PARAMS)
-    return Config()
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -51,7 +36,7 @@ def _validate(args: argparse.Namespace) -> int:
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
     from sasan.data.validate import run_validate
 
-    report = run_validate(args.raw, args.report, _config(args).validate_)
+    report = run_validate(args.raw, args.report, load_params(args).validate_)
     print(f"validation passed: {report['n_cases']} case(s), {report['n_warnings']} warning check(s) failed; "
           f"report: {args.report / 'validation.html'}")
     return 0
@@ -60,6 +45,6 @@ def _validate(args: argparse.Namespace) -> int:
 def _preprocess(args: argparse.Namespace) -> int:
     from sasan.data.preprocess import run_preprocess
 
-    summary = run_preprocess(args.raw, args.out, _config(args).preprocess, domains=args.domains)
+    summary = run_preprocess(args.raw, args.out, load_params(args).preprocess, domains=args.domains)
     print(json.dumps(summary["counts"], sort_keys=True))
     return 0

@@ -7,10 +7,9 @@ import argparse
 import os
 from pathlib import Path
 
-from sasan.config import Config, load_config
+from sasan.cli.params import add_params_args, load_params
 from sasan.errors import CheckpointError, SasanError
 
-DEFAULT_PARAMS = "params.yaml"
 
 DESCRIPTION = """\
 Log the model bundle as an MLflow pyfunc model (target-modality slice stacks in, label maps
@@ -32,8 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", type=Path, required=True, help="evaluation metrics JSON (metrics/evaluation.json)")
     p.add_argument("--run-ref", type=Path, required=True,
                    help="run reference JSON {run_id, experiment_id, tracking_uri} of the pipeline's MLflow run")
-    p.add_argument("--params", type=Path, default=None,
-                   help=f"parameter file (default: ./{DEFAULT_PARAMS} if present, else built-in defaults)")
+    add_params_args(p)
     p.add_argument("--report", type=Path, default=Path("reports/register"), help="report folder")
     p.add_argument("--method", default="sasan", help="method whose mean Dice is gated (default: sasan)")
     p.set_defaults(func=_register)
@@ -44,7 +42,7 @@ def _register(args: argparse.Namespace) -> int:
     from sasan.tracking.registry import load_evaluation, register_and_gate, target_mean_dice
     from sasan.tracking.runs import Tracker, default_tracking_uri, read_run_ref
 
-    cfg = _config(args)
+    cfg = load_params(args)
     metrics = load_evaluation(args.metrics)
     target_mean_dice(metrics, args.method, args.metrics)        # a bad file fails before MLflow is touched
     if not args.bundle.is_file():
@@ -70,9 +68,4 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace) -> Config:
-    if args.params is not None:
-        return load_config(args.params)
-    if Path(DEFAULT_PARAMS).exists():
-        return load_config(DEFAULT_PARAMS)
-    return Config()
+
