@@ -3,7 +3,6 @@ of three SASAN residual blocks driven by the attention maps of the input's domai
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -62,9 +61,3 @@ class SynthesisModule(nn.Module):
 
     def forward(self, x: Tensor, maps: Tensor | None) -> Tensor:
         return self.decode(self.encode(x), maps)
-
-
-def constant_maps(like: Tensor, k: int) -> Tensor:
-    """The CycleGAN ablation's maps: ones, (B, K, H, W) like the image ``like``."""
-    b, _, h, w = like.shape
-    return torch.ones(b, k, h, w, dtype=like.dtype, device=like.device)

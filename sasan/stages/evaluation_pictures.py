@@ -7,20 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from sasan.atomic import atomic_path
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from sasan.figures import pyplot, save_png
 
 
 def dice_bars(results: dict[str, Any], png: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     methods = list(results)
     names = list(next(iter(results.values()))["per_structure"])
     width = 0.8 / max(len(methods), 1)
@@ -36,15 +27,13 @@ def dice_bars(results: dict[str, Any], png: Path) -> None:
     ax.legend(fontsize=8, ncol=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_png(fig, png, dpi=90)
 
 
 def segmentation_montage(image: np.ndarray, gt: np.ndarray, preds: dict[str, np.ndarray], png: Path,
                          title: str) -> None:
     """Middle slice (along the axis with most foreground) of image, truth, and each method."""
-    plt = _plt()
+    plt = pyplot()
     fg = gt > 0
     axis = int(np.argmin(fg.shape)) if not fg.any() else 2
     counts = fg.sum(axis=tuple(a for a in range(3) if a != axis))
@@ -67,6 +56,4 @@ def segmentation_montage(image: np.ndarray, gt: np.ndarray, preds: dict[str, np.
         ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_png(fig, png, dpi=90)

@@ -46,7 +46,3 @@ class ConcatSlices:
     def __getitem__(self, index: int) -> dict[str, Any]:
         part = int(np.searchsorted(self.offsets, index, side="right") - 1)
         return self.parts[part][index - int(self.offsets[part])]
-
-
-def as_labelled(images: torch.Tensor, labels: torch.Tensor) -> ArraySliceDataset:
-    return ArraySliceDataset(images.numpy(), labels.numpy())

@@ -6,7 +6,8 @@ import csv
 import io
 from pathlib import Path
 
-from sasan.atomic import atomic_path, write_text
+from sasan.atomic import write_text
+from sasan.figures import pyplot, save_png
 
 
 class History:
@@ -36,10 +37,7 @@ class History:
     def plot(self, png: Path, title: str) -> None:
         if not self.rows:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         steps = sorted(self.rows)
         keys = [k for k in sorted({k for r in self.rows.values() for k in r}) if k != "s_per_it"]
@@ -55,6 +53,4 @@ class History:
             ax.axis("off")
         fig.suptitle(title)
         fig.tight_layout()
-        with atomic_path(png) as tmp:
-            fig.savefig(tmp, dpi=90, format="png")
-        plt.close(fig)
+        save_png(fig, png, dpi=90)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sasan.atomic import atomic_path
+from sasan.figures import pyplot, save_png
 
 
 def _centre(img: torch.Tensor) -> np.ndarray:
@@ -19,10 +19,7 @@ def translation_grid(sample: dict[str, torch.Tensor], png: Path, source: str, ta
                      max_rows: int = 4) -> None:
     """Rows = samples; columns: source, fake target, reconstructed source, target, fake source,
     reconstructed target (centre slice of each 3-slice stack)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cols = [("x", f"{source} (real)"), ("fake_t", f"{source}->{target}"), ("rec_x", f"{source} rec."),
             ("t", f"{target} (real)"), ("fake_s", f"{target}->{source}"), ("rec_t", f"{target} rec.")]
@@ -36,18 +33,13 @@ def translation_grid(sample: dict[str, torch.Tensor], png: Path, source: str, ta
             if r == 0:
                 ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_png(fig, png, dpi=80)
 
 
 def attention_grid(image: torch.Tensor, maps: torch.Tensor, seg_logits: torch.Tensor, png: Path,
                    title: str) -> None:
     """One image (C, H, W), its K attention maps (K, H, W) and the argmax segmentation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     k = maps.shape[0]
     fig, axes = plt.subplots(1, k + 2, figsize=(1.9 * (k + 2), 2.2))
@@ -62,6 +54,4 @@ def attention_grid(image: torch.Tensor, maps: torch.Tensor, seg_logits: torch.Te
         ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_png(fig, png, dpi=80)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from sasan.config import Config, config_from_dict, set_dotted
 from sasan.errors import ConfigError
@@ -33,10 +33,3 @@ def variant_config(cfg: Config, variant: str) -> Config:
         set_dotted(data, key, value)
     return config_from_dict(data, f"variant {variant}")
 
-
-def describe(variant: str) -> str:
-    lines: dict[str, Callable[[], str]] = {
-        "no_adaptation": lambda: "U-Net trained on labelled source, applied to target images",
-        "upper_bound": lambda: "U-Net trained and tested on labelled target data",
-    }
-    return lines.get(variant, lambda: ", ".join(f"{k}={v}" for k, v in VARIANTS[variant].items()) or "full SASAN")()
