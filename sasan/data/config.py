@@ -48,6 +48,10 @@ class PreprocessConfig(StrictModel):
     slices: Literal[1, 3] = 3
     target_spacing: Optional[tuple[float, float, float]] = None
     crop: Literal["body", "none"] = "body"
+    field_of_view_mm: Optional[float] = Field(
+        None, gt=0,
+        description="in-plane size (mm) of the image_size canvas: every volume keeps its physical scale "
+                    "(crop centred on the box if larger, padding if smaller); null = fit each plane")
     clip_percentiles: tuple[float, float] = (2.0, 98.0)
     # fixed z-score -> [-1, 1] bounds per modality (METHOD.md: MRI [-1.8, 4.4], CT [-2.8, 3.2])
     bounds: dict[str, tuple[float, float]] = Field(

@@ -2,7 +2,9 @@
 
 Per volume: reorient to RAS, optionally resample to ``target_spacing``, crop to the body
 box (intensity threshold, never labels), fit every slice plane into ``image_size``
-squared (aspect kept, padded with -1), clip at the volume's percentiles, z-score, map the
+squared (aspect kept, padded with -1; or, with ``field_of_view_mm``, at a fixed physical
+scale: the canvas spans that many millimetres, larger planes are cropped around the box
+centre), clip at the volume's percentiles, z-score, map the
 z-scores to [-1, 1] with the modality's fixed bounds, and cut ``slices``-channel stacks
 (j-1, j, j+1 with edge replication). :class:`PreparedVolume` keeps the geometry so that
 predictions are put back on the original grid (:meth:`PreparedVolume.restore`).
@@ -127,18 +129,25 @@ def prepare_loaded(volume: Volume, cfg: PreprocessConfig, bounds: tuple[float, f
     transform = geo.ras_transform(volume.affine)
     ras = geo.to_ras(volume.array, transform)
     ras_shape = grid_shape = tuple(ras.shape)
+    spacing = geo.ras_spacing(volume.spacing, transform)
     if cfg.target_spacing is not None:
-        spacing = geo.ras_spacing(volume.spacing, transform)
         grid_shape = geo.resampled_shape(ras.shape, spacing, cfg.target_spacing)
+        # the spacing the resampled grid really has (rounding of the voxel counts)
+        spacing = tuple(n * s / g for n, s, g in zip(ras.shape, spacing, grid_shape))  # type: ignore[assignment]
         ras = geo.resample(ras, grid_shape)
     threshold = geo.otsu_threshold(_sample(ras).astype(np.float32))
     if cfg.crop == "body":
         box = geo.body_box(ras, threshold, cfg.body_fraction, cfg.crop_margin)
     else:
         box = tuple((0, n) for n in ras.shape)
+    if cfg.field_of_view_mm is not None:
+        box = geo.limit_box(box, spacing, cfg.axis, cfg.field_of_view_mm)
     cropped = ras[tuple(slice(lo, hi) for lo, hi in box)]
     stack = geo.volume_to_slices(cropped, cfg.axis)  # (Z, H, W), superior/anterior up
-    content = geo.fit_size(stack.shape[1:], cfg.image_size)
+    if cfg.field_of_view_mm is not None:  # same mm per pixel for every volume
+        content = geo.physical_size(box, spacing, cfg.axis, cfg.field_of_view_mm, cfg.image_size)
+    else:
+        content = geo.fit_size(stack.shape[1:], cfg.image_size)
     planes = geo.resize_slices(stack, content)
     normalised, stats = normalise(planes, cfg.clip_percentiles, bounds, volume.path)
     body = (np.count_nonzero(planes > threshold, axis=(1, 2)) / float(planes[0].size)).astype(np.float32)

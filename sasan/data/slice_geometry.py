@@ -127,6 +127,30 @@ def fit_size(plane: tuple[int, int], size: int) -> tuple[int, int]:
     return max(1, int(round(plane[0] * scale))), max(1, int(round(plane[1] * scale)))
 
 
+def limit_box(box: tuple[tuple[int, int], ...], spacing: tuple[float, float, float], axis: int,
+              extent_mm: float) -> tuple[tuple[int, int], ...]:
+    """Shrink the in-plane sides of ``box`` (lo, hi per RAS axis, voxels of ``spacing`` mm)
+    longer than ``extent_mm`` to that length, centred on the box's centre. The slicing
+    axis is left alone."""
+    out = []
+    for a, (lo, hi) in enumerate(box):
+        n = max(1, int(extent_mm / spacing[a] + 1e-6))
+        if a != axis and hi - lo > n:
+            lo = lo + (hi - lo - n) // 2
+            hi = lo + n
+        out.append((lo, hi))
+    return tuple(out)
+
+
+def physical_size(box: tuple[tuple[int, int], ...], spacing: tuple[float, float, float], axis: int,
+                  extent_mm: float, size: int) -> tuple[int, int]:
+    """In-plane content size (H, W) in pixels when the ``size`` canvas spans ``extent_mm``:
+    the same millimetres per pixel for every volume, whatever its field of view."""
+    lens = tuple((hi - lo) * spacing[a] for a, (lo, hi) in enumerate(box))
+    h_mm, w_mm = display_plane(lens, axis)  # type: ignore[arg-type]
+    return tuple(min(size, max(1, int(round(mm * size / extent_mm)))) for mm in (h_mm, w_mm))  # type: ignore[return-value]
+
+
 def resize_slices(stack: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
     """Resize each slice of a (Z, a, b) stack to (Z, *size): bilinear+antialias, or nearest."""
     if tuple(stack.shape[1:]) == tuple(size):

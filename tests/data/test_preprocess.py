@@ -299,3 +299,59 @@ def test_body_box_by_hand(size):
         # never cuts the body; the step-2 lattice may add at most one voxel per side
         assert true_lo - 3 <= lo <= true_lo - 2 and true_hi + 2 <= hi <= true_hi + 3
     assert body_box(np.zeros((8, 8, 8), np.float32), 1.0, 0.01, 0) == ((0, 8), (0, 8), (0, 8))
+
+
+# ----------------------------------------------------------------------------- physical scale
+def _sphere_volume(tmp_path, nifti_writer, name, n, spacing, radius_mm=10.0):
+    """An intensity sphere (and its label) of ``radius_mm`` centred in an n^3 grid."""
+    axis = (np.arange(n) - (n - 1) / 2) * spacing
+    r = np.sqrt(sum(g ** 2 for g in np.meshgrid(axis, axis, axis, indexing="ij")))
+    label = (r < radius_mm).astype(np.uint8)
+    image = np.where(label > 0, 100.0, 10.0).astype(np.float32)
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    return nifti_writer(tmp_path / f"{name}.nii.gz", image, affine), label
+
+
+def _object_width(prepared, label):
+    slices = prepared.forward_label(label)
+    middle = slices[len(slices) // 2]
+    return int(np.count_nonzero(middle.any(axis=0)))
+
+
+def test_field_of_view_keeps_the_physical_scale(tmp_path, nifti_writer):
+    """Two fields of view (64 mm at 1 mm, 80 mm at 2 mm) of the same 20 mm sphere: fitting each
+    plane into the canvas draws it at different sizes; a fixed 48 mm canvas draws it at the
+    same size (20 mm at 1.5 mm per pixel = 13-14 pixels) in both."""
+    fine, fine_label = _sphere_volume(tmp_path, nifti_writer, "fine", 64, 1.0)
+    coarse, coarse_label = _sphere_volume(tmp_path, nifti_writer, "coarse", 40, 2.0)
+    fit = PreprocessConfig(image_size=32, crop="none", bounds={"mr": (-2.0, 2.0)})
+    widths_fit = [_object_width(prepare_volume(p, fit, "MR"), lab)
+                  for p, lab in ((fine, fine_label), (coarse, coarse_label))]
+    assert widths_fit[0] - widths_fit[1] >= 2  # 10 px vs 8 px
+    fixed = fit.model_copy(update={"field_of_view_mm": 48.0})
+    prepared = [prepare_volume(p, fixed, "MR") for p in (fine, coarse)]
+    widths = [_object_width(v, lab) for v, lab in zip(prepared, (fine_label, coarse_label))]
+    assert all(13 <= w <= 14 for w in widths), widths
+    # both volumes are larger than 48 mm: cropped around the centre to fill the canvas
+    assert prepared[0].geometry.content == (32, 32) and prepared[1].geometry.content == (32, 32)
+    assert prepared[0].geometry.box[0] == (8, 56) and prepared[1].geometry.box[0] == (8, 32)
+    # the crop is undone on restore: the sphere comes back, the cut-off border is background
+    for v, lab in zip(prepared, (fine_label, coarse_label)):
+        back = np.asarray(v.restore(v.forward_label(lab)).dataobj)
+        assert back.shape == lab.shape and _dice(back, lab) > 0.9
+
+
+def test_field_of_view_pads_a_small_volume(tmp_path, nifti_writer):
+    """A 40 mm volume on a 80 mm canvas fills half of it (padded with -1), not all of it."""
+    small, label = _sphere_volume(tmp_path, nifti_writer, "small", 20, 2.0, radius_mm=8.0)
+    cfg = PreprocessConfig(image_size=32, crop="none", bounds={"mr": (-2.0, 2.0)}, field_of_view_mm=80.0)
+    prepared = prepare_volume(small, cfg, "MR")
+    assert prepared.geometry.content == (16, 16)
+    assert np.all(prepared.slices[:, :8] == -1.0) and np.all(prepared.slices[:, :, 24:] == -1.0)
+    back = np.asarray(prepared.restore(prepared.forward_label(label)).dataobj)
+    assert _dice(back, label) > 0.9
+
+
+def test_field_of_view_must_be_positive():
+    with pytest.raises(Exception, match="greater than 0"):
+        PreprocessConfig(field_of_view_mm=0.0)
