@@ -77,6 +77,11 @@ class JointConfig(StrictModel):
     train_source_attention: bool = Field(False, description="keep A_s trainable after pre-training")
     init_target_attention: Literal["source", "random"] = Field(
         "source", description="start A_t from the pre-trained A_s (same anatomy, other contrast) or from scratch")
+    attention_synthesis_grad: float = Field(
+        1.0, ge=0.0, le=1.0,
+        description="scale of the image losses' gradient reaching the attention maps through the SASAN norms "
+                    "(1 = end to end as in the paper; 0 = the maps learn only from the segmentation and "
+                    "attention terms)")
 
 
 class SegmenterConfig(StrictModel):
@@ -85,6 +90,10 @@ class SegmenterConfig(StrictModel):
     lr: float = 4e-4
     batch_size: int = Field(16, ge=1)
     fake_source: bool = Field(True, description="fake-source augmentation (ablation switch)")
+    pseudo_label_confidence: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="fake-source pixels whose A_t softmax confidence is below this are left out of the "
+                    "segmenter's loss (0 = keep every pseudo-label, as in the paper)")
 
 
 class AugmentConfig(StrictModel):

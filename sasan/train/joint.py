@@ -22,6 +22,9 @@ Generator loss (weights from ``LossWeights``; default in brackets):
 Discriminator loss: 0.5 x weight x (LSGAN real/fake terms), on detached fakes; the
 segmentation discriminators see one-hot source labels as real.
 
+``attention_synthesis_grad`` scales the image terms' gradient that reaches the attention
+maps through the SASAN norms (1 = end to end, the paper's setting).
+
 CycleGAN ablation (``attention=False``): constant maps, only adversarial + cycle + identity
 (+ voxel). Paired mode: no segmentation adversary, attention learned with orthogonality only.
 """
@@ -46,6 +49,17 @@ class JointOptions:
     paired: bool = False
     train_source_attention: bool = False
     seg_real: str = "labels"     # "labels" | "source_attention"
+    attention_synthesis_grad: float = 1.0   # gradient scale from S's norms into the maps
+
+
+def scale_gradient(x: Optional[Tensor], factor: float) -> Optional[Tensor]:
+    """Identity in the forward pass; multiplies the gradient flowing back through it by
+    ``factor`` (0 = detach, 1 = untouched)."""
+    if x is None or factor == 1.0:
+        return x
+    if factor == 0.0:
+        return x.detach()
+    return torch.lerp(x.detach(), x, factor)
 
 
 def set_requires_grad(modules: list[nn.Module], flag: bool) -> None:
@@ -85,8 +99,10 @@ class JointTrainer:
             else:
                 out["att_s_x"], out["seg_s_x"] = n.att_s(x)
             out["att_t_t"], out["seg_t_t"] = n.att_t(t)
-            maps_t_in = torch.cat([out["att_s_x"], out["att_t_t"]])   # for S_t on [x, t]
-            maps_s_in = torch.cat([out["att_t_t"], out["att_s_x"]])   # for S_s on [t, x]
+            g = self.opts.attention_synthesis_grad
+            att_s_x, att_t_t = scale_gradient(out["att_s_x"], g), scale_gradient(out["att_t_t"], g)
+            maps_t_in = torch.cat([att_s_x, att_t_t])   # for S_t on [x, t]
+            maps_s_in = torch.cat([att_t_t, att_s_x])   # for S_s on [t, x]
         else:
             maps_t_in = maps_s_in = None
         # batch the translation and the identity pass through each synthesis module
@@ -102,8 +118,9 @@ class JointTrainer:
         feat_fake_t = n.syn_s.encode(out["fake_t"])
         feat_fake_s = n.syn_t.encode(out["fake_s"])
         out["feat_fake_t_by_s"], out["feat_fake_s_by_t"] = feat_fake_t, feat_fake_s
-        out["rec_x"] = n.syn_s.decode(feat_fake_t, out.get("att_t_fake"))
-        out["rec_t"] = n.syn_t.decode(feat_fake_s, out.get("att_s_fake"))
+        g = self.opts.attention_synthesis_grad
+        out["rec_x"] = n.syn_s.decode(feat_fake_t, scale_gradient(out.get("att_t_fake"), g))
+        out["rec_t"] = n.syn_t.decode(feat_fake_s, scale_gradient(out.get("att_s_fake"), g))
         return out
 
     # ------------------------------------------------------------------ losses

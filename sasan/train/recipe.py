@@ -24,6 +24,7 @@ import torch
 from sasan.atomic import write_json
 from sasan.bundle import ModelBundle, save_bundle
 from sasan.config import Config, save_config
+from sasan.losses import IGNORE
 from sasan.models import build_networks, build_segmenter, count_parameters
 from sasan.train.data import ArraySliceDataset, ConcatSlices
 from sasan.train.device import Runtime, fast_cpu_convs, keep_freed_memory, resolve_runtime
@@ -140,7 +141,8 @@ class Trainer:
         g_params, d_params, opt_g, opt_d = make_optimizers(
             nets, c.lr, c.betas, c.weight_decay, c.train_source_attention, paired)
         sched_g, sched_d = make_scheduler(opt_g, steps), make_scheduler(opt_d, steps)
-        trainer = JointTrainer(nets, JointOptions(self.cfg.train.losses, paired, c.train_source_attention, c.seg_real),
+        trainer = JointTrainer(nets, JointOptions(self.cfg.train.losses, paired, c.train_source_attention, c.seg_real,
+                                            c.attention_synthesis_grad),
                                self.rt, g_params, d_params, opt_g, opt_d, sync=self.sync)
         tgt_sampler = StreamSampler(len(data.target), seed + 21, c.batch_size, self.rank, self.world_size)
         src_sampler = (tgt_sampler if paired else
@@ -234,10 +236,12 @@ class Trainer:
         parts = [data.source]
         if self.cfg.train.segmenter.fake_source and not paired:
             images, labels = translate_to_source(nets, data.target_plain or data.target, self.rt,
-                                                 progress=self.progress and self.is_main)
+                                                 progress=self.progress and self.is_main,
+                                                 min_confidence=self.cfg.train.segmenter.pseudo_label_confidence)
             if labels is not None:
                 parts.append(ArraySliceDataset(images, labels))
                 self.summary["fake_source_slices"] = len(images)
+                self.summary["fake_source_labelled_fraction"] = float(np.mean(labels != IGNORE))
         unet = self.segmenter(ConcatSlices(parts)) if not paired else None
         if unet is None:  # paired mode evaluates translation, not segmentation
             unet = build_segmenter(self.cfg.model).eval()

@@ -1,0 +1,60 @@
+"""Fake-source augmentation (METHOD.md 4.3): target slices -> G_s(t, A_t(t)) with A_t's
+pseudo-labels, optionally only where A_t is confident."""
+
+import numpy as np
+import torch
+
+from sasan.losses import IGNORE
+from sasan.models import build_networks
+from sasan.train.data import ArraySliceDataset
+from sasan.train.device import resolve_runtime
+from sasan.train.fake_source import translate_to_source
+
+from .conftest import blob_slices, tiny_config
+
+
+def _setup():
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    nets = build_networks(cfg.model, seg_adversary=True)
+    images, _ = blob_slices(5, seed=3, bright_ring=False)
+    return cfg, nets, ArraySliceDataset(images)
+
+
+def test_translation_and_pseudo_labels_of_every_target_slice():
+    cfg, nets, target = _setup()
+    images, labels = translate_to_source(nets, target, resolve_runtime("cpu"), batch_size=2, progress=False)
+    n, s, h, w = target.images.shape
+    assert images.shape == (n, s, h, w) and images.dtype == np.float16
+    assert np.abs(images.astype(np.float32)).max() <= 1.0          # tanh output
+    assert labels.shape == (n, h, w) and labels.dtype == np.uint8
+    with torch.no_grad():
+        expected = nets.att_t(torch.from_numpy(target.images))[1].argmax(1).numpy()
+    assert np.array_equal(labels, expected)
+    assert nets.training                                           # back in training mode
+
+
+def test_unconfident_pseudo_labels_are_ignored():
+    cfg, nets, target = _setup()
+    with torch.no_grad():
+        probs = nets.att_t(torch.from_numpy(target.images))[1].softmax(1)
+    confidence, argmax = probs.max(1)
+    threshold = float(confidence.median())
+    _, labels = translate_to_source(nets, target, resolve_runtime("cpu"), progress=False,
+                                    min_confidence=threshold)
+    low = (confidence < threshold).numpy()
+    assert 0 < low.sum() < low.size
+    assert np.all(labels[low] == IGNORE)
+    assert np.array_equal(labels[~low], argmax.numpy()[~low].astype(np.uint8))
+
+
+def test_cyclegan_ablation_has_no_pseudo_labels():
+    cfg = tiny_config()
+    data = cfg.to_dict()
+    data["model"]["attention"] = False
+    from sasan.config import config_from_dict
+
+    nets = build_networks(config_from_dict(data, "test").model, seg_adversary=False)
+    images, _ = blob_slices(3, seed=3, bright_ring=False)
+    fake, labels = translate_to_source(nets, ArraySliceDataset(images), resolve_runtime("cpu"), progress=False)
+    assert fake.shape == images.shape and labels is None
