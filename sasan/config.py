@@ -39,6 +39,9 @@ class ModelConfig(StrictModel):
     attention_width: int = Field(32, ge=4, description="first attention encoder width")
     disc_width: int = Field(64, ge=8, description="first PatchGAN width (64-128-256-512)")
     seg_disc_width: int = Field(64, ge=8)
+    disc_layers: int = Field(4, ge=1, le=4, description="stride-2 layers of the image PatchGAN (the segmentation "
+                             "PatchGANs get one fewer): 4 judges 94-pixel patches, 37 % of a 256 image; "
+                             "2 judges 22-pixel patches, 34 % of a 64 image")
     unet_width: int = Field(64, ge=4, description="segmenter U-Net first width (64-128-256-512-512)")
     attention: bool = Field(True, description="False = CycleGAN ablation: constant maps, no attention losses")
     feature_disc: bool = Field(False, description="feature discriminators (ablation switch)")

@@ -29,6 +29,7 @@ def build_networks(cfg: "ModelConfig", seg_adversary: bool = True) -> SASANNetwo
         seg_adversary=seg_adversary, feature_disc=cfg.feature_disc,
         attention_width=cfg.attention_width, synth_width=cfg.synth_width,
         norm_hidden=cfg.norm_hidden, disc_width=cfg.disc_width, seg_disc_width=cfg.seg_disc_width,
+        disc_layers=cfg.disc_layers,
     )
 
 

@@ -20,17 +20,17 @@ class SASANNetworks(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 5, k: int = 8, *,
                  attention: bool = True, seg_adversary: bool = True, feature_disc: bool = False,
                  attention_width: int = 32, synth_width: int = 32, norm_hidden: int = 64,
-                 disc_width: int = 64, seg_disc_width: int = 64):
+                 disc_width: int = 64, seg_disc_width: int = 64, disc_layers: int = 4):
         super().__init__()
         self.attention, self.k, self.num_classes = attention, k, num_classes
         self.syn_s = SynthesisModule(in_channels, in_channels, k, synth_width, norm_hidden)
         self.syn_t = SynthesisModule(in_channels, in_channels, k, synth_width, norm_hidden)
-        self.disc_s = PatchDiscriminator(in_channels, disc_width)
-        self.disc_t = PatchDiscriminator(in_channels, disc_width)
+        self.disc_s = PatchDiscriminator(in_channels, disc_width, disc_layers)
+        self.disc_t = PatchDiscriminator(in_channels, disc_width, disc_layers)
         # CycleGAN ablation: no attention modules, no segmentation adversary
         self.att_s = AttentionModule(in_channels, k, num_classes, attention_width) if attention else None
         self.att_t = AttentionModule(in_channels, k, num_classes, attention_width) if attention else None
-        self.seg_discs = (seg_discriminators(num_classes, seg_disc_width)
+        self.seg_discs = (seg_discriminators(num_classes, seg_disc_width, max(1, disc_layers - 1))
                           if attention and seg_adversary else None)
         feat_ch = 4 * synth_width
         self.feat_disc_s = FeatureDiscriminator(feat_ch) if feature_disc else None

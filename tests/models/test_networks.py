@@ -130,3 +130,38 @@ def test_cpu_winograd_swap_keeps_parameters_and_results():
     assert all(torch.equal(before[k], v) for k, v in nets.state_dict().items())
     assert torch.allclose(nets.syn_s(x, maps), ref, atol=1e-4)
     assert fast_cpu_convs(SASANNetworks(3, 5, 8), resolve_runtime("cpu"), enabled=False) == 0
+
+
+@pytest.mark.parametrize("layers", [2, 3, 4])
+def test_patch_discriminator_depth_sets_the_judged_patch(layers):
+    """An output score depends on exactly receptive_field(layers) x receptive_field(layers)
+    input pixels through its convolutions (measured by back-propagating one interior score)."""
+    from sasan.models.discriminators import receptive_field
+
+    torch.manual_seed(0)
+    d = PatchDiscriminator(1, 8, layers).eval()
+    for i, m in enumerate(d.net):   # instance statistics span the image: leave them out here
+        if isinstance(m, torch.nn.InstanceNorm2d):
+            d.net[i] = torch.nn.Identity()
+    x = torch.randn(1, 1, 128, 128, requires_grad=True)
+    out = d(x)
+    assert out.shape == (1, 1, 128 // 2 ** layers - 1, 128 // 2 ** layers - 1)
+    i = out.shape[-1] // 2
+    out[0, 0, i, i].backward()
+    rows = x.grad[0, 0].abs().sum(1).nonzero()
+    cols = x.grad[0, 0].abs().sum(0).nonzero()
+    assert int(rows.max() - rows.min()) + 1 == receptive_field(layers)
+    assert int(cols.max() - cols.min()) + 1 == receptive_field(layers)
+    assert receptive_field(4) == 94 and receptive_field(2) == 22
+
+
+def test_discriminator_layers_from_the_config():
+    from sasan.config import ModelConfig
+    from sasan.models import build_networks
+
+    nets = build_networks(ModelConfig(disc_width=8, seg_disc_width=8, disc_layers=2))
+    x = torch.randn(2, 3, 64, 64)
+    assert nets.disc_s(x).shape == (2, 1, 15, 15)
+    assert nets.seg_discs[0](x[:, :1]).shape == (2, 1, 31, 31)   # one stride-2 layer fewer
+    with pytest.raises(ValueError):
+        PatchDiscriminator(3, 8, 5)
