@@ -80,6 +80,9 @@ class JointConfig(StrictModel):
     train_source_attention: bool = Field(False, description="keep A_s trainable after pre-training")
     init_target_attention: Literal["source", "random"] = Field(
         "source", description="start A_t from the pre-trained A_s (same anatomy, other contrast) or from scratch")
+    aux_seg_to_generator: bool = Field(
+        True, description="let the auxiliary segmentation loss on A_t(fake_t) reach S_t through fake_t "
+                          "(paper); false = A_t learns from a detached fake_t, so S_t cannot paint cues for it")
     attention_synthesis_grad: float = Field(
         1.0, ge=0.0, le=1.0,
         description="scale of the image losses' gradient reaching the attention maps through the SASAN norms "

@@ -22,6 +22,8 @@ Generator loss (weights from ``LossWeights``; default in brackets):
 Discriminator loss: 0.5 x weight x (LSGAN real/fake terms), on detached fakes; the
 segmentation discriminators see one-hot source labels as real.
 
+``aux_seg_to_generator=False`` computes aux_seg on A_t(detached fake_t): A_t still learns
+from translated source images, but S_t gets no gradient to make them easy for A_t.
 ``attention_synthesis_grad`` scales the image terms' gradient that reaches the attention
 maps through the SASAN norms (1 = end to end, the paper's setting).
 
@@ -50,6 +52,7 @@ class JointOptions:
     train_source_attention: bool = False
     seg_real: str = "labels"     # "labels" | "source_attention"
     attention_synthesis_grad: float = 1.0   # gradient scale from S's norms into the maps
+    aux_seg_to_generator: bool = True       # aux_seg gradient reaches S_t through fake_t
 
 
 def scale_gradient(x: Optional[Tensor], factor: float) -> Optional[Tensor]:
@@ -156,7 +159,9 @@ class JointTrainer:
                         L.seg_adversarial_generator_loss(n.seg_discs, out["seg_s_fake"].softmax(1))
                         + L.seg_adversarial_generator_loss(n.seg_discs, out["seg_t_t"].softmax(1)))
                 if w.aux_seg:
-                    aux = L.seg_loss(out["seg_t_fake"], y_x, dice_weight=w.dice_weight)
+                    seg_t_fake = (out["seg_t_fake"] if self.opts.aux_seg_to_generator
+                                  else n.att_t(out["fake_t"].detach())[1])
+                    aux = L.seg_loss(seg_t_fake, y_x, dice_weight=w.dice_weight)
                     if not self.att_source_frozen:
                         aux = aux + L.seg_loss(out["seg_s_x"], y_x, dice_weight=w.dice_weight)
                     terms["aux_seg"] = aux

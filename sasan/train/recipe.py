@@ -142,7 +142,7 @@ class Trainer:
             nets, c.lr, c.betas, c.weight_decay, c.train_source_attention, paired)
         sched_g, sched_d = make_scheduler(opt_g, steps), make_scheduler(opt_d, steps)
         trainer = JointTrainer(nets, JointOptions(self.cfg.train.losses, paired, c.train_source_attention, c.seg_real,
-                                            c.attention_synthesis_grad),
+                                            c.attention_synthesis_grad, c.aux_seg_to_generator),
                                self.rt, g_params, d_params, opt_g, opt_d, sync=self.sync)
         tgt_sampler = StreamSampler(len(data.target), seed + 21, c.batch_size, self.rank, self.world_size)
         src_sampler = (tgt_sampler if paired else

@@ -151,3 +151,30 @@ def test_attention_synthesis_grad_controls_what_reaches_the_target_attention(fac
     else:
         assert sum(float(gr.abs().sum()) for gr in grads if gr is not None) > 0
     assert any(p.grad is not None and p.grad.any() for p in nets.syn_s.parameters())
+
+
+@pytest.mark.parametrize("to_generator", [True, False])
+def test_aux_seg_to_generator_switch(to_generator):
+    """With only aux_seg on, S_t gets its gradient through fake_t only when allowed; A_t
+    learns from it either way."""
+    cfg = tiny_config()
+    data = cfg.to_dict()
+    for name in ("adversarial", "cycle", "identity", "seg_adversarial", "orthogonality", "pseudo_seg",
+                 "attention_consistency"):
+        data["train"]["losses"][name] = 0.0
+    from sasan.config import config_from_dict
+
+    cfg = config_from_dict(data, "test")
+    torch.manual_seed(0)
+    nets = build_networks(cfg.model, seg_adversary=False)
+    g, d, og, od = make_optimizers(nets, 1e-3, (0.5, 0.999), 0.0, False, False)
+    trainer = JointTrainer(nets, JointOptions(cfg.train.losses, aux_seg_to_generator=to_generator),
+                           resolve_runtime("cpu"), g, d, og, od)
+    trainer.opt_g.step = lambda *a, **k: None
+    trainer.opt_g.zero_grad = lambda *a, **k: None
+    logs = trainer.step(fixed_batch())
+    assert {k[2:] for k in logs if k.startswith("G/")} - {"total"} == {"aux_seg"}
+    syn_t_grad = sum(float(p.grad.abs().sum()) for p in nets.syn_t.parameters() if p.grad is not None)
+    att_t_grad = sum(float(p.grad.abs().sum()) for p in nets.att_t.parameters() if p.grad is not None)
+    assert att_t_grad > 0
+    assert (syn_t_grad > 0) == to_generator
