@@ -1,5 +1,7 @@
 """The configuration rejects unknown keys and type changes loudly."""
 
+from pathlib import Path
+
 import pytest
 
 from sasan.config import Config, config_from_dict, load_config
@@ -49,3 +51,31 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_round_trip_through_dict():
     c = config_from_dict({"model": {"k": 16}, "validate": {"min_cases_train": 3}})
     assert config_from_dict(c.to_dict()) == c
+
+
+def _missing_keys(model_cls, data, prefix=""):
+    """Fields of a pydantic model (recursively) that a YAML mapping does not set."""
+    from pydantic import BaseModel
+
+    missing = []
+    for name, field in model_cls.model_fields.items():
+        key = field.alias or name
+        if key not in data:
+            missing.append(prefix + key)
+            continue
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            missing += _missing_keys(ann, data[key], prefix + key + ".")
+    return missing
+
+
+@pytest.mark.parametrize("path", ["params.yaml", "profiles/mmwhs-gpu.yaml"])
+def test_parameter_files_spell_out_every_knob(path):
+    """params.yaml is where people look for knobs: each one is written there, none implied."""
+    import yaml
+
+    from sasan.config import Config
+
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / path).read_text())
+    assert _missing_keys(Config, data) == []
