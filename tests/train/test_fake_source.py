@@ -22,7 +22,7 @@ def _setup():
 
 
 def test_translation_and_pseudo_labels_of_every_target_slice():
-    cfg, nets, target = _setup()
+    _, nets, target = _setup()
     images, labels = translate_to_source(nets, target, resolve_runtime("cpu"), batch_size=2, progress=False)
     n, s, h, w = target.images.shape
     assert images.shape == (n, s, h, w) and images.dtype == np.float16
@@ -35,7 +35,7 @@ def test_translation_and_pseudo_labels_of_every_target_slice():
 
 
 def test_unconfident_pseudo_labels_are_ignored():
-    cfg, nets, target = _setup()
+    _, nets, target = _setup()
     with torch.no_grad():
         probs = nets.att_t(torch.from_numpy(target.images))[1].softmax(1)
     confidence, argmax = probs.max(1)
@@ -49,12 +49,7 @@ def test_unconfident_pseudo_labels_are_ignored():
 
 
 def test_cyclegan_ablation_has_no_pseudo_labels():
-    cfg = tiny_config()
-    data = cfg.to_dict()
-    data["model"]["attention"] = False
-    from sasan.config import config_from_dict
-
-    nets = build_networks(config_from_dict(data, "test").model, seg_adversary=False)
+    nets = build_networks(tiny_config(model={"attention": False}).model, seg_adversary=False)
     images, _ = blob_slices(3, seed=3, bright_ring=False)
     fake, labels = translate_to_source(nets, ArraySliceDataset(images), resolve_runtime("cpu"), progress=False)
     assert fake.shape == images.shape and labels is None
