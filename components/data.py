@@ -67,7 +67,8 @@ def ingest(config: Input[Artifact], data_root: str, raw: Output[Dataset]):
         source, layout = cfg.ingest.source, cfg.ingest.layout
         if source == "phantom":
             source, layout = str(Path(scratch) / "phantom"), "nnunet"
-            generate_phantom(source, cases=cfg.phantom.cases, seed=cfg.phantom.seed, domains=tuple(cfg.phantom.domains))
+            generate_phantom(source, cases=cfg.phantom.cases, seed=cfg.phantom.seed, domains=tuple(cfg.phantom.domains),
+                             mr_contrast=cfg.phantom.mr_contrast)
         out = Path(raw.path) if not data_root else Path(scratch) / "raw"
         summary = run_ingest(source, out, layout=layout, test_fraction=cfg.ingest.test_fraction,
                              seed=cfg.ingest.seed)

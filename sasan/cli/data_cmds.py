@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ph.add_argument("--size", type=int, default=128,
                     help="in-plane voxels of the MR grid (CT scales with it; default 128)")
     ph.add_argument("--domains", nargs="+", default=["mr", "ct"], choices=["mr", "ct"])
+    ph.add_argument("--mr-contrast", default="bssfp", choices=["bssfp", "black_blood"],
+                    help="MR appearance: bright-blood bSSFP as in MM-WHS (default) or black-blood "
+                         "turbo spin echo (blood/myocardium contrast inverted against CT)")
     ph.set_defaults(func=_phantom)
 
     ing = sub.add_parser("ingest", help="convert a data set into the canonical layout + manifest.json",
@@ -56,7 +59,7 @@ def _phantom(args: argparse.Namespace) -> int:
     from sasan.data.phantom import generate_phantom
 
     summary = generate_phantom(args.out, cases=args.cases, seed=args.seed, domains=tuple(args.domains),
-                               size=args.size)
+                               size=args.size, mr_contrast=args.mr_contrast)
     summary = {k: v for k, v in summary.items() if k != "domains"} | {
         "domains": {d: {"modality": v["modality"], "cases": v["cases"]} for d, v in summary["domains"].items()}}
     print(json.dumps(summary, sort_keys=True))

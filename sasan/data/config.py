@@ -18,6 +18,8 @@ class PhantomConfig(StrictModel):
     cases: int = Field(10, ge=2, description="volumes per domain")
     seed: int = 0
     domains: tuple[str, str] = ("mr", "ct")
+    mr_contrast: Literal["bssfp", "black_blood"] = Field(
+        "bssfp", description="MR appearance: bright-blood bSSFP (as MM-WHS) or black-blood turbo spin echo")
 
 
 class IngestConfig(StrictModel):

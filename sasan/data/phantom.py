@@ -10,15 +10,20 @@ then gets a modality-specific intensity:
 * CT: contrast-enhanced Hounsfield units (air -1000, lung ~-830, fat ~-95, muscle ~45,
   myocardium ~90, left-heart blood ~330, bone 220-900), scanner blur and correlated noise;
   0.7-0.8 mm in-plane, 1.0-1.25 mm slices, FOV centred on the heart. Saved as int16.
-* MR: black-blood turbo-spin-echo-like contrast (flowing blood dark, myocardium brighter
-  than skeletal muscle, fat and marrow bright, lung and cortical bone dark), a smooth
-  multiplicative bias field with a surface-coil fall-off, Rician noise; 1.25-1.5 mm
-  in-plane, 2 mm slices, larger FOV. Saved as float32.
+* MR, one of two contrasts (``mr_contrast``):
+  - ``bssfp`` (default): bright-blood balanced SSFP, the whole-heart MR of MM-WHS; signal
+    follows T2/T1, so blood is bright (but below fat), myocardium and skeletal muscle dark
+    grey, liver grey, lung and cortical bone dark.
+  - ``black_blood``: turbo spin echo with flow void (blood dark, myocardium brighter than
+    skeletal muscle): blood/myocardium contrast inverted against CT, a harder gap.
+  Both get a smooth multiplicative bias field with a surface-coil fall-off and Rician noise;
+  1.25-1.5 mm in-plane, 2 mm slices, larger FOV. Saved as float32.
 
-Blood/myocardium contrast is inverted between the domains and fat flips from darkest soft
-tissue (CT) to brightest (MR): a segmenter trained on one domain does not transfer, as
-between real MR and CT. Subjects are unpaired (each domain draws its own), and every case is
-deterministic from (seed, domain, case index), independent of how many cases are asked for.
+Fat flips from the darkest soft tissue (CT) to the brightest (MR) and bone from brightest to
+darkest, on top of different noise, bias, resolution and field of view: a segmenter trained
+on one domain transfers poorly, as between real MR and CT. Subjects are unpaired (each domain
+draws its own), and every case is deterministic from (seed, domain, case index, contrast),
+independent of how many cases are asked for.
 """
 
 from __future__ import annotations
@@ -47,11 +52,19 @@ CT_HU: dict[str, tuple[float, float]] = {
     "myocardium": (90, 20), "blood": (330, 45), "blood_right": (230, 50), "marrow": (220, 40),
     "cortical_bone": (900, 120), "liver": (80, 15), "csf": (10, 5), "disc": (75, 10),
 }
-MR_AU: dict[str, tuple[float, float]] = {
+# bSSFP: relative T2/T1-weighted signal at 1.5 T (blood T2/T1 ~ 250/1550 ms, myocardium
+# ~ 45/1000, fat ~ 80/260).
+MR_BSSFP: dict[str, tuple[float, float]] = {
+    "air": (0, 0), "lung": (30, 10), "fat": (850, 70), "muscle": (170, 25),
+    "myocardium": (210, 30), "blood": (640, 60), "blood_right": (600, 60), "marrow": (560, 60),
+    "cortical_bone": (25, 8), "liver": (240, 30), "csf": (900, 70), "disc": (430, 50),
+}
+MR_BLACK_BLOOD: dict[str, tuple[float, float]] = {
     "air": (0, 0), "lung": (35, 10), "fat": (900, 70), "muscle": (300, 30),
     "myocardium": (420, 40), "blood": (45, 20), "blood_right": (45, 20), "marrow": (620, 60),
     "cortical_bone": (25, 8), "liver": (280, 30), "csf": (780, 60), "disc": (480, 50),
 }
+MR_CONTRASTS: dict[str, dict[str, tuple[float, float]]] = {"bssfp": MR_BSSFP, "black_blood": MR_BLACK_BLOOD}
 
 
 @dataclass(frozen=True)
@@ -100,9 +113,10 @@ def render_ct(tissue: np.ndarray, grid: Grid, rng: np.random.Generator) -> np.nd
     return np.clip(np.rint(img), -1024, 3071).astype(np.int16)
 
 
-def render_mr(tissue: np.ndarray, grid: Grid, rng: np.random.Generator) -> np.ndarray:
-    """Tissue map -> MR magnitude volume (float32): blur, bias field, Rician noise."""
-    values = _tissue_values(MR_AU, rng)
+def render_mr(tissue: np.ndarray, grid: Grid, rng: np.random.Generator, contrast: str = "bssfp") -> np.ndarray:
+    """Tissue map -> MR magnitude volume (float32) in ``contrast`` (a key of MR_CONTRASTS):
+    blur, bias field, Rician noise."""
+    values = _tissue_values(MR_CONTRASTS[contrast], rng)
     img = values[tissue]
     img *= 1.0 + np.float32(0.06) * smooth_field(rng, grid, wavelength_mm=20.0)
     sigma_vox = tuple(0.5 * min(grid.spacing) / s for s in grid.spacing)
@@ -117,32 +131,38 @@ def render_mr(tissue: np.ndarray, grid: Grid, rng: np.random.Generator) -> np.nd
     return np.sqrt(real * real + imag * imag).astype(np.float32, copy=False)
 
 
-def phantom_case(domain: str, index: int, seed: int = 0, size: int = 128):
+def phantom_case(domain: str, index: int, seed: int = 0, size: int = 128, mr_contrast: str = "bssfp"):
     """One subject of ``domain``: (image, label uint8, affine 4x4 RAS mm).
 
-    Deterministic from (seed, domain, index)."""
+    Deterministic from (seed, domain, index); the MR contrast changes intensities only."""
     if domain not in PROTOCOLS:
         raise ConfigError(f"unknown phantom domain {domain!r}; choose from {sorted(PROTOCOLS)}")
+    if mr_contrast not in MR_CONTRASTS:
+        raise ConfigError(f"unknown MR contrast {mr_contrast!r}; choose from {sorted(MR_CONTRASTS)}")
     rng = np.random.default_rng([seed, PHANTOM_DOMAINS.index(domain), index])
     subject = sample_subject(rng)
     # Volume centred just above the LV centre, with a random offset (position variation).
     center = np.asarray(subject.heart_center) + np.array([rng.uniform(-8, 8), rng.uniform(-8, 8), 14 + rng.uniform(-6, 6)])
     grid = _grid(PROTOCOLS[domain], size, center, rng)
     tissue, label = rasterise(subject, grid, rng)
-    image = render_ct(tissue, grid, rng) if domain == "ct" else render_mr(tissue, grid, rng)
+    image = render_ct(tissue, grid, rng) if domain == "ct" else render_mr(tissue, grid, rng, mr_contrast)
     return image, label, grid.affine
 
 
 def generate_phantom(out_dir: str | Path, cases: int = 10, seed: int = 0,
-                     domains: tuple[str, ...] = ("mr", "ct"), *, size: int = 128) -> dict:
+                     domains: tuple[str, ...] = ("mr", "ct"), *, size: int = 128,
+                     mr_contrast: str = "bssfp") -> dict:
     """Write a canonical-layout phantom data set (all cases in imagesTr/labelsTr) to ``out_dir``.
 
     ``size`` scales the voxel counts (128 = MR 128x128x64, CT 176x176x96) at a fixed field
-    of view. Written atomically: on failure ``out_dir`` is left as it was."""
+    of view; ``mr_contrast`` picks the MR appearance (MR_CONTRASTS). Written atomically: on
+    failure ``out_dir`` is left as it was."""
     if cases < 1:
         raise ConfigError(f"cases must be >= 1, got {cases}")
     if seed < 0:
         raise ConfigError(f"seed must be >= 0, got {seed}")
+    if mr_contrast not in MR_CONTRASTS:
+        raise ConfigError(f"unknown MR contrast {mr_contrast!r}; choose from {sorted(MR_CONTRASTS)}")
     if size < 16:
         raise ConfigError(f"size must be >= 16, got {size}")
     bad = [d for d in domains if d not in PROTOCOLS]
@@ -152,13 +172,14 @@ def generate_phantom(out_dir: str | Path, cases: int = 10, seed: int = 0,
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not layout.domains(out_dir))):
         raise DataError("output exists and is not a canonical data set; refusing to replace it", out_dir)
     start = time.perf_counter()
-    summary = {"dataset": "phantom", "seed": seed, "cases": cases, "size": size, "domains": {}}
+    summary = {"dataset": "phantom", "seed": seed, "cases": cases, "size": size, "mr_contrast": mr_contrast,
+               "domains": {}}
     with atomic_dir(out_dir) as tmp:
         for domain in domains:
             modality = PROTOCOLS[domain].modality
             shapes = []
             for i in tqdm(range(cases), desc=f"phantom {domain}", unit="vol", leave=False):
-                image, label, affine = phantom_case(domain, i, seed=seed, size=size)
+                image, label, affine = phantom_case(domain, i, seed=seed, size=size, mr_contrast=mr_contrast)
                 case_id = f"{domain}_{i + 1:03d}"
                 layout.save_nifti(layout.image_path(tmp, domain, case_id, "train"), image, affine)
                 layout.save_nifti(layout.label_path(tmp, domain, case_id, "train"), label, affine)

@@ -61,15 +61,30 @@ def test_ct_is_in_hounsfield_units(cases):
     assert img.min() >= -1024 and np.percentile(img, 1) < -600  # lung / air present
 
 
-def test_contrast_between_structures_is_inverted_between_domains(cases):
-    """The cause of the domain gap: blood is brighter than myocardium on CT, darker on MR."""
+def test_blood_is_bright_on_ct_and_on_bssfp_mr(cases):
+    """Default (MM-WHS-like): contrast CT and bright-blood bSSFP MR both show the blood pools
+    above the myocardium; the gap lies in fat, bone, noise, bias and resolution."""
     for img, lbl, _ in cases["ct"]:
         assert _median(img, lbl, 3) > _median(img, lbl, 1) + 100
         assert _median(img, lbl, 4) > _median(img, lbl, 1) + 100
     for img, lbl, _ in cases["mr"]:
+        assert _median(img, lbl, 3) > 1.8 * _median(img, lbl, 1)
+        assert _median(img, lbl, 2) > 1.8 * _median(img, lbl, 1)
+        assert img.min() >= 0  # magnitude (Rician) data
+
+
+def test_black_blood_mr_inverts_blood_and_myocardium():
+    """The harder option: flowing blood is dark, below the myocardium (inverted against CT).
+    Only intensities change: same anatomy and label map as the bSSFP case."""
+    for i in range(2):
+        img, lbl, aff = phantom_case("mr", i, seed=3, size=SIZE, mr_contrast="black_blood")
+        bssfp, lbl_b, _ = phantom_case("mr", i, seed=3, size=SIZE)
+        assert np.array_equal(lbl, lbl_b)
         assert _median(img, lbl, 3) < 0.5 * _median(img, lbl, 1)
         assert _median(img, lbl, 2) < 0.5 * _median(img, lbl, 1)
-        assert img.min() >= 0  # magnitude (Rician) data
+        assert _median(bssfp, lbl, 3) > _median(img, lbl, 3) * 5
+    with pytest.raises(ConfigError, match="MR contrast"):
+        phantom_case("mr", 0, mr_contrast="t1")
 
 
 def test_generate_writes_canonical_layout(tmp_path):
@@ -116,3 +131,10 @@ def test_cli_phantom(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["seed"] == 5 and summary["domains"]["ct"] == {"cases": 2, "modality": "CT"}
     assert len(list((tmp_path / "out/mr/imagesTr").iterdir())) == 2
+    assert summary["mr_contrast"] == "bssfp"
+    assert main(["data", "phantom", str(tmp_path / "bb"), "--cases", "2", "--size", "20",
+                 "--mr-contrast", "black_blood", "--domains", "mr"]) == 0
+    assert json.loads(capsys.readouterr().out)["mr_contrast"] == "black_blood"
+    with pytest.raises(SystemExit) as exc:   # argparse: one-line usage error, exit 2
+        main(["data", "phantom", str(tmp_path / "bad"), "--mr-contrast", "flair"])
+    assert exc.value.code == 2 and not (tmp_path / "bad").exists()
