@@ -60,28 +60,45 @@ def _check_seg_discs(seg_discs: Sequence[nn.Module], probs: Tensor) -> int:
     return num_classes
 
 
-def seg_adversarial_generator_loss(seg_discs: Sequence[nn.Module], probs: Tensor) -> Tensor:
+def _per_class_scores(seg_discs: Sequence[nn.Module], groups: list[Tensor]) -> list[list[Tensor]]:
+    """scores[c - 1][g] = D_c(groups[g][:, c:c+1]). Each discriminator runs once on all
+    groups stacked along the batch (the same as one call per group: the discriminators
+    normalise per sample)."""
+    shapes = {tuple(g.shape[1:]) for g in groups}
+    if len(shapes) != 1:
+        raise ValueError(f"probability maps differ in shape: {sorted(shapes)}")
+    num_classes = _check_seg_discs(seg_discs, groups[0])
+    stacked = torch.cat(groups) if len(groups) > 1 else groups[0]
+    sizes = [g.shape[0] for g in groups]
+    return [list(disc(stacked[:, c : c + 1]).split(sizes)) for c, disc in zip(range(1, num_classes), seg_discs)]
+
+
+def seg_adversarial_generator_loss(seg_discs: Sequence[nn.Module], probs: Tensor | Sequence[Tensor]) -> Tensor:
     """Segmentation adversarial term, generator side:
     (1 / C) sum_{c=1}^{C-1} mean((D_c(p_c) - 1)^2),
     p_c = probs[:, c:c+1] (B, 1, H, W), the softmax channel of foreground class c judged by
-    seg_discs[c - 1]. probs: (B, C, H, W) with C including background. Scalar."""
-    num_classes = _check_seg_discs(seg_discs, probs)
-    terms = [((disc(probs[:, c : c + 1]) - 1.0) ** 2).mean() for c, disc in enumerate(seg_discs, start=1)]
-    return torch.stack(terms).sum() / num_classes
+    seg_discs[c - 1]. probs: (B, C, H, W) with C including background, or a list of such
+    maps: the sum of their terms, computed in one pass per discriminator. Scalar."""
+    groups = _as_list(probs)
+    scores = _per_class_scores(seg_discs, groups)
+    terms = [((s - 1.0) ** 2).mean() for per_class in scores for s in per_class]
+    return torch.stack(terms).sum() / groups[0].shape[1]
 
 
 def seg_adversarial_discriminator_loss(
-    seg_discs: Sequence[nn.Module], probs_real: Tensor, probs_fake: Tensor
+    seg_discs: Sequence[nn.Module], probs_real: Tensor, probs_fake: Tensor | Sequence[Tensor]
 ) -> Tensor:
     """Segmentation adversarial term, discriminator side:
     (1 / C) sum_{c=1}^{C-1} [mean((D_c(r_c) - 1)^2) + mean(D_c(f_c)^2)],
     r_c, f_c = channel c of probs_real (e.g. ``one_hot`` source labels) and probs_fake
-    (softmax predictions, detached by the caller), both (B, C, H, W). Scalar."""
-    if probs_real.shape[1:] != probs_fake.shape[1:]:
-        raise ValueError(f"real and fake probabilities differ: {tuple(probs_real.shape)} vs {tuple(probs_fake.shape)}")
-    num_classes = _check_seg_discs(seg_discs, probs_fake)
-    terms = [
-        ((disc(probs_real[:, c : c + 1]) - 1.0) ** 2).mean() + (disc(probs_fake[:, c : c + 1]) ** 2).mean()
-        for c, disc in enumerate(seg_discs, start=1)
-    ]
-    return torch.stack(terms).sum() / num_classes
+    (softmax predictions, detached by the caller), both (B, C, H, W). A list of fakes gives
+    the sum of the terms for each fake against the same real maps; the real maps are
+    judged once. Scalar."""
+    fakes = _as_list(probs_fake)
+    for f in fakes:
+        if probs_real.shape[1:] != f.shape[1:]:
+            raise ValueError(f"real and fake probabilities differ: {tuple(probs_real.shape)} vs {tuple(f.shape)}")
+    scores = _per_class_scores(seg_discs, [probs_real] + fakes)
+    terms = [len(fakes) * ((real - 1.0) ** 2).mean() + sum((f ** 2).mean() for f in fake)
+             for real, *fake in scores]
+    return torch.stack(terms).sum() / probs_real.shape[1]

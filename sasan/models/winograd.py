@@ -62,7 +62,18 @@ _F23 = (
     [[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
     [[1, 1, 1, 0], [0, 1, -1, -1]],
 )
-_MATRICES = {4: _F43, 2: _F23}
+_F63 = (  # points 0, 1, -1, 2, -2, 1/2, -1/2, infinity
+    [[1, 0, -21 / 4, 0, 21 / 4, 0, -1, 0], [0, 1, 1, -17 / 4, -17 / 4, 1, 1, 0],
+     [0, -1, 1, 17 / 4, -17 / 4, -1, 1, 0], [0, 1 / 2, 1 / 4, -5 / 2, -5 / 4, 2, 1, 0],
+     [0, -1 / 2, 1 / 4, 5 / 2, -5 / 4, -2, 1, 0], [0, 2, 4, -5 / 2, -5, 1 / 2, 1, 0],
+     [0, -2, 4, 5 / 2, -5, -1 / 2, 1, 0], [0, -1, 0, 21 / 4, 0, -21 / 4, 0, 1]],
+    [[1, 0, 0], [-2 / 9, -2 / 9, -2 / 9], [-2 / 9, 2 / 9, -2 / 9], [1 / 90, 1 / 45, 2 / 45],
+     [1 / 90, -1 / 45, 2 / 45], [32 / 45, 16 / 45, 8 / 45], [32 / 45, -16 / 45, 8 / 45], [0, 0, 1]],
+    [[1, 1, 1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1 / 2, -1 / 2, 0], [0, 1, 1, 4, 4, 1 / 4, 1 / 4, 0],
+     [0, 1, -1, 8, -8, 1 / 8, -1 / 8, 0], [0, 1, 1, 16, 16, 1 / 16, 1 / 16, 0],
+     [0, 1, -1, 32, -32, 1 / 32, -1 / 32, 1]],
+)
+_MATRICES = {6: _F63, 4: _F43, 2: _F23}
 # Below these (min(C_in, C_out), C_in * C_out, min(H, W)) nn.Conv2d was as fast or faster
 # for forward + backward in bench/winograd.py (fp32 CPU): the transforms cost O(C_in + C_out)
 # per tile, the GEMM saves O(C_in * C_out).
@@ -261,11 +272,13 @@ class WinogradConv2d(nn.Conv2d):
         self.m, self.min_size = m, min_size
         self.winograd_ok = _eligible(self, min_channels, min_product)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        # nn.Conv2d.forward calls this with the module's own weight; callers that fold other
+        # linear maps into the weight (SASANResBlock) call it with theirs.
         if (self.winograd_ok and x.dim() == 4 and x.dtype == torch.float32 and x.is_cpu
                 and x.shape[-1] >= self.min_size and x.shape[-2] >= self.min_size):
-            return winograd_conv3x3(x, self.weight, self.bias, self.m)
-        return super().forward(x)
+            return winograd_conv3x3(x, weight, bias, self.m)
+        return super()._conv_forward(x, weight, bias)
 
 
 def _eligible(conv: nn.Conv2d, min_channels: int, min_product: int) -> bool:

@@ -155,9 +155,8 @@ class JointTrainer:
                     + L.attention_consistency_loss(out["att_t_fake"], out["att_s_x"]))
             if not paired:
                 if n.seg_discs is not None and w.seg_adversarial:
-                    terms["seg_adversarial"] = (
-                        L.seg_adversarial_generator_loss(n.seg_discs, out["seg_s_fake"].softmax(1))
-                        + L.seg_adversarial_generator_loss(n.seg_discs, out["seg_t_t"].softmax(1)))
+                    terms["seg_adversarial"] = L.seg_adversarial_generator_loss(
+                        n.seg_discs, [out["seg_s_fake"].softmax(1), out["seg_t_t"].softmax(1)])
                 if w.aux_seg:
                     seg_t_fake = (out["seg_t_fake"] if self.opts.aux_seg_to_generator
                                   else n.att_t(out["fake_t"].detach())[1])
@@ -172,17 +171,17 @@ class JointTrainer:
 
     def discriminator_losses(self, x: Tensor, y_x: Optional[Tensor], t: Tensor) -> dict[str, Tensor]:
         n, w, f = self.nets, self.opts.weights, self._fakes
+        b = x.shape[0]   # real and fake in one batch per discriminator (per-sample norms)
         terms = {"D_image": 0.5 * w.adversarial * (
-            L.lsgan_discriminator_loss(n.disc_s(x), n.disc_s(f["fake_s"]))
-            + L.lsgan_discriminator_loss(n.disc_t(t), n.disc_t(f["fake_t"])))}
+            L.lsgan_discriminator_loss(*n.disc_s(torch.cat([x, f["fake_s"]])).split(b))
+            + L.lsgan_discriminator_loss(*n.disc_t(torch.cat([t, f["fake_t"]])).split(b)))}
         if n.seg_discs is not None and "seg_s_fake" in f and not self.opts.paired:
             if self.opts.seg_real == "labels":
                 real = L.one_hot(y_x, n.num_classes)
             else:
                 real = f["seg_s_x"].softmax(1)
-            terms["D_seg"] = 0.5 * w.seg_adversarial * (
-                L.seg_adversarial_discriminator_loss(n.seg_discs, real, f["seg_s_fake"].softmax(1))
-                + L.seg_adversarial_discriminator_loss(n.seg_discs, real, f["seg_t_t"].softmax(1)))
+            terms["D_seg"] = 0.5 * w.seg_adversarial * L.seg_adversarial_discriminator_loss(
+                n.seg_discs, real, [f["seg_s_fake"].softmax(1), f["seg_t_t"].softmax(1)])
         if n.feat_disc_s is not None:
             terms["D_feature"] = 0.5 * w.feature_adversarial * (
                 L.lsgan_discriminator_loss(n.feat_disc_s(f["feat_t_by_s"]), n.feat_disc_s(f["feat_fake_t_by_s"]))

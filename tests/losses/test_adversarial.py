@@ -79,3 +79,28 @@ def test_seg_adversarial_gradients_reach_probs_and_discs():
     loss.backward()
     assert torch.isfinite(loss) and logits.grad.abs().sum() > 0
     assert all(d.a.grad is not None for d in discs)
+
+
+def test_seg_adversarial_lists_equal_the_sum_of_single_calls():
+    """A list of probability maps runs each discriminator once on the stacked batch; the loss
+    and its gradients equal those of one call per map (real maps judged once)."""
+    from sasan.models.discriminators import seg_discriminators
+
+    torch.manual_seed(0)
+    discs = seg_discriminators(3, width=8)
+    a = torch.randn(2, 3, 32, 32).softmax(1).requires_grad_()
+    b = torch.randn(2, 3, 32, 32).softmax(1).requires_grad_()
+    real = one_hot(torch.randint(0, 3, (2, 32, 32)), 3)
+    params = [a, b, *discs.parameters()]
+    for batched, single in [
+        (lambda: seg_adversarial_generator_loss(discs, [a, b]),
+         lambda: seg_adversarial_generator_loss(discs, a) + seg_adversarial_generator_loss(discs, b)),
+        (lambda: seg_adversarial_discriminator_loss(discs, real, [a, b]),
+         lambda: seg_adversarial_discriminator_loss(discs, real, a) + seg_adversarial_discriminator_loss(discs, real, b)),
+    ]:
+        lb, ls = batched(), single()
+        assert lb.item() == pytest.approx(ls.item(), rel=1e-6)
+        for gb, gs in zip(torch.autograd.grad(lb, params), torch.autograd.grad(ls, params)):
+            assert torch.allclose(gb, gs, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="differ"):
+        seg_adversarial_generator_loss(discs, [a, torch.rand(2, 3, 16, 16)])

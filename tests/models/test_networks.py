@@ -165,3 +165,26 @@ def test_discriminator_layers_from_the_config():
     assert nets.seg_discs[0](x[:, :1]).shape == (2, 1, 31, 31)   # one stride-2 layer fewer
     with pytest.raises(ValueError):
         PatchDiscriminator(3, 8, 5)
+
+
+@pytest.mark.parametrize("f_in,f_out,winograd", [(8, 8, False), (8, 4, False), (64, 32, False), (64, 32, True)])
+def test_residual_block_fast_forward_equals_the_written_composition(f_in, f_out, winograd):
+    """forward() merges the norms' first convs, shares one instance norm and folds conv_s into
+    norm_s's beta conv; values and every gradient must equal the module-by-module block."""
+    from sasan.models.winograd import winograd_convs
+
+    torch.manual_seed(0)
+    block = SASANResBlock(f_in, f_out, k=3, hidden=64 if f_in == 64 else 4)
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    if winograd:
+        assert winograd_convs(block) == 2          # norm_0's and norm_s's gamma/beta convs
+    x = torch.randn(2, f_in, 64, 64, requires_grad=True)
+    maps = torch.rand(2, 3, 32, 32, requires_grad=True)   # resized inside, as in the decoder
+    fast, ref = block(x, maps), block.reference_forward(x, maps)
+    scale = ref.abs().max()
+    assert (fast - ref).abs().max() <= 1e-5 * scale
+    grad = torch.randn_like(ref)
+    inputs = [x, maps, *block.parameters()]
+    for g_fast, g_ref in zip(torch.autograd.grad(fast, inputs, grad), torch.autograd.grad(ref, inputs, grad)):
+        assert (g_fast - g_ref).abs().max() <= 1e-5 * g_ref.abs().max()

@@ -26,7 +26,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
 
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("m", [2, 4, 6])
 def test_matrices_give_1d_correlation(m):
     bt, g, at = (t.double() for t in winograd_matrices(m))
     gen = torch.Generator().manual_seed(0)
@@ -37,7 +37,7 @@ def test_matrices_give_1d_correlation(m):
     assert torch.allclose(y, ref, atol=1e-12)
 
 
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("m", [2, 4, 6])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_and_gradients_match_conv2d(shape, bias, m):
@@ -155,3 +155,17 @@ def test_swap_helper_shares_parameters_and_outputs(monkeypatch):
                              nn.Conv2d(64, 128, 3, padding=1))
     assert winograd_convs(defaults) == 1                    # only 64 -> 128 by default
     assert type(defaults[2]) is WinogradConv2d
+
+
+def test_conv_forward_accepts_another_weight():
+    """Callers that fold linear maps into a conv's weight (SASANResBlock) pass their own
+    weight and bias through _conv_forward and still get the Winograd path."""
+    torch.manual_seed(0)
+    conv = WinogradConv2d(64, 128, 3, padding=1)
+    assert conv.winograd_ok
+    x = torch.randn(1, 64, 64, 64)
+    w, b = torch.randn(96, 64, 3, 3) * 0.05, torch.randn(96)
+    out = conv._conv_forward(x, w, b)
+    ref = F.conv2d(x, w, b, padding=1)
+    assert out.shape == (1, 96, 64, 64)
+    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
