@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1200, help="segmenter steps (default 1200)")
     ap.add_argument("--unet-width", type=int, default=None, help="override model.unet_width")
     ap.add_argument("--image-size", type=int, default=None, help="override preprocess.image_size")
+    ap.add_argument("--mr-contrast", default=None, choices=["bssfp", "black_blood"],
+                    help="phantom MR appearance (default: phantom.mr_contrast of --params)")
     ap.add_argument("--work", type=Path, default=None, help="keep intermediate files here")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "phantom_gap.json")
     args = ap.parse_args()
@@ -46,10 +48,11 @@ def main() -> None:
     if args.image_size:
         overrides["preprocess.image_size"] = args.image_size
     cfg = load_config(args.params, overrides)
+    mr_contrast = args.mr_contrast or cfg.phantom.mr_contrast
     work = args.work or Path(tempfile.mkdtemp(prefix="phantom-gap-"))
     tic = time.perf_counter()
     if not (work / "shards" / "stats.json").is_file():
-        generate_phantom(work / "phantom", cases=args.cases, seed=args.seed)
+        generate_phantom(work / "phantom", cases=args.cases, seed=args.seed, mr_contrast=mr_contrast)
         run_ingest(work / "phantom", work / "raw", layout="nnunet", test_fraction=cfg.ingest.test_fraction,
                    seed=cfg.ingest.seed)
         run_preprocess(work / "raw", work / "shards", cfg.preprocess)
@@ -75,6 +78,7 @@ def main() -> None:
         "mr_on_ct_assd_vox": scores["ct"]["mean"]["assd_vox"],
         "test_subjects": {"mr": scores["mr"]["n_subjects"], "ct": scores["ct"]["n_subjects"]},
         "cases_per_domain": args.cases,
+        "mr_contrast": mr_contrast,
         "image_size": cfg.preprocess.image_size,
         "segmenter_steps": trainer.summary["segmenter"]["steps"],
         "seconds": round(time.perf_counter() - tic, 1),
