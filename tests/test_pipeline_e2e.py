@@ -83,6 +83,8 @@ def test_dvc_repro_runs_every_stage_on_a_tiny_phantom(tmp_path):
 
     summary = run([str(Path(bindir) / "sasan"), "summary"], repo, env).stdout
     assert "no_adaptation" in summary and "upper_bound" in summary and "mlflow ui" in summary
+    header = next(line for line in summary.splitlines() if line.startswith("method"))
+    assert header.split()[1:] == ["MYO", "LA", "LV", "AA", "mean"]   # label order, not key order
 
     import mlflow
 

@@ -194,7 +194,12 @@ def _summary(args: argparse.Namespace) -> int:
         raise ConfigError("no evaluation yet: run `make run` or `dvc repro`", args.metrics) from None
     order = [m for m in ("no_adaptation", "cyclegan", "sasan", "upper_bound") if m in results]
     order += [m for m in results if m not in order]
-    print(summary_table(results, order))
+    # metrics JSON is key-sorted; the plot data next to the report keeps the label order
+    structures = None
+    plot_rows = Path("reports/evaluation/per_structure.json")
+    if plot_rows.is_file():
+        structures = list(dict.fromkeys(row["structure"] for row in json.loads(plot_rows.read_text())))
+    print(summary_table(results, order, structures))
     print()
     from sasan.tracking.runs import read_run_ref, runs_table_url
 

@@ -103,10 +103,13 @@ def run_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_path: str
     return results
 
 
-def summary_table(results: dict[str, Any], order: Optional[list[str]] = None) -> str:
-    """A plain-text table: per-structure Dice and ASSD (voxels) for each method."""
+def summary_table(results: dict[str, Any], order: Optional[list[str]] = None,
+                  structures: Optional[list[str]] = None) -> str:
+    """A plain-text table: per-structure Dice and ASSD (voxels) for each method; columns in
+    ``structures`` order (e.g. label order) where given, else as stored."""
     methods = order or list(results)
-    names = list(next(iter(results.values()))["per_structure"])
+    stored = list(next(iter(results.values()))["per_structure"])
+    names = [n for n in structures or [] if n in stored] + [n for n in stored if n not in (structures or [])]
     head = f"{'method':<16}" + "".join(f"{n:>14}" for n in names) + f"{'mean':>14}"
     lines = [head, "-" * len(head)]
     for m in methods:
