@@ -58,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sm = sub.add_parser("summary", help="print the results table of the last evaluation and where to look")
     sm.add_argument("--metrics", type=Path, default=Path("metrics/evaluation.json"))
+    sm.add_argument("--report", type=Path, default=Path("reports/evaluation"),
+                    help="evaluation report folder; its per_structure.json gives the label order of the columns")
     sm.set_defaults(func=_summary)
 
     tl = sub.add_parser("translate", help="translate and segment one target-modality NIfTI volume",
@@ -194,9 +196,9 @@ def _summary(args: argparse.Namespace) -> int:
         raise ConfigError("no evaluation yet: run `make run` or `dvc repro`", args.metrics) from None
     order = [m for m in ("no_adaptation", "cyclegan", "sasan", "upper_bound") if m in results]
     order += [m for m in results if m not in order]
-    # metrics JSON is key-sorted; the plot data next to the report keeps the label order
+    # metrics JSON is key-sorted; the report's plot data keeps the label order
     structures = None
-    plot_rows = Path("reports/evaluation/per_structure.json")
+    plot_rows = args.report / "per_structure.json"
     if plot_rows.is_file():
         structures = list(dict.fromkeys(row["structure"] for row in json.loads(plot_rows.read_text())))
     print(summary_table(results, order, structures))

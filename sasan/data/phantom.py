@@ -100,6 +100,11 @@ def _tissue_values(table: dict[str, tuple[float, float]], rng: np.random.Generat
     return np.array([table[name][0] + table[name][1] * rng.normal() for name in TISSUES], np.float32)
 
 
+def _check_contrast(mr_contrast: str) -> None:
+    if mr_contrast not in MR_CONTRASTS:
+        raise ConfigError(f"unknown MR contrast {mr_contrast!r}; choose from {sorted(MR_CONTRASTS)}")
+
+
 def render_ct(tissue: np.ndarray, grid: Grid, rng: np.random.Generator) -> np.ndarray:
     """Tissue map -> CT volume in HU (int16): blur, texture and correlated noise."""
     values = _tissue_values(CT_HU, rng)
@@ -137,8 +142,7 @@ def phantom_case(domain: str, index: int, seed: int = 0, size: int = 128, mr_con
     Deterministic from (seed, domain, index); the MR contrast changes intensities only."""
     if domain not in PROTOCOLS:
         raise ConfigError(f"unknown phantom domain {domain!r}; choose from {sorted(PROTOCOLS)}")
-    if mr_contrast not in MR_CONTRASTS:
-        raise ConfigError(f"unknown MR contrast {mr_contrast!r}; choose from {sorted(MR_CONTRASTS)}")
+    _check_contrast(mr_contrast)
     rng = np.random.default_rng([seed, PHANTOM_DOMAINS.index(domain), index])
     subject = sample_subject(rng)
     # Volume centred just above the LV centre, with a random offset (position variation).
@@ -161,8 +165,7 @@ def generate_phantom(out_dir: str | Path, cases: int = 10, seed: int = 0,
         raise ConfigError(f"cases must be >= 1, got {cases}")
     if seed < 0:
         raise ConfigError(f"seed must be >= 0, got {seed}")
-    if mr_contrast not in MR_CONTRASTS:
-        raise ConfigError(f"unknown MR contrast {mr_contrast!r}; choose from {sorted(MR_CONTRASTS)}")
+    _check_contrast(mr_contrast)
     if size < 16:
         raise ConfigError(f"size must be >= 16, got {size}")
     bad = [d for d in domains if d not in PROTOCOLS]

@@ -95,9 +95,6 @@ def seg_adversarial_discriminator_loss(
     the sum of the terms for each fake against the same real maps; the real maps are
     judged once. Scalar."""
     fakes = _as_list(probs_fake)
-    for f in fakes:
-        if probs_real.shape[1:] != f.shape[1:]:
-            raise ValueError(f"real and fake probabilities differ: {tuple(probs_real.shape)} vs {tuple(f.shape)}")
     scores = _per_class_scores(seg_discs, [probs_real] + fakes)
     terms = [len(fakes) * ((real - 1.0) ** 2).mean() + sum((f ** 2).mean() for f in fake)
              for real, *fake in scores]

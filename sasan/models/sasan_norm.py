@@ -100,9 +100,6 @@ class SASANResBlock(nn.Module):
             self.norm_s = SASANNorm(f_in, k, hidden)
             self.conv_s = nn.Conv2d(f_in, f_out, 1, bias=False)
 
-    def _norms(self) -> list[SASANNorm]:
-        return [self.norm_0, self.norm_1] + ([self.norm_s] if self.learned_shortcut else [])
-
     def reference_forward(self, x: Tensor, maps: Tensor) -> Tensor:
         """The block as written in METHOD.md, module by module (for tests and reading)."""
         shortcut = self.conv_s(self.norm_s(x, maps)) if self.learned_shortcut else x
@@ -113,7 +110,6 @@ class SASANResBlock(nn.Module):
     def forward(self, x: Tensor, maps: Tensor) -> Tensor:
         if maps.shape[-2:] != x.shape[-2:]:  # resize once for the three norms
             maps = F.interpolate(maps, size=x.shape[-2:], mode="nearest")
-        h = [n.shared(maps) for n in self._norms()]
         normalized = self.norm_0.norm(x)
         if self.learned_shortcut:
             gb = self.norm_s.gamma_beta
@@ -121,11 +117,12 @@ class SASANResBlock(nn.Module):
             b_gamma, b_beta = gb.bias.chunk(2)
             w_s = self.conv_s.weight.flatten(1)                                    # (f_out, f_in)
             w_fold = torch.einsum("oc,cikl->oikl", w_s, w_beta)
-            out = gb._conv_forward(h[2], torch.cat([w_gamma, w_fold]), torch.cat([b_gamma, w_s @ b_beta]))
+            out = gb._conv_forward(self.norm_s.shared(maps), torch.cat([w_gamma, w_fold]), torch.cat([b_gamma, w_s @ b_beta]))
             gamma_s, beta_s = out.split([w_gamma.shape[0], w_fold.shape[0]], dim=1)
             shortcut = self.conv_s(torch.addcmul(normalized, normalized, gamma_s)).add_(beta_s)
         else:
             shortcut = x
-        dx = self.conv_0(F.leaky_relu(modulate(normalized, self.norm_0.gamma_beta(h[0])), 0.2))
-        dx = self.conv_1(F.leaky_relu(modulate(self.norm_1.norm(dx), self.norm_1.gamma_beta(h[1])), 0.2))
+        dx = self.conv_0(F.leaky_relu(modulate(normalized, self.norm_0.gamma_beta(self.norm_0.shared(maps))), 0.2))
+        dx = self.conv_1(F.leaky_relu(modulate(self.norm_1.norm(dx), self.norm_1.gamma_beta(self.norm_1.shared(maps))),
+                                      0.2))
         return shortcut + dx

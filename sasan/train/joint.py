@@ -95,6 +95,7 @@ class JointTrainer:
         n = self.nets
         out: dict[str, Tensor] = {}
         b = x.shape[0]
+        g = self.opts.attention_synthesis_grad
         if n.attention:
             if self.att_source_frozen:
                 with torch.no_grad():
@@ -102,7 +103,6 @@ class JointTrainer:
             else:
                 out["att_s_x"], out["seg_s_x"] = n.att_s(x)
             out["att_t_t"], out["seg_t_t"] = n.att_t(t)
-            g = self.opts.attention_synthesis_grad
             att_s_x, att_t_t = scale_gradient(out["att_s_x"], g), scale_gradient(out["att_t_t"], g)
             maps_t_in = torch.cat([att_s_x, att_t_t])   # for S_t on [x, t]
             maps_s_in = torch.cat([att_t_t, att_s_x])   # for S_s on [t, x]
@@ -121,7 +121,6 @@ class JointTrainer:
         feat_fake_t = n.syn_s.encode(out["fake_t"])
         feat_fake_s = n.syn_t.encode(out["fake_s"])
         out["feat_fake_t_by_s"], out["feat_fake_s_by_t"] = feat_fake_t, feat_fake_s
-        g = self.opts.attention_synthesis_grad
         out["rec_x"] = n.syn_s.decode(feat_fake_t, scale_gradient(out.get("att_t_fake"), g))
         out["rec_t"] = n.syn_t.decode(feat_fake_s, scale_gradient(out.get("att_s_fake"), g))
         return out
