@@ -1,16 +1,15 @@
-"""nn.Conv2d (mkldnn) against WinogradConv2d F(4x4,3x3) and F(2x2,3x3) on SASAN's 3x3 convs.
+"""nn.Conv2d (oneDNN) against Winograd F(4x4,3x3) on the 3x3 convs of a SASAN training step.
 
-fp32 CPU, with 2 threads and with 1 thread (--threads 2,1). For each shape: forward (no grad) and forward +
-backward (input, weight and bias gradients), the implementations interleaved round by
-round so that load from other processes hits them alike; min over --repeats rounds (and
-the median, to show the noise). Also the max error relative to the output scale.
-Writes bench/results/winograd.json.
+fp32 CPU. Implementations: ``conv2d`` (oneDNN), ``f4_c`` (Winograd, tile transforms in C,
+sasan/models/winograd_kernels.py), ``f4_torch`` (Winograd, transforms with PyTorch ops).
+For each shape: forward (no grad) and forward + backward (input, weight and bias
+gradients), the implementations interleaved round by round so that load from other
+processes hits them alike; min over --repeats rounds (and the median, to show the noise).
+Also the max error relative to the output scale. Freed memory is kept for reuse as in
+training (sasan.train.device.keep_freed_memory). Writes bench/results/winograd.json; its
+fwd_bwd speedups choose the eligibility thresholds in sasan/models/winograd.py.
 
-    python bench/winograd.py [--repeats 5] [--threads 2,1]
-
-Large tensors are allocated and freed every call; glibc returns them to the OS and takes
-page faults on the next call. Run once as is and once with e.g.
-MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=17179869184 to see both.
+    python bench/winograd.py [--repeats 5] [--threads 2]
 """
 
 from __future__ import annotations
@@ -30,18 +29,30 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from sasan.models import winograd_kernels  # noqa: E402
 from sasan.models.winograd import winograd_conv3x3  # noqa: E402
+from sasan.train.device import keep_freed_memory  # noqa: E402
 
-SHAPES = [  # (N, C_in, H, W, C_out)
+# (N, C_in, H, W, C_out): the zero-padded 3x3 convs of one joint step at 256x256, batch 2
+# (N = 4: translation and identity batched; N = 2: the reconstruction pass)
+SHAPES = [
+    (4, 64, 256, 256, 128),   # block_full norm_0 gamma/beta
+    (4, 64, 256, 256, 96),    # block_full norm_s gamma/beta with conv_s folded in
+    (4, 64, 256, 256, 64),    # block_full norm_1 gamma/beta
+    (4, 64, 256, 256, 32),    # block_full conv_0
+    (4, 32, 256, 256, 32),    # block_full conv_1
+    (4, 8, 256, 256, 64),     # SASAN norms' shared conv (K = 8 maps)
+    (4, 64, 128, 128, 256),   # block_half norm_0 gamma/beta
+    (4, 128, 128, 128, 64),   # block_half conv_0
+    (4, 64, 128, 128, 64),    # block_half conv_1
+    (4, 8, 128, 128, 64),
+    (4, 64, 64, 64, 256),     # block_quarter gamma/beta
+    (4, 128, 64, 64, 128),    # block_quarter convs
+    (4, 8, 64, 64, 64),
     (2, 64, 256, 256, 128),
-    (2, 64, 256, 256, 64),
-    (2, 64, 128, 128, 256),
-    (2, 64, 64, 64, 256),
-    (2, 128, 64, 64, 256),
-    (2, 128, 128, 128, 128),
     (2, 32, 256, 256, 32),
-    (2, 16, 256, 256, 16),
 ]
+IMPLS = ("conv2d", "f4_c", "f4_torch")
 
 
 def _time(fn, grad_out: torch.Tensor | None) -> float:
@@ -62,8 +73,8 @@ def run(shape, repeats: int) -> dict:
     bias = torch.randn(k, requires_grad=True)
     impls = {
         "conv2d": lambda: F.conv2d(x, weight, bias, padding=1),
-        "winograd_f4": lambda: winograd_conv3x3(x, weight, bias, 4),
-        "winograd_f2": lambda: winograd_conv3x3(x, weight, bias, 2),
+        "f4_c": lambda: winograd_conv3x3(x, weight, bias, 4, compiled=True),
+        "f4_torch": lambda: winograd_conv3x3(x, weight, bias, 4, compiled=False),
     }
     with torch.no_grad():
         ref = impls["conv2d"]()
@@ -88,44 +99,42 @@ def run(shape, repeats: int) -> dict:
 
 def table(repeats: int) -> list[dict]:
     rows = []
-    head = (f"{'N,Cin,H,W->Cout':>22} | {'conv fwd':>9} {'F4 fwd':>8} {'F2 fwd':>8} | "
-            f"{'conv f+b':>9} {'F4 f+b':>8} {'F2 f+b':>8} | {'x F4 fwd':>8} {'x F4 f+b':>8} | "
-            f"{'err F4':>7} {'err F2':>7}")
+    head = (f"{'N,Cin,H,W->Cout':>20} | {'conv fwd':>8} {'C fwd':>7} {'torch fwd':>9} | "
+            f"{'conv f+b':>8} {'C f+b':>7} {'torch f+b':>9} | {'x C f+b':>7} | {'err C':>7}")
     print(head)
     print("-" * len(head))
     for shape in SHAPES:
         res = run(shape, repeats)
         rows.append(res)
-        ms = {(i, mode): res[i][mode]["min_ms"] for i in ("conv2d", "winograd_f4", "winograd_f2")
-              for mode in ("fwd", "fwd_bwd")}
+        ms = {(i, mode): res[i][mode]["min_ms"] for i in IMPLS for mode in ("fwd", "fwd_bwd")}
+        res["speedup_fwd_bwd_c"] = ms["conv2d", "fwd_bwd"] / ms["f4_c", "fwd_bwd"]
         n, c, h, w, k = shape
-        print(f"{f'{n},{c},{h},{w}->{k}':>22} | {ms['conv2d', 'fwd']:9.1f} "
-              f"{ms['winograd_f4', 'fwd']:8.1f} {ms['winograd_f2', 'fwd']:8.1f} | "
-              f"{ms['conv2d', 'fwd_bwd']:9.1f} {ms['winograd_f4', 'fwd_bwd']:8.1f} "
-              f"{ms['winograd_f2', 'fwd_bwd']:8.1f} | "
-              f"{ms['conv2d', 'fwd'] / ms['winograd_f4', 'fwd']:8.2f} "
-              f"{ms['conv2d', 'fwd_bwd'] / ms['winograd_f4', 'fwd_bwd']:8.2f} | "
-              f"{res['rel_error']['winograd_f4']:7.1e} {res['rel_error']['winograd_f2']:7.1e}",
-              flush=True)
+        print(f"{f'{n},{c},{h},{w}->{k}':>20} | {ms['conv2d', 'fwd']:8.1f} {ms['f4_c', 'fwd']:7.1f} "
+              f"{ms['f4_torch', 'fwd']:9.1f} | {ms['conv2d', 'fwd_bwd']:8.1f} {ms['f4_c', 'fwd_bwd']:7.1f} "
+              f"{ms['f4_torch', 'fwd_bwd']:9.1f} | {res['speedup_fwd_bwd_c']:7.2f} | "
+              f"{res['rel_error']['f4_c']:7.1e}", flush=True)
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", default="2,1", help="comma-separated thread counts")
+    ap.add_argument("--threads", default="2", help="comma-separated thread counts")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "winograd.json")
     args = ap.parse_args()
+    if not winograd_kernels.available():
+        sys.exit("bench/winograd.py: the Winograd C kernels are not available (no C compiler?)")
+    kept = keep_freed_memory()
     load_start = os.getloadavg()
     results = {}
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
-        print(f"\n{threads} thread(s); ms, min over {args.repeats} rounds; x = speedup of F4")
+        print(f"\n{threads} thread(s); ms, min over {args.repeats} rounds; x = speedup of F4 (C)")
         results[str(threads)] = table(args.repeats)
     meta = {"torch": torch.__version__, "repeats": args.repeats,
             "cpu": platform.processor() or platform.machine(),
             "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(),
-            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+            "keep_freed_memory": kept,
             "times": "ms; min (and median) over repeats; fwd_bwd = forward + backward for "
                      "input, weight and bias"}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sasan.models import winograd_kernels as _kernels
+
 _F43 = (
     [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
      [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
@@ -78,7 +80,7 @@ _MATRICES = {6: _F63, 4: _F43, 2: _F23}
 # for forward + backward in bench/winograd.py (fp32 CPU): the transforms cost O(C_in + C_out)
 # per tile, the GEMM saves O(C_in * C_out).
 MIN_CHANNELS = 64
-MIN_PRODUCT = 8192
+MIN_PRODUCT = 4096
 MIN_SIZE = 64
 _cache: dict[tuple, tuple[Tensor, ...]] = {}
 
@@ -196,14 +198,24 @@ def _batched(u: Tensor, n: int) -> Tensor:
 
 class _WinogradFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, m: int) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, m: int, compiled: bool) -> Tensor:
         n, c, h, w = x.shape
         k = weight.shape[0]
         th, tw = -(-h // m), -(-w // m)
-        t1 = th * (tw + 1)
         bt, gk, ak = _consts(m, x.dtype, x.device)
         x = x.contiguous()
         u = _filter_transform(weight, gk)                          # (P, K, C)
+        ctx.m, ctx.shape, ctx.has_bias = m, x.shape, bias is not None
+        ctx.compiled = compiled
+        if ctx.compiled:   # the C transforms: no dummy tile column, one pass each
+            t = th * tw
+            v = _kernels.input_transform(x)                            # (P, N, C, T)
+            p_ = v.shape[0]
+            mm = _buffer("m", p_ * n * k * t, x).view(p_ * n, k, t)
+            torch.bmm(_batched(u, n), v.view(p_ * n, c, t), out=mm)    # (P, N, K, T)
+            ctx.save_for_backward(u, v)
+            return _kernels.output_transform(mm.view(p_, n, k, t), bias, (n, k, h, w))
+        t1 = th * (tw + 1)
         v = _input_transform(x, bt, m, th, tw)                     # (P, N, C, T')
         p_ = v.shape[0]
         mm = _buffer("c", p_ * n * k * t1, x).view(p_ * n, k, t1)
@@ -220,7 +232,6 @@ class _WinogradFn(torch.autograd.Function):
         if th * m != h or tw * m != w:
             out = out[:, :, :h, :w].contiguous()
         ctx.save_for_backward(u, v)
-        ctx.m, ctx.shape, ctx.has_bias = m, x.shape, bias is not None
         return out
 
     @staticmethod
@@ -230,8 +241,10 @@ class _WinogradFn(torch.autograd.Function):
         n, c, h, w = ctx.shape
         p_, k = u.shape[:2]
         th, tw = -(-h // m), -(-w // m)
-        t1 = th * (tw + 1)
         bt, gk, ak = _consts(m, dy.dtype, dy.device)
+        if ctx.compiled:
+            return _backward_compiled(ctx, dy.contiguous(), u, v, gk)
+        t1 = th * (tw + 1)
         # transposed output transform: tiles of dY (dummy tile column zero), then ak^T
         dt = _buffer("a", n * k * t1 * m * m, dy).view(n, k, th, tw + 1, m, m)
         dt[:, :, :, tw:] = 0
@@ -251,12 +264,45 @@ class _WinogradFn(torch.autograd.Function):
             dx = _input_transform_t(dv.view(p_, n, c, t1), bt, m, th, tw, ctx.shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy.sum((0, 2, 3))
-        return dx, dw, db, None
+        return dx, dw, db, None, None
 
 
-def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None, m: int = 4) -> Tensor:
-    """Same as F.conv2d(x, weight, bias, padding=1) for a (K, C, 3, 3) weight, via F(m, 3)."""
-    return _WinogradFn.apply(x, weight, bias, m)
+def _compiled_ok(x: Tensor, m: int) -> bool:
+    return m == 4 and x.dtype == torch.float32 and x.is_cpu and _kernels.available()
+
+
+def _backward_compiled(ctx, dy: Tensor, u: Tensor, v: Tensor, gk: Tensor):
+    """Backward with the C transforms; V is (P, N, C, T) here (no dummy tile column)."""
+    n, c, h, w = ctx.shape
+    p_, k = u.shape[:2]
+    t = v.shape[-1]
+    dm = _kernels.output_transform_t(dy, out=_buffer("m", p_ * n * k * t, dy))   # (P, N, K, T)
+    dx = dw = db = None
+    if ctx.needs_input_grad[1]:
+        du = torch.bmm(dm[:, 0], v[:, 0].transpose(1, 2))           # (P, K, C)
+        for i in range(1, n):
+            du.baddbmm_(dm[:, i], v[:, i].transpose(1, 2))
+        dw = (gk.t() @ du.view(p_, -1)).t().reshape(k, c, 3, 3).transpose(2, 3).contiguous()
+    if ctx.needs_input_grad[0]:
+        dv = _buffer("dv", p_ * n * c * t, dy).view(p_ * n, c, t)
+        torch.bmm(_batched(u.transpose(1, 2), n), dm.view(p_ * n, k, t), out=dv)
+        dx = _kernels.input_transform_t(dv.view(p_, n, c, t), ctx.shape)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        db = dy.sum((0, 2, 3))
+    return dx, dw, db, None, None
+
+
+def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None, m: int = 4,
+                     compiled: bool | None = None) -> Tensor:
+    """Same as F.conv2d(x, weight, bias, padding=1) for a (K, C, 3, 3) weight, via F(m, 3).
+
+    ``compiled``: tile transforms in C (sasan/models/winograd_kernels.py; F(4x4, 3x3), fp32
+    CPU) or with PyTorch ops; None = C where it is available."""
+    ok = _compiled_ok(x, m)
+    if compiled and not ok:
+        raise RuntimeError("Winograd C kernels requested but unavailable for this input "
+                           "(F(4x4,3x3), fp32 CPU, and a C compiler are needed)")
+    return _WinogradFn.apply(x, weight, bias, m, ok if compiled is None else compiled)
 
 
 class WinogradConv2d(nn.Conv2d):
