@@ -207,14 +207,14 @@ class _WinogradFn(torch.autograd.Function):
         u = _filter_transform(weight, gk)                          # (P, K, C)
         ctx.m, ctx.shape, ctx.has_bias = m, x.shape, bias is not None
         ctx.compiled = compiled
-        if ctx.compiled:   # the C transforms: no dummy tile column, one pass each
+        if ctx.compiled:   # the C transforms: no dummy tile column, one GEMM per position
             t = th * tw
-            v = _kernels.input_transform(x)                            # (P, N, C, T)
+            v = _kernels.input_transform(x)                            # (P, C, N, T)
             p_ = v.shape[0]
-            mm = _buffer("m", p_ * n * k * t, x).view(p_ * n, k, t)
-            torch.bmm(_batched(u, n), v.view(p_ * n, c, t), out=mm)    # (P, N, K, T)
+            mm = _buffer("m", p_ * k * n * t, x).view(p_, k, n * t)
+            torch.bmm(u, v.view(p_, c, n * t), out=mm)                 # (P, K, N, T)
             ctx.save_for_backward(u, v)
-            return _kernels.output_transform(mm.view(p_, n, k, t), bias, (n, k, h, w))
+            return _kernels.output_transform(mm, bias, (n, k, h, w))
         t1 = th * (tw + 1)
         v = _input_transform(x, bt, m, th, tw)                     # (P, N, C, T')
         p_ = v.shape[0]
@@ -272,21 +272,19 @@ def _compiled_ok(x: Tensor, m: int) -> bool:
 
 
 def _backward_compiled(ctx, dy: Tensor, u: Tensor, v: Tensor, gk: Tensor):
-    """Backward with the C transforms; V is (P, N, C, T) here (no dummy tile column)."""
+    """Backward with the C transforms; V is (P, C, N, T) here, dM (P, K, N, T)."""
     n, c, h, w = ctx.shape
     p_, k = u.shape[:2]
-    t = v.shape[-1]
-    dm = _kernels.output_transform_t(dy, out=_buffer("m", p_ * n * k * t, dy))   # (P, N, K, T)
+    nt = v.shape[2] * v.shape[3]
+    dm = _kernels.output_transform_t(dy, out=_buffer("m", p_ * k * nt, dy)).view(p_, k, nt)
     dx = dw = db = None
     if ctx.needs_input_grad[1]:
-        du = torch.bmm(dm[:, 0], v[:, 0].transpose(1, 2))           # (P, K, C)
-        for i in range(1, n):
-            du.baddbmm_(dm[:, i], v[:, i].transpose(1, 2))
+        du = torch.bmm(dm, v.view(p_, c, nt).transpose(1, 2))          # (P, K, C)
         dw = (gk.t() @ du.view(p_, -1)).t().reshape(k, c, 3, 3).transpose(2, 3).contiguous()
     if ctx.needs_input_grad[0]:
-        dv = _buffer("dv", p_ * n * c * t, dy).view(p_ * n, c, t)
-        torch.bmm(_batched(u.transpose(1, 2), n), dm.view(p_ * n, k, t), out=dv)
-        dx = _kernels.input_transform_t(dv.view(p_, n, c, t), ctx.shape)
+        dv = _buffer("dv", p_ * c * nt, dy).view(p_, c, nt)
+        torch.bmm(u.transpose(1, 2), dm, out=dv)                       # (P, C, N, T)
+        dx = _kernels.input_transform_t(dv.view(p_, c, n, -1), ctx.shape)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         db = dy.sum((0, 2, 3))
     return dx, dw, db, None, None

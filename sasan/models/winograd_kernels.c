@@ -8,16 +8,19 @@
  * Layouts (T = th * tw tiles per plane, tile (ti, tj) -> t = ti * tw + tj; a tile covers
  * output rows 4ti..4ti+3 and reads input rows 4ti-1..4ti+4, zero outside the image):
  *   x, dx, y, dy: planes of H x W, contiguous
- *   v, dv, m, dm: (36, planes, T); transform position p = column * 6 + row
+ *   v, dv, m, dm: (36, C, N, T) for planes (n, c) = n * C + c: one GEMM per transform
+ *                 position p = column * 6 + row multiplies all images at once
  *
  *   wino_in      v  = B^T d B       for every 6x6 input tile d of x
  *   wino_in_t    dx = sum of B dv B^T over the tiles (overlap-add): transpose of wino_in
- *   wino_out     y  = A^T m A + bias[plane % K]
+ *   wino_out     y  = A^T m A + bias[c]
  *   wino_out_t   dm = A dy A^T: transpose of wino_out (no bias)
  *
  * B^T, A^T: Lavin & Gray 2016, interpolation points 0, 1, -1, 2, -2, infinity.  Every loop
  * over tiles runs on contiguous arrays: rows are de-interleaved into four phase arrays
- * (columns 4j, 4j+1, 4j+2, 4j+3) first, so the compiler can vectorise across tiles.
+ * (columns 4j, 4j+1, 4j+2, 4j+3) first, so the compiler can vectorise across tiles.  The
+ * loops live in small helpers whose pointer parameters are restrict-qualified: compilers
+ * honour restrict on parameters, and without it gcc gives up on the alias checks.
  */
 
 #include <stdint.h>
@@ -108,19 +111,84 @@ static void fence(int nt)
     (o5) = (e3);                                                      \
 } while (0)
 
-int wino_abi_version(void) { return 2; }
+/* ---- element-wise helpers over n lanes (vectorised by the compiler) ---- */
 
-/* x planes (H x W) -> v (36, planes, T) */
-int wino_in(const float *restrict x, float *restrict v, long planes, long p0, long p1,
-            long H, long W, long th, long tw, int nt)
+static void bt6(long n, const float *restrict d0, const float *restrict d1, const float *restrict d2,
+                const float *restrict d3, const float *restrict d4, const float *restrict d5,
+                float *restrict o0, float *restrict o1, float *restrict o2, float *restrict o3,
+                float *restrict o4, float *restrict o5)
 {
-    const long T = th * tw, ps = planes * T, wp = 4 * (tw + 1);
-    float *buf = malloc(sizeof(float) * (6 * wp + 24 * (tw + 1) + 36 * tw));
+    for (long j = 0; j < n; j++)
+        BT6(d0[j], d1[j], d2[j], d3[j], d4[j], d5[j], o0[j], o1[j], o2[j], o3[j], o4[j], o5[j]);
+}
+
+static void b6(long n, const float *restrict v0, const float *restrict v1, const float *restrict v2,
+               const float *restrict v3, const float *restrict v4, const float *restrict v5,
+               float *restrict o0, float *restrict o1, float *restrict o2, float *restrict o3,
+               float *restrict o4, float *restrict o5)
+{
+    for (long j = 0; j < n; j++)
+        B6(v0[j], v1[j], v2[j], v3[j], v4[j], v5[j], o0[j], o1[j], o2[j], o3[j], o4[j], o5[j]);
+}
+
+static void at6(long n, const float *restrict d0, const float *restrict d1, const float *restrict d2,
+                const float *restrict d3, const float *restrict d4, const float *restrict d5, float b,
+                float *restrict o0, float *restrict o1, float *restrict o2, float *restrict o3)
+{
+    for (long j = 0; j < n; j++) {
+        float r0, r1, r2, r3;
+        AT6(d0[j], d1[j], d2[j], d3[j], d4[j], d5[j], r0, r1, r2, r3);
+        o0[j] = r0 + b; o1[j] = r1 + b; o2[j] = r2 + b; o3[j] = r3 + b;
+    }
+}
+
+static void a4(long n, const float *restrict e0, const float *restrict e1, const float *restrict e2,
+               const float *restrict e3, float *restrict o0, float *restrict o1, float *restrict o2,
+               float *restrict o3, float *restrict o4, float *restrict o5)
+{
+    for (long j = 0; j < n; j++)
+        A4(e0[j], e1[j], e2[j], e3[j], o0[j], o1[j], o2[j], o3[j], o4[j], o5[j]);
+}
+
+/* src[4j + s] -> d_s[j] */
+static void deinterleave4(long n, const float *restrict src, float *restrict d0, float *restrict d1,
+                          float *restrict d2, float *restrict d3)
+{
+    for (long j = 0; j < n; j++) {
+        d0[j] = src[4 * j]; d1[j] = src[4 * j + 1]; d2[j] = src[4 * j + 2]; d3[j] = src[4 * j + 3];
+    }
+}
+
+/* d_s[j] -> dst[4j + s] */
+static void interleave4(long n, const float *restrict d0, const float *restrict d1,
+                        const float *restrict d2, const float *restrict d3, float *restrict dst)
+{
+    for (long j = 0; j < n; j++) {
+        dst[4 * j] = d0[j]; dst[4 * j + 1] = d1[j]; dst[4 * j + 2] = d2[j]; dst[4 * j + 3] = d3[j];
+    }
+}
+
+static void add_to(long n, float *restrict dst, const float *restrict src)
+{
+    for (long j = 0; j < n; j++) dst[j] += src[j];
+}
+
+/* offset of plane p = n * C + c in a (C, N, T) block */
+#define TILE_ROW(p, C, planes, T) ((((p) % (C)) * ((planes) / (C)) + (p) / (C)) * (T))
+
+int wino_abi_version(void) { return 4; }
+
+/* x planes (H x W) -> v (36, C, N, T) */
+int wino_in(const float *restrict x, float *restrict v, long planes, long p0, long p1,
+            long C, long H, long W, long th, long tw, int nt)
+{
+    const long T = th * tw, ps = planes * T, pl = tw + 1, wp = 4 * pl;
+    float *buf = malloc(sizeof(float) * (12 * wp + 24 * pl + 36 * tw));
     if (!buf) return 1;
-    float *row = buf;                       /* 6 padded input rows, column c' = col + 1 */
-    float *ph = buf + 6 * wp;               /* ph[(i * 4 + s) * (tw + 1) + j]           */
-    float *loc = ph + 24 * (tw + 1);        /* one tile row of v: loc[p * tw + j]       */
-    const long pl = tw + 1;
+    float *row = buf;                 /* 6 padded input rows, column c' = col + 1 */
+    float *vert = buf + 6 * wp;       /* the 6 rows of B^T d (down the columns) */
+    float *phase = buf + 12 * wp;     /* phase[(i * 4 + s) * pl + j] = vert_i[4j + s] */
+    float *loc = phase + 24 * pl;     /* one tile row of v: loc[p * tw + j] */
     for (long p = p0; p < p1; p++) {
         const float *xp = x + p * H * W;
         for (long ti = 0; ti < th; ti++) {
@@ -132,36 +200,21 @@ int wino_in(const float *restrict x, float *restrict v, long planes, long p0, lo
                 else memset(r + 1, 0, sizeof(float) * W);
                 memset(r + 1 + W, 0, sizeof(float) * (wp - 1 - W));
             }
-            /* down the columns, de-interleaving column c' = 4j + s into ph[i][s][j] */
-            for (long j = 0; j < pl; j++) {
-                for (int s = 0; s < 4; s++) {
-                    long c = 4 * j + s;
-                    float o0, o1, o2, o3, o4, o5;
-                    BT6(row[c], row[wp + c], row[2 * wp + c], row[3 * wp + c], row[4 * wp + c],
-                        row[5 * wp + c], o0, o1, o2, o3, o4, o5);
-                    ph[(0 * 4 + s) * pl + j] = o0;
-                    ph[(1 * 4 + s) * pl + j] = o1;
-                    ph[(2 * 4 + s) * pl + j] = o2;
-                    ph[(3 * 4 + s) * pl + j] = o3;
-                    ph[(4 * 4 + s) * pl + j] = o4;
-                    ph[(5 * 4 + s) * pl + j] = o5;
-                }
-            }
+            /* down the columns */
+            bt6(wp, row, row + wp, row + 2 * wp, row + 3 * wp, row + 4 * wp, row + 5 * wp,
+                vert, vert + wp, vert + 2 * wp, vert + 3 * wp, vert + 4 * wp, vert + 5 * wp);
+            for (int i = 0; i < 6; i++)
+                deinterleave4(pl, vert + i * wp, phase + (i * 4) * pl, phase + (i * 4 + 1) * pl,
+                              phase + (i * 4 + 2) * pl, phase + (i * 4 + 3) * pl);
             /* along the rows: tile j reads columns 4j .. 4j+5 = phases 0-3 of j, 0-1 of j+1 */
             for (int i = 0; i < 6; i++) {
-                const float *q0 = ph + (i * 4 + 0) * pl, *q1 = ph + (i * 4 + 1) * pl;
-                const float *q2 = ph + (i * 4 + 2) * pl, *q3 = ph + (i * 4 + 3) * pl;
-                float *restrict w0 = loc + (0 * 6 + i) * tw, *restrict w1 = loc + (1 * 6 + i) * tw;
-                float *restrict w2 = loc + (2 * 6 + i) * tw, *restrict w3 = loc + (3 * 6 + i) * tw;
-                float *restrict w4 = loc + (4 * 6 + i) * tw, *restrict w5 = loc + (5 * 6 + i) * tw;
-                for (long j = 0; j < tw; j++) {
-                    float o0, o1, o2, o3, o4, o5;
-                    BT6(q0[j], q1[j], q2[j], q3[j], q0[j + 1], q1[j + 1], o0, o1, o2, o3, o4, o5);
-                    w0[j] = o0; w1[j] = o1; w2[j] = o2; w3[j] = o3; w4[j] = o4; w5[j] = o5;
-                }
+                const float *q0 = phase + (i * 4) * pl, *q1 = q0 + pl, *q2 = q1 + pl, *q3 = q2 + pl;
+                bt6(tw, q0, q1, q2, q3, q0 + 1, q1 + 1,
+                    loc + (0 * 6 + i) * tw, loc + (1 * 6 + i) * tw, loc + (2 * 6 + i) * tw,
+                    loc + (3 * 6 + i) * tw, loc + (4 * 6 + i) * tw, loc + (5 * 6 + i) * tw);
             }
             /* the 36 output rows lie planes * T apart: write each as one run */
-            float *out = v + p * T + ti * tw;
+            float *out = v + TILE_ROW(p, C, planes, T) + ti * tw;
             for (int q = 0; q < 36; q++) put(out + q * ps, loc + q * tw, tw, nt);
         }
     }
@@ -170,59 +223,42 @@ int wino_in(const float *restrict x, float *restrict v, long planes, long p0, lo
     return 0;
 }
 
-/* dv (36, planes, T) -> dx planes (H x W): the transpose of wino_in */
+/* dv (36, C, N, T) -> dx planes (H x W): the transpose of wino_in */
 int wino_in_t(const float *restrict dv, float *restrict dx, long planes, long p0, long p1,
-              long H, long W, long th, long tw, int nt)
+              long C, long H, long W, long th, long tw, int nt)
 {
-    const long T = th * tw, ps = planes * T, wp = 4 * (tw + 1), pl = tw + 1;
-    float *buf = malloc(sizeof(float) * (8 * wp + 24 * pl + 2 * pl + 36 * tw));
+    const long T = th * tw, ps = planes * T, pl = tw + 1, wp = 4 * pl;
+    float *buf = malloc(sizeof(float) * (14 * wp + 24 * pl + 2 * tw + 36 * tw));
     if (!buf) return 1;
-    float *row = buf;                 /* rows 0-5 of the current tile row; 6-7: carried rows */
-    float *ph = buf + 8 * wp;
-    float *e4 = ph + 24 * pl, *e5 = e4 + pl;
-    float *loc = e5 + pl;             /* one tile row of dv: loc[p * tw + j] */
+    float *hor = buf;                 /* 6 rows: the row transform's transpose, interleaved */
+    float *row = buf + 6 * wp;        /* 6 rows of dx contributions of this tile row */
+    float *carry = buf + 12 * wp;     /* rows 4 and 5 of the previous tile row = rows 0, 1 here */
+    float *phase = buf + 14 * wp;     /* phase[(i * 4 + s) * pl + j] */
+    float *e4 = phase + 24 * pl, *e5 = e4 + tw;
+    float *loc = e5 + tw;             /* one tile row of dv: loc[p * tw + j] */
     for (long p = p0; p < p1; p++) {
         float *dxp = dx + p * H * W;
-        float *carry4 = row + 6 * wp, *carry5 = row + 7 * wp;
-        memset(carry4, 0, sizeof(float) * 2 * wp);
+        memset(carry, 0, sizeof(float) * 2 * wp);
         for (long ti = 0; ti < th; ti++) {
-            const float *src = dv + p * T + ti * tw;
+            const float *src = dv + TILE_ROW(p, C, planes, T) + ti * tw;
             for (int q = 0; q < 36; q++) memcpy(loc + q * tw, src + q * ps, sizeof(float) * tw);
-            const float *in = loc;
             /* along the rows (transposed): tile j adds to columns 4j .. 4j+5 */
             for (int i = 0; i < 6; i++) {
-                const float *r0 = in + (0 * 6 + i) * tw, *r1 = in + (1 * 6 + i) * tw;
-                const float *r2 = in + (2 * 6 + i) * tw, *r3 = in + (3 * 6 + i) * tw;
-                const float *r4 = in + (4 * 6 + i) * tw, *r5 = in + (5 * 6 + i) * tw;
-                float *q0 = ph + (i * 4 + 0) * pl, *q1 = ph + (i * 4 + 1) * pl;
-                float *q2 = ph + (i * 4 + 2) * pl, *q3 = ph + (i * 4 + 3) * pl;
-                for (long j = 0; j < tw; j++) {
-                    float o0, o1, o2, o3, o4, o5;
-                    B6(r0[j], r1[j], r2[j], r3[j], r4[j], r5[j], o0, o1, o2, o3, o4, o5);
-                    q0[j] = o0; q1[j] = o1; q2[j] = o2; q3[j] = o3; e4[j] = o4; e5[j] = o5;
-                }
+                float *q0 = phase + (i * 4) * pl, *q1 = q0 + pl, *q2 = q1 + pl, *q3 = q2 + pl;
+                b6(tw, loc + (0 * 6 + i) * tw, loc + (1 * 6 + i) * tw, loc + (2 * 6 + i) * tw,
+                   loc + (3 * 6 + i) * tw, loc + (4 * 6 + i) * tw, loc + (5 * 6 + i) * tw,
+                   q0, q1, q2, q3, e4, e5);
                 q0[tw] = 0.0f; q1[tw] = 0.0f; q2[tw] = 0.0f; q3[tw] = 0.0f;
-                for (long j = 0; j < tw; j++) {
-                    q0[j + 1] += e4[j];
-                    q1[j + 1] += e5[j];
-                }
+                add_to(tw, q0 + 1, e4);
+                add_to(tw, q1 + 1, e5);
+                interleave4(pl, q0, q1, q2, q3, hor + i * wp);
             }
-            /* down the columns (transposed), interleaving the phases back into rows */
-            for (long j = 0; j < pl; j++) {
-                for (int s = 0; s < 4; s++) {
-                    long c = 4 * j + s;
-                    float o0, o1, o2, o3, o4, o5;
-                    B6(ph[(0 * 4 + s) * pl + j], ph[(1 * 4 + s) * pl + j], ph[(2 * 4 + s) * pl + j],
-                       ph[(3 * 4 + s) * pl + j], ph[(4 * 4 + s) * pl + j], ph[(5 * 4 + s) * pl + j],
-                       o0, o1, o2, o3, o4, o5);
-                    row[c] = o0 + carry4[c];
-                    row[wp + c] = o1 + carry5[c];
-                    row[2 * wp + c] = o2;
-                    row[3 * wp + c] = o3;
-                    carry4[c] = o4;
-                    carry5[c] = o5;
-                }
-            }
+            /* down the columns (transposed) */
+            b6(wp, hor, hor + wp, hor + 2 * wp, hor + 3 * wp, hor + 4 * wp, hor + 5 * wp,
+               row, row + wp, row + 2 * wp, row + 3 * wp, row + 4 * wp, row + 5 * wp);
+            add_to(wp, row, carry);
+            add_to(wp, row + wp, carry + wp);
+            memcpy(carry, row + 4 * wp, sizeof(float) * 2 * wp);
             for (int j = 0; j < 4; j++) {
                 long dst = 4 * ti - 1 + j;
                 if (dst >= 0 && dst < H) put(dxp + dst * W, row + j * wp + 1, W, nt);
@@ -230,7 +266,7 @@ int wino_in_t(const float *restrict dv, float *restrict dx, long planes, long p0
         }
         for (int j = 0; j < 2; j++) {
             long dst = 4 * th - 1 + j;
-            if (dst < H) put(dxp + dst * W, (j ? carry5 : carry4) + 1, W, nt);
+            if (dst < H) put(dxp + dst * W, carry + j * wp + 1, W, nt);
         }
     }
     fence(nt);
@@ -238,9 +274,9 @@ int wino_in_t(const float *restrict dv, float *restrict dx, long planes, long p0
     return 0;
 }
 
-/* m (36, planes, T) -> y planes (H x W) = A^T m A + bias[p % K] (bias may be NULL) */
+/* m (36, C, N, T) -> y planes (H x W) = A^T m A + bias[c] (bias may be NULL) */
 int wino_out(const float *restrict m, const float *restrict bias, float *restrict y, long planes,
-             long p0, long p1, long K, long H, long W, long th, long tw, int nt)
+             long p0, long p1, long C, long H, long W, long th, long tw, int nt)
 {
     const long T = th * tw, ps = planes * T, wo = 4 * tw;
     float *buf = malloc(sizeof(float) * (16 * tw + 24 * tw + 36 * tw + wo));
@@ -250,41 +286,25 @@ int wino_out(const float *restrict m, const float *restrict bias, float *restric
     float *loc = cs + 24 * tw;        /* one tile row of m: loc[p * tw + j] */
     float *orow = loc + 36 * tw;
     for (long p = p0; p < p1; p++) {
-        const float b = bias ? bias[p % K] : 0.0f;
+        const float b = bias ? bias[p % C] : 0.0f;
         float *yp = y + p * H * W;
         for (long ti = 0; ti < th; ti++) {
-            const float *src = m + p * T + ti * tw;
+            const float *src = m + TILE_ROW(p, C, planes, T) + ti * tw;
             for (int q = 0; q < 36; q++) memcpy(loc + q * tw, src + q * ps, sizeof(float) * tw);
-            for (int i = 0; i < 6; i++) {    /* A^T along the columns of transform row i */
-                const float *m0 = loc + (0 * 6 + i) * tw, *m1 = loc + (1 * 6 + i) * tw;
-                const float *m2 = loc + (2 * 6 + i) * tw, *m3 = loc + (3 * 6 + i) * tw;
-                const float *m4 = loc + (4 * 6 + i) * tw, *m5 = loc + (5 * 6 + i) * tw;
-                float *restrict c0 = cs + (i * 4 + 0) * tw, *restrict c1 = cs + (i * 4 + 1) * tw;
-                float *restrict c2 = cs + (i * 4 + 2) * tw, *restrict c3 = cs + (i * 4 + 3) * tw;
-                for (long j = 0; j < tw; j++)
-                    AT6(m0[j], m1[j], m2[j], m3[j], m4[j], m5[j], c0[j], c1[j], c2[j], c3[j]);
-            }
-            for (int c = 0; c < 4; c++) {    /* A^T down the rows, plus the bias */
-                const float *d0 = cs + (0 * 4 + c) * tw, *d1 = cs + (1 * 4 + c) * tw;
-                const float *d2 = cs + (2 * 4 + c) * tw, *d3 = cs + (3 * 4 + c) * tw;
-                const float *d4 = cs + (4 * 4 + c) * tw, *d5 = cs + (5 * 4 + c) * tw;
-                float *restrict y0 = ph + (0 * 4 + c) * tw, *restrict y1 = ph + (1 * 4 + c) * tw;
-                float *restrict y2 = ph + (2 * 4 + c) * tw, *restrict y3 = ph + (3 * 4 + c) * tw;
-                for (long j = 0; j < tw; j++) {
-                    float o0, o1, o2, o3;
-                    AT6(d0[j], d1[j], d2[j], d3[j], d4[j], d5[j], o0, o1, o2, o3);
-                    y0[j] = o0 + b; y1[j] = o1 + b; y2[j] = o2 + b; y3[j] = o3 + b;
-                }
-            }
+            for (int i = 0; i < 6; i++)       /* A^T along the columns of transform row i */
+                at6(tw, loc + (0 * 6 + i) * tw, loc + (1 * 6 + i) * tw, loc + (2 * 6 + i) * tw,
+                    loc + (3 * 6 + i) * tw, loc + (4 * 6 + i) * tw, loc + (5 * 6 + i) * tw, 0.0f,
+                    cs + (i * 4) * tw, cs + (i * 4 + 1) * tw, cs + (i * 4 + 2) * tw, cs + (i * 4 + 3) * tw);
+            for (int c = 0; c < 4; c++)       /* A^T down the rows, plus the bias */
+                at6(tw, cs + (0 * 4 + c) * tw, cs + (1 * 4 + c) * tw, cs + (2 * 4 + c) * tw,
+                    cs + (3 * 4 + c) * tw, cs + (4 * 4 + c) * tw, cs + (5 * 4 + c) * tw, b,
+                    ph + (0 * 4 + c) * tw, ph + (1 * 4 + c) * tw, ph + (2 * 4 + c) * tw, ph + (3 * 4 + c) * tw);
             for (int r = 0; r < 4; r++) {
                 long dst = 4 * ti + r;
                 if (dst >= H) break;
-                const float *c0 = ph + (r * 4 + 0) * tw, *c1 = ph + (r * 4 + 1) * tw;
-                const float *c2 = ph + (r * 4 + 2) * tw, *c3 = ph + (r * 4 + 3) * tw;
                 float *o = (W == wo && !nt) ? yp + dst * W : orow;
-                for (long j = 0; j < tw; j++) {
-                    o[4 * j] = c0[j]; o[4 * j + 1] = c1[j]; o[4 * j + 2] = c2[j]; o[4 * j + 3] = c3[j];
-                }
+                interleave4(tw, ph + (r * 4) * tw, ph + (r * 4 + 1) * tw, ph + (r * 4 + 2) * tw,
+                            ph + (r * 4 + 3) * tw, o);
                 if (o == orow) put(yp + dst * W, orow, W, nt);
             }
         }
@@ -294,9 +314,9 @@ int wino_out(const float *restrict m, const float *restrict bias, float *restric
     return 0;
 }
 
-/* dy planes (H x W) -> dm (36, planes, T) = A dy A^T per tile: the transpose of wino_out */
+/* dy planes (H x W) -> dm (36, C, N, T) = A dy A^T per tile: the transpose of wino_out */
 int wino_out_t(const float *restrict dy, float *restrict dm, long planes, long p0, long p1,
-               long H, long W, long th, long tw, int nt)
+               long C, long H, long W, long th, long tw, int nt)
 {
     const long T = th * tw, ps = planes * T, wo = 4 * tw;
     float *buf = malloc(sizeof(float) * (16 * tw + 24 * tw + 36 * tw + wo));
@@ -314,36 +334,23 @@ int wino_out_t(const float *restrict dy, float *restrict dm, long planes, long p
                 if (src < H && W == wo) {
                     s = dyp + src * W;
                 } else {
-                    if (src < H) memcpy(irow, dyp + src * W, sizeof(float) * W);
-                    else memset(irow, 0, sizeof(float) * W);
-                    memset(irow + (src < H ? W : 0), 0, sizeof(float) * (wo - (src < H ? W : 0)));
+                    long have = src < H ? W : 0;
+                    if (have) memcpy(irow, dyp + src * W, sizeof(float) * W);
+                    memset(irow + have, 0, sizeof(float) * (wo - have));
                     s = irow;
                 }
-                float *c0 = ph + (r * 4 + 0) * tw, *c1 = ph + (r * 4 + 1) * tw;
-                float *c2 = ph + (r * 4 + 2) * tw, *c3 = ph + (r * 4 + 3) * tw;
-                for (long j = 0; j < tw; j++) {
-                    c0[j] = s[4 * j]; c1[j] = s[4 * j + 1]; c2[j] = s[4 * j + 2]; c3[j] = s[4 * j + 3];
-                }
+                deinterleave4(tw, s, ph + (r * 4) * tw, ph + (r * 4 + 1) * tw, ph + (r * 4 + 2) * tw,
+                              ph + (r * 4 + 3) * tw);
             }
-            for (int r = 0; r < 4; r++) {    /* A along the columns: t[r][q] */
-                const float *e0 = ph + (r * 4 + 0) * tw, *e1 = ph + (r * 4 + 1) * tw;
-                const float *e2 = ph + (r * 4 + 2) * tw, *e3 = ph + (r * 4 + 3) * tw;
-                float *restrict t0 = ts + (r * 6 + 0) * tw, *restrict t1 = ts + (r * 6 + 1) * tw;
-                float *restrict t2 = ts + (r * 6 + 2) * tw, *restrict t3 = ts + (r * 6 + 3) * tw;
-                float *restrict t4 = ts + (r * 6 + 4) * tw, *restrict t5 = ts + (r * 6 + 5) * tw;
-                for (long j = 0; j < tw; j++)
-                    A4(e0[j], e1[j], e2[j], e3[j], t0[j], t1[j], t2[j], t3[j], t4[j], t5[j]);
-            }
-            for (int q = 0; q < 6; q++) {    /* A down the rows: dm[q * 6 + i] */
-                const float *f0 = ts + (0 * 6 + q) * tw, *f1 = ts + (1 * 6 + q) * tw;
-                const float *f2 = ts + (2 * 6 + q) * tw, *f3 = ts + (3 * 6 + q) * tw;
-                float *restrict o0 = loc + (q * 6 + 0) * tw, *restrict o1 = loc + (q * 6 + 1) * tw;
-                float *restrict o2 = loc + (q * 6 + 2) * tw, *restrict o3 = loc + (q * 6 + 3) * tw;
-                float *restrict o4 = loc + (q * 6 + 4) * tw, *restrict o5 = loc + (q * 6 + 5) * tw;
-                for (long j = 0; j < tw; j++)
-                    A4(f0[j], f1[j], f2[j], f3[j], o0[j], o1[j], o2[j], o3[j], o4[j], o5[j]);
-            }
-            float *out = dm + p * T + ti * tw;
+            for (int r = 0; r < 4; r++)       /* A along the columns: ts[r][q] */
+                a4(tw, ph + (r * 4) * tw, ph + (r * 4 + 1) * tw, ph + (r * 4 + 2) * tw, ph + (r * 4 + 3) * tw,
+                   ts + (r * 6) * tw, ts + (r * 6 + 1) * tw, ts + (r * 6 + 2) * tw, ts + (r * 6 + 3) * tw,
+                   ts + (r * 6 + 4) * tw, ts + (r * 6 + 5) * tw);
+            for (int q = 0; q < 6; q++)       /* A down the rows: dm[q * 6 + i] */
+                a4(tw, ts + (0 * 6 + q) * tw, ts + (1 * 6 + q) * tw, ts + (2 * 6 + q) * tw, ts + (3 * 6 + q) * tw,
+                   loc + (q * 6) * tw, loc + (q * 6 + 1) * tw, loc + (q * 6 + 2) * tw, loc + (q * 6 + 3) * tw,
+                   loc + (q * 6 + 4) * tw, loc + (q * 6 + 5) * tw);
+            float *out = dm + TILE_ROW(p, C, planes, T) + ti * tw;
             for (int q = 0; q < 36; q++) put(out + q * ps, loc + q * tw, tw, nt);
         }
     }

@@ -35,7 +35,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("winograd_kernels.c")
-ABI_VERSION = 2
+ABI_VERSION = 4
 # outputs larger than this are written with non-temporal stores (about half a typical
 # last-level cache: smaller ones are read back by the next matrix product from the cache)
 STREAM_BYTES = 16 << 20
@@ -112,7 +112,7 @@ def _load() -> Optional[ctypes.CDLL]:
         return None
     for name in ("wino_in", "wino_in_t", "wino_out_t"):
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = [_P, _P, _L, _L, _L, _L, _L, _L, _L, ctypes.c_int], ctypes.c_int
+        fn.argtypes, fn.restype = [_P, _P, _L, _L, _L, _L, _L, _L, _L, _L, ctypes.c_int], ctypes.c_int
     lib.wino_out.argtypes, lib.wino_out.restype = [_P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _L, ctypes.c_int], ctypes.c_int
     return lib
 
@@ -144,16 +144,15 @@ def _pool(n: int) -> ThreadPoolExecutor:
 
 
 def _run(fn, planes: int, before: tuple, after: tuple) -> None:
-    """fn(*before, planes, p0, p1, *after) over [0, planes), split across torch's CPU threads
-    (ctypes releases the GIL, so the parts run in parallel)."""
+    """fn(*before, planes, p0, p1, *after) over [0, planes), split across torch's CPU threads:
+    the calling thread takes the first part, pool threads the others (ctypes releases the
+    GIL, so the parts run in parallel)."""
     n = max(1, min(torch.get_num_threads(), planes))
-    if n == 1:
-        codes = [fn(*before, planes, 0, planes, *after)]
-    else:
-        step = -(-planes // n)
-        futures = [_pool(n).submit(fn, *before, planes, a, min(planes, a + step), *after)
-                   for a in range(0, planes, step)]
-        codes = [f.result() for f in futures]
+    step = -(-planes // n)
+    starts = list(range(0, planes, step))
+    futures = [_pool(len(starts) - 1).submit(fn, *before, planes, a, min(planes, a + step), *after)
+               for a in starts[1:]] if len(starts) > 1 else []
+    codes = [fn(*before, planes, 0, min(planes, step), *after)] + [f.result() for f in futures]
     if any(codes):
         raise MemoryError("Winograd C kernel: out of memory for its row buffers")
 
@@ -172,27 +171,28 @@ def _check(t: Tensor) -> None:
 
 
 def input_transform(x: Tensor, out: Optional[Tensor] = None) -> Tensor:
-    """x (N, C, H, W) -> V (36, N, C, T), T = ceil(H/4) * ceil(W/4): B^T d B per 6x6 tile."""
+    """x (N, C, H, W) -> V (36, C, N, T), T = ceil(H/4) * ceil(W/4): B^T d B per 6x6 tile.
+    Channels before images, so that one GEMM per position p covers the whole batch."""
     _check(x)
     n, c, h, w = x.shape
     th, tw = _tiles(h, w)
-    v = x.new_empty(36, n, c, th * tw) if out is None else out.view(36, n, c, th * tw)
-    _run(library().wino_in, n * c, (x.data_ptr(), v.data_ptr()), (h, w, th, tw, _nt(v)))
+    v = x.new_empty(36, c, n, th * tw) if out is None else out.view(36, c, n, th * tw)
+    _run(library().wino_in, n * c, (x.data_ptr(), v.data_ptr()), (c, h, w, th, tw, _nt(v)))
     return v
 
 
 def input_transform_t(dv: Tensor, shape: torch.Size) -> Tensor:
-    """Transpose of ``input_transform``: dV (36, N, C, T) -> dx (N, C, H, W)."""
+    """Transpose of ``input_transform``: dV (36, C, N, T) -> dx (N, C, H, W)."""
     _check(dv)
     n, c, h, w = shape
     th, tw = _tiles(h, w)
     dx = dv.new_empty(n, c, h, w)
-    _run(library().wino_in_t, n * c, (dv.data_ptr(), dx.data_ptr()), (h, w, th, tw, _nt(dx)))
+    _run(library().wino_in_t, n * c, (dv.data_ptr(), dx.data_ptr()), (c, h, w, th, tw, _nt(dx)))
     return dx
 
 
 def output_transform(m: Tensor, bias: Optional[Tensor], shape: tuple[int, int, int, int]) -> Tensor:
-    """M (36, N, K, T) -> y (N, K, H, W) = A^T M A per tile (+ bias per channel)."""
+    """M (36, K, N, T) -> y (N, K, H, W) = A^T M A per tile (+ bias per channel)."""
     _check(m)
     n, k, h, w = shape
     th, tw = _tiles(h, w)
@@ -209,10 +209,10 @@ def output_transform(m: Tensor, bias: Optional[Tensor], shape: tuple[int, int, i
 
 
 def output_transform_t(dy: Tensor, out: Optional[Tensor] = None) -> Tensor:
-    """Transpose of ``output_transform`` (without the bias): dy (N, K, H, W) -> dM (36, N, K, T)."""
+    """Transpose of ``output_transform`` (without the bias): dy (N, K, H, W) -> dM (36, K, N, T)."""
     _check(dy)
     n, k, h, w = dy.shape
     th, tw = _tiles(h, w)
-    dm = dy.new_empty(36, n, k, th * tw) if out is None else out.view(36, n, k, th * tw)
-    _run(library().wino_out_t, n * k, (dy.data_ptr(), dm.data_ptr()), (h, w, th, tw, _nt(dm)))
+    dm = dy.new_empty(36, k, n, th * tw) if out is None else out.view(36, k, n, th * tw)
+    _run(library().wino_out_t, n * k, (dy.data_ptr(), dm.data_ptr()), (k, h, w, th, tw, _nt(dm)))
     return dm
