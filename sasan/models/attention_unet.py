@@ -9,6 +9,29 @@ from torch import Tensor, nn
 
 from sasan.models.blocks import ConvBlock, check_divisible
 
+# Sub-pixel form of a 3x3 conv on a nearest-2x up-sampled image: output row 2i + d reads
+# up-sampled rows 2i+d-1 .. 2i+d+1 = low-res rows {i-1, i} (d = 0) or {i, i+1} (d = 1), so
+# its 3 kernel rows collapse to 2 taps: _PHASE_TAPS[d] (2 x 3) sums the rows that share one.
+_PHASE_TAPS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def up_concat_conv3x3(low: Tensor, skip: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """conv3x3(reflect_pad_1(cat([nearest_up_2x(low), skip]))) without building the
+    up-sampled input: the low half of ``weight`` becomes four 2x2 kernels (one per output
+    phase) applied at low resolution, 2.25x fewer multiply-adds for that half. Reflection
+    padding of the up-sampled image is replicate padding of ``low``. Exact up to float
+    rounding. low (N, Cl, h, w), skip (N, Cs, 2h, 2w), weight (Co, Cl + Cs, 3, 3)."""
+    n, cl, h, w = low.shape
+    co = weight.shape[0]
+    taps = weight.new_tensor(_PHASE_TAPS)                                   # (2, 2, 3)
+    w_low = torch.einsum("yak,ockl,xbl->yxocab", taps, weight[:, :cl], taps).reshape(4 * co, cl, 2, 2)
+    out = F.conv2d(F.pad(skip, (1, 1, 1, 1), mode="reflect"), weight[:, cl:], bias)
+    # phase (dy, dx) of the output, at low-res position (i, j), is lo[dy, dx][i + dy, j + dx]
+    lo = F.conv2d(F.pad(low, (1, 1, 1, 1), mode="replicate"), w_low).view(n, 2, 2, co, h + 1, w + 1)
+    phases = torch.stack([torch.stack([lo[:, dy, dx, :, dy:dy + h, dx:dx + w] for dx in (0, 1)], -1)
+                          for dy in (0, 1)], -3)                            # (N, Co, h, 2, w, 2)
+    return out + phases.reshape(n, co, 2 * h, 2 * w)
+
 
 class AttentionModule(nn.Module):
     """A_X: image (B, in_ch, H, W) in [-1, 1] -> attention maps (B, K, H, W) and
@@ -43,15 +66,32 @@ class AttentionModule(nn.Module):
         self.to_maps = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(w, k, 3))
         self.to_seg = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(k, num_classes, 3))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _encode(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         check_divisible(x, 16, "AttentionModule")
         skips = []
         for block in self.enc:
             x = block(x)
             skips.append(x)
-        x = self.bottleneck(skips.pop())
+        return self.bottleneck(skips.pop()), skips
+
+    def reference_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The module as written above, layer by layer (for tests and reading)."""
+        x, skips = self._encode(x)
         for block in self.dec:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
             x = block(torch.cat([x, skips.pop()], dim=1))
+        maps = self.to_maps(self.final(x))
+        return maps, self.to_seg(maps)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``reference_forward`` with each decoder conv in sub-pixel form
+        (``up_concat_conv3x3``): same parameters, same results up to float rounding, about
+        a fifth fewer multiply-adds for the whole module."""
+        x, skips = self._encode(x)
+        for block in self.dec:
+            _pad, conv, *rest = block
+            x = up_concat_conv3x3(x, skips.pop(), conv.weight, conv.bias)
+            for layer in rest:                         # instance norm, leaky ReLU
+                x = layer(x)
         maps = self.to_maps(self.final(x))
         return maps, self.to_seg(maps)

@@ -217,3 +217,43 @@ def test_residual_block_under_bf16_autocast():
     assert (out.float() - ref.float()).abs().max() <= 0.02 * ref.float().abs().max()
     out.float().square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())
+
+
+@pytest.mark.parametrize("h, w, bias", [(4, 4, False), (5, 7, True), (1, 3, False)])
+def test_up_concat_conv_equals_upsample_concat_reflect_conv(h, w, bias):
+    """The sub-pixel decoder conv against the plain composition: values and gradients of the
+    low-res input, the skip input, the weight and the bias."""
+    import torch.nn.functional as F
+
+    from sasan.models.attention_unet import up_concat_conv3x3
+
+    gen = torch.Generator().manual_seed(h * 10 + w)
+    low = torch.randn(2, 6, h, w, generator=gen, requires_grad=True)
+    skip = torch.randn(2, 3, 2 * h, 2 * w, generator=gen, requires_grad=True)
+    weight = torch.randn(5, 9, 3, 3, generator=gen, requires_grad=True)
+    b = torch.randn(5, generator=gen, requires_grad=True) if bias else None
+    up = torch.cat([F.interpolate(low, scale_factor=2.0, mode="nearest"), skip], 1)
+    ref = F.conv2d(F.pad(up, (1, 1, 1, 1), mode="reflect"), weight, b)
+    got = up_concat_conv3x3(low, skip, weight, b)
+    assert got.shape == ref.shape == (2, 5, 2 * h, 2 * w)
+    assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+    inputs = [low, skip, weight] + ([b] if bias else [])
+    g = torch.randn(ref.shape, generator=gen)
+    for a, e in zip(torch.autograd.grad(got, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        assert (a - e).abs().max() <= 1e-5 * e.abs().max()
+
+
+def test_attention_module_forward_equals_the_written_composition():
+    """forward() runs the decoder convs in sub-pixel form; maps, segmentation and every
+    parameter's gradient must equal the layer-by-layer module."""
+    torch.manual_seed(0)
+    att = AttentionModule(in_channels=3, k=8, num_classes=5, width=8)
+    x = torch.randn(2, 3, 48, 32, requires_grad=True)
+    (m_fast, s_fast), (m_ref, s_ref) = att(x), att.reference_forward(x)
+    for fast, ref in ((m_fast, m_ref), (s_fast, s_ref)):
+        assert (fast - ref).abs().max() <= 1e-5 * ref.abs().max()
+    inputs = [x, *att.parameters()]
+    loss_fast = m_fast.square().mean() + s_fast.logsumexp(1).mean()
+    loss_ref = m_ref.square().mean() + s_ref.logsumexp(1).mean()
+    for g_fast, g_ref in zip(torch.autograd.grad(loss_fast, inputs), torch.autograd.grad(loss_ref, inputs)):
+        assert (g_fast - g_ref).abs().max() <= 1e-4 * g_ref.abs().max().clamp_min(1e-12)
