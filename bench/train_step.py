@@ -93,6 +93,8 @@ def main() -> None:
 
     import torch
 
+    from sasan.hugepages import tunables_env
+
     devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else (
         ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     report: dict = {"image_size": args.size, "batch_size": args.batch, "k": 8, "iters": args.iters,
@@ -103,12 +105,15 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", variant, device, "--size", str(args.size),
                    "--batch", str(args.batch), "--iters", str(args.iters)] + (["--profile"] if args.profile else []) + (
                 ["--no-winograd"] if args.no_winograd else [])
-            res = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
+            # the trainer's own environment: `sasan train` re-executes itself with it
+            env = tunables_env(os.environ) or dict(os.environ)
+            res = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent, env=env)
             if res.returncode:
                 sys.exit(f"benchmark child failed:\n{res.stderr[-3000:]}")
             if args.profile:
                 print(res.stderr, file=sys.stderr)
             run = json.loads(res.stdout.strip().splitlines()[-1])
+            run["glibc_tunables"] = env.get("GLIBC_TUNABLES")
             report["runs"][f"{device}/{variant}"] = run
             print(f"{device:5s} {variant:9s} {run['s_per_it']:.2f} s/it (median {run['s_per_it_median']:.2f}), "
                   f"peak {run['peak_mem_mb']:.0f} MB", flush=True)

@@ -79,8 +79,8 @@ _MATRICES = {6: _F63, 4: _F43, 2: _F23}
 # Below these (min(C_in, C_out), C_in * C_out, min(H, W)) nn.Conv2d was as fast or faster
 # for forward + backward in bench/winograd.py (fp32 CPU): the transforms cost O(C_in + C_out)
 # per tile, the GEMM saves O(C_in * C_out).
-MIN_CHANNELS = 64
-MIN_PRODUCT = 4096
+MIN_CHANNELS = 32
+MIN_PRODUCT = 2048
 MIN_SIZE = 64
 _cache: dict[tuple, tuple[Tensor, ...]] = {}
 

@@ -68,10 +68,12 @@ def keep_freed_memory() -> bool:
 
 
 def fast_cpu_convs(module: nn.Module, runtime: Runtime, enabled: bool) -> int:
-    """On CPU, compute the large 3x3 convolutions (>= 64 channels each side, e.g. the SASAN
-    norms' gamma/beta convs) with Winograd F(4x4, 3x3): same parameters and results up to
-    ~1e-5 relative, ~1.1-1.35x faster forward+backward (bench/results/winograd.json).
-    Training only: forward-only inference is faster with the default kernels."""
+    """On CPU, compute the large zero-padded 3x3 convolutions (>= 32 channels each side and
+    C_in * C_out >= 2048, at >= 64x64: the SASAN blocks' convs and the norms' gamma/beta convs)
+    with Winograd F(4x4, 3x3), tile transforms in C (sasan/models/winograd_kernels.py): same
+    parameters, results within ~1e-5 relative, 1.3-2x faster forward+backward
+    (bench/results/winograd.json). Used for training; inference keeps the default kernels
+    (the forward pass alone gains much less)."""
     if not enabled or runtime.device.type != "cpu":
         return 0
     from sasan.models.winograd import winograd_convs

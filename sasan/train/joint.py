@@ -93,36 +93,54 @@ class JointTrainer:
     # ------------------------------------------------------------------ forward
     def _translate(self, x: Tensor, t: Tensor) -> dict[str, Tensor]:
         n = self.nets
+        if not n.attention:
+            return self._translate_constant_maps(x, t)
         out: dict[str, Tensor] = {}
         b = x.shape[0]
         g = self.opts.attention_synthesis_grad
-        if n.attention:
-            if self.att_source_frozen:
-                with torch.no_grad():
-                    out["att_s_x"], out["seg_s_x"] = n.att_s(x)
-            else:
+        if self.att_source_frozen:
+            with torch.no_grad():
                 out["att_s_x"], out["seg_s_x"] = n.att_s(x)
-            out["att_t_t"], out["seg_t_t"] = n.att_t(t)
-            att_s_x, att_t_t = scale_gradient(out["att_s_x"], g), scale_gradient(out["att_t_t"], g)
-            maps_t_in = torch.cat([att_s_x, att_t_t])   # for S_t on [x, t]
-            maps_s_in = torch.cat([att_t_t, att_s_x])   # for S_s on [t, x]
         else:
-            maps_t_in = maps_s_in = None
-        # batch the translation and the identity pass through each synthesis module
-        feat_t_in = n.syn_t.encode(torch.cat([x, t]))
-        feat_s_in = n.syn_s.encode(torch.cat([t, x]))
-        out["fake_t"], out["idt_t"] = n.syn_t.decode(feat_t_in, maps_t_in).split(b)
-        out["fake_s"], out["idt_s"] = n.syn_s.decode(feat_s_in, maps_s_in).split(b)
+            out["att_s_x"], out["seg_s_x"] = n.att_s(x)
+        att_s_x = scale_gradient(out["att_s_x"], g)
+        feat_t_in = n.syn_t.encode(torch.cat([x, t]))       # S_t's encodings of [x, t]
+        feat_s_in = n.syn_s.encode(torch.cat([t, x]))       # S_s's encodings of [t, x]
+        # fake_t needs only A_s's maps, so A_t then judges [t, fake_t] in one batch; the
+        # decoder passes driven by A_s's maps run apart from those driven by A_t's, so the
+        # norms compute map gradients only where they flow (A_s is frozen)
+        out["fake_t"] = n.syn_t.decode(feat_t_in[:b], att_s_x)
+        att_t, seg_t = n.att_t(torch.cat([t, out["fake_t"]]))
+        (out["att_t_t"], out["att_t_fake"]), (out["seg_t_t"], out["seg_t_fake"]) = att_t.split(b), seg_t.split(b)
+        att_t_t = scale_gradient(out["att_t_t"], g)
+        out["idt_t"] = n.syn_t.decode(feat_t_in[b:], att_t_t)
+        out["fake_s"] = n.syn_s.decode(feat_s_in[:b], att_t_t)
+        out["idt_s"] = n.syn_s.decode(feat_s_in[b:], att_s_x)
         out["feat_x_by_t"] = feat_t_in[:b]      # S_t's encoding of real source images
         out["feat_t_by_s"] = feat_s_in[:b]      # S_s's encoding of real target images
-        if n.attention:
-            out["att_t_fake"], out["seg_t_fake"] = n.att_t(out["fake_t"])
-            out["att_s_fake"], out["seg_s_fake"] = n.att_s(out["fake_s"])
+        out["att_s_fake"], out["seg_s_fake"] = n.att_s(out["fake_s"])
         feat_fake_t = n.syn_s.encode(out["fake_t"])
         feat_fake_s = n.syn_t.encode(out["fake_s"])
         out["feat_fake_t_by_s"], out["feat_fake_s_by_t"] = feat_fake_t, feat_fake_s
-        out["rec_x"] = n.syn_s.decode(feat_fake_t, scale_gradient(out.get("att_t_fake"), g))
-        out["rec_t"] = n.syn_t.decode(feat_fake_s, scale_gradient(out.get("att_s_fake"), g))
+        out["rec_x"] = n.syn_s.decode(feat_fake_t, scale_gradient(out["att_t_fake"], g))
+        out["rec_t"] = n.syn_t.decode(feat_fake_s, scale_gradient(out["att_s_fake"], g))
+        return out
+
+    def _translate_constant_maps(self, x: Tensor, t: Tensor) -> dict[str, Tensor]:
+        """CycleGAN ablation: translation and identity batched through each module."""
+        n = self.nets
+        b = x.shape[0]
+        out: dict[str, Tensor] = {}
+        feat_t_in = n.syn_t.encode(torch.cat([x, t]))
+        feat_s_in = n.syn_s.encode(torch.cat([t, x]))
+        out["fake_t"], out["idt_t"] = n.syn_t.decode(feat_t_in, None).split(b)
+        out["fake_s"], out["idt_s"] = n.syn_s.decode(feat_s_in, None).split(b)
+        out["feat_x_by_t"], out["feat_t_by_s"] = feat_t_in[:b], feat_s_in[:b]
+        feat_fake_t = n.syn_s.encode(out["fake_t"])
+        feat_fake_s = n.syn_t.encode(out["fake_s"])
+        out["feat_fake_t_by_s"], out["feat_fake_s_by_t"] = feat_fake_t, feat_fake_s
+        out["rec_x"] = n.syn_s.decode(feat_fake_t, None)
+        out["rec_t"] = n.syn_t.decode(feat_fake_s, None)
         return out
 
     # ------------------------------------------------------------------ losses

@@ -178,7 +178,7 @@ def test_residual_block_fast_forward_equals_the_written_composition(f_in, f_out,
     for p in block.parameters():
         torch.nn.init.normal_(p, std=0.2)
     if winograd:
-        assert winograd_convs(block) == 3          # the three norms' gamma/beta convs (64 -> 2C)
+        assert winograd_convs(block) == 4          # the norms' gamma/beta convs (64 -> 2C), conv_0
     x = torch.randn(2, f_in, 64, 64, requires_grad=True)
     maps = torch.rand(2, 3, 32, 32, requires_grad=True)   # resized inside, as in the decoder
     fast, ref = block(x, maps), block.reference_forward(x, maps)

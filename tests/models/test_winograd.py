@@ -151,11 +151,12 @@ def test_swap_helper_shares_parameters_and_outputs(monkeypatch):
     net(x).square().sum().backward()
     assert all(p.grad is not None for p in net.parameters())
     assert winograd_convs(net, min_channels=4, min_product=64) == 0   # idempotent
-    defaults = nn.Sequential(nn.Conv2d(32, 256, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1),
-                             nn.Conv2d(64, 128, 3, padding=1))
-    assert winograd_convs(defaults) == 2      # 64 -> 64 and 64 -> 128; 32 in-channels: kept
-    assert type(defaults[0]) is nn.Conv2d
-    assert type(defaults[1]) is WinogradConv2d and type(defaults[2]) is WinogradConv2d
+    defaults = nn.Sequential(nn.Conv2d(16, 256, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1),
+                             nn.Conv2d(64, 32, 3, padding=1), nn.Conv2d(64, 128, 3, padding=1))
+    assert winograd_convs(defaults) == 2      # 64 -> 32 and 64 -> 128 by default
+    assert type(defaults[0]) is nn.Conv2d     # 16 in-channels: too few
+    assert type(defaults[1]) is nn.Conv2d     # 32 x 32: too small a product
+    assert type(defaults[2]) is WinogradConv2d and type(defaults[3]) is WinogradConv2d
 
 
 def test_conv_forward_accepts_another_weight():
