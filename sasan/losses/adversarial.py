@@ -37,8 +37,18 @@ def lsgan_discriminator_loss(
     """Image adversarial term, discriminator side: mean((D(real) - 1)^2) + mean(D(fake)^2).
 
     The caller detaches the fakes and scales by 0.5 x weight (METHOD.md). Lists are
-    averaged per side. Returns a scalar."""
-    return _mean_sq_to(_as_list(pred_real), 1.0) + _mean_sq_to(_as_list(pred_fake), 0.0)
+    averaged per side. Returns a scalar. = lsgan_real_loss + lsgan_fake_loss."""
+    return lsgan_real_loss(pred_real) + lsgan_fake_loss(pred_fake)
+
+
+def lsgan_real_loss(pred_real: Tensor | Sequence[Tensor]) -> Tensor:
+    """The real half of ``lsgan_discriminator_loss``: mean((D(real) - 1)^2)."""
+    return _mean_sq_to(_as_list(pred_real), 1.0)
+
+
+def lsgan_fake_loss(pred_fake: Tensor | Sequence[Tensor]) -> Tensor:
+    """The fake half of ``lsgan_discriminator_loss``: mean(D(fake)^2)."""
+    return _mean_sq_to(_as_list(pred_fake), 0.0)
 
 
 def one_hot(labels: Tensor, num_classes: int) -> Tensor:
@@ -60,10 +70,10 @@ def _check_seg_discs(seg_discs: Sequence[nn.Module], probs: Tensor) -> int:
     return num_classes
 
 
-def _per_class_scores(seg_discs: Sequence[nn.Module], groups: list[Tensor]) -> list[list[Tensor]]:
-    """scores[c - 1][g] = D_c(groups[g][:, c:c+1]). Each discriminator runs once on all
-    groups stacked along the batch (the same as one call per group: the discriminators
-    normalise per sample)."""
+def seg_discriminator_scores(seg_discs: Sequence[nn.Module], groups: list[Tensor]) -> list[list[Tensor]]:
+    """scores[c - 1][g] = D_c(groups[g][:, c:c+1]) for probability maps groups[g]
+    (B_g, C, H, W). Each discriminator runs once on all groups stacked along the batch (the
+    same as one call per group: the discriminators normalise per sample)."""
     shapes = {tuple(g.shape[1:]) for g in groups}
     if len(shapes) != 1:
         raise ValueError(f"probability maps differ in shape: {sorted(shapes)}")
@@ -73,6 +83,15 @@ def _per_class_scores(seg_discs: Sequence[nn.Module], groups: list[Tensor]) -> l
     return [list(disc(stacked[:, c : c + 1]).split(sizes)) for c, disc in zip(range(1, num_classes), seg_discs)]
 
 
+def seg_scores_loss(scores: Sequence[Sequence[Tensor]], target: float, num_classes: int,
+                    weight: float = 1.0) -> Tensor:
+    """(weight / C) sum over classes c and groups g of mean((scores[c-1][g] - target)^2):
+    the generator side (target 1), the fakes' half of the discriminator side (target 0), or
+    its real half (target 1, weight = number of fakes judged against the real maps)."""
+    terms = [((s - target) ** 2).mean() for per_class in scores for s in per_class]
+    return weight * torch.stack(terms).sum() / num_classes
+
+
 def seg_adversarial_generator_loss(seg_discs: Sequence[nn.Module], probs: Tensor | Sequence[Tensor]) -> Tensor:
     """Segmentation adversarial term, generator side:
     (1 / C) sum_{c=1}^{C-1} mean((D_c(p_c) - 1)^2),
@@ -80,9 +99,7 @@ def seg_adversarial_generator_loss(seg_discs: Sequence[nn.Module], probs: Tensor
     seg_discs[c - 1]. probs: (B, C, H, W) with C including background, or a list of such
     maps: the sum of their terms, computed in one pass per discriminator. Scalar."""
     groups = _as_list(probs)
-    scores = _per_class_scores(seg_discs, groups)
-    terms = [((s - 1.0) ** 2).mean() for per_class in scores for s in per_class]
-    return torch.stack(terms).sum() / groups[0].shape[1]
+    return seg_scores_loss(seg_discriminator_scores(seg_discs, groups), 1.0, groups[0].shape[1])
 
 
 def seg_adversarial_discriminator_loss(
@@ -95,7 +112,7 @@ def seg_adversarial_discriminator_loss(
     the sum of the terms for each fake against the same real maps; the real maps are
     judged once. Scalar."""
     fakes = _as_list(probs_fake)
-    scores = _per_class_scores(seg_discs, [probs_real] + fakes)
-    terms = [len(fakes) * ((real - 1.0) ** 2).mean() + sum((f ** 2).mean() for f in fake)
-             for real, *fake in scores]
-    return torch.stack(terms).sum() / probs_real.shape[1]
+    scores = seg_discriminator_scores(seg_discs, [probs_real] + fakes)
+    c = probs_real.shape[1]
+    return (seg_scores_loss([[real] for real, *_ in scores], 1.0, c, weight=len(fakes))
+            + seg_scores_loss([fake for _, *fake in scores], 0.0, c))

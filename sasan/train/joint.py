@@ -89,6 +89,7 @@ class JointTrainer:
         if self.att_source_frozen:
             set_requires_grad([nets.att_s], False)
         self._fakes: dict[str, Tensor] = {}
+        self._d_fake: dict[str, Tensor] = {}   # D-loss fake halves from the G step's scores
 
     # ------------------------------------------------------------------ forward
     def _translate(self, x: Tensor, t: Tensor) -> dict[str, Tensor]:
@@ -148,9 +149,13 @@ class JointTrainer:
                          out: dict[str, Tensor]) -> dict[str, Tensor]:
         n, w, paired = self.nets, self.opts.weights, self.opts.paired
         terms: dict[str, Tensor] = {}
+        # The D step would judge these same fakes (detached) with these same discriminator
+        # weights: its fake halves are taken from the scores computed here (self._d_fake).
         if w.adversarial:
-            terms["adversarial"] = (L.lsgan_generator_loss(n.disc_t(out["fake_t"]))
-                                    + L.lsgan_generator_loss(n.disc_s(out["fake_s"])))
+            score_t, score_s = n.disc_t(out["fake_t"]), n.disc_s(out["fake_s"])
+            terms["adversarial"] = L.lsgan_generator_loss(score_t) + L.lsgan_generator_loss(score_s)
+            self._d_fake["D_image"] = 0.5 * w.adversarial * (L.lsgan_fake_loss(score_s)
+                                                             + L.lsgan_fake_loss(score_t))
         if w.cycle:
             terms["cycle"] = L.cycle_loss(out["rec_x"], x) + L.cycle_loss(out["rec_t"], t)
         if w.identity:
@@ -172,8 +177,11 @@ class JointTrainer:
                     + L.attention_consistency_loss(out["att_t_fake"], out["att_s_x"]))
             if not paired:
                 if n.seg_discs is not None and w.seg_adversarial:
-                    terms["seg_adversarial"] = L.seg_adversarial_generator_loss(
-                        n.seg_discs, [out["seg_s_fake"].softmax(1), out["seg_t_t"].softmax(1)])
+                    scores = L.seg_discriminator_scores(n.seg_discs, [out["seg_s_fake"].softmax(1),
+                                                                      out["seg_t_t"].softmax(1)])
+                    terms["seg_adversarial"] = L.seg_scores_loss(scores, 1.0, n.num_classes)
+                    self._d_fake["D_seg"] = L.seg_scores_loss(scores, 0.0, n.num_classes,
+                                                              weight=0.5 * w.seg_adversarial)
                 if w.aux_seg:
                     seg_t_fake = (out["seg_t_fake"] if self.opts.aux_seg_to_generator
                                   else n.att_t(out["fake_t"].detach())[1])
@@ -187,18 +195,30 @@ class JointTrainer:
         return terms
 
     def discriminator_losses(self, x: Tensor, y_x: Optional[Tensor], t: Tensor) -> dict[str, Tensor]:
+        """The D step's terms. Where the G step judged the fakes (``self._d_fake``), only the
+        real half is computed here; the fake half's gradients are already in place."""
         n, w, f = self.nets, self.opts.weights, self._fakes
         b = x.shape[0]   # real and fake in one batch per discriminator (per-sample norms)
-        terms = {"D_image": 0.5 * w.adversarial * (
-            L.lsgan_discriminator_loss(*n.disc_s(torch.cat([x, f["fake_s"]])).split(b))
-            + L.lsgan_discriminator_loss(*n.disc_t(torch.cat([t, f["fake_t"]])).split(b)))}
+        terms: dict[str, Tensor] = {}
+        if "D_image" in self._d_fake:
+            terms["D_image"] = 0.5 * w.adversarial * (L.lsgan_real_loss(n.disc_s(x)) + L.lsgan_real_loss(n.disc_t(t)))
+        else:
+            terms["D_image"] = 0.5 * w.adversarial * (
+                L.lsgan_discriminator_loss(*n.disc_s(torch.cat([x, f["fake_s"]])).split(b))
+                + L.lsgan_discriminator_loss(*n.disc_t(torch.cat([t, f["fake_t"]])).split(b)))
         if n.seg_discs is not None and "seg_s_fake" in f and not self.opts.paired:
             if self.opts.seg_real == "labels":
                 real = L.one_hot(y_x, n.num_classes)
             else:
                 real = f["seg_s_x"].softmax(1)
-            terms["D_seg"] = 0.5 * w.seg_adversarial * L.seg_adversarial_discriminator_loss(
-                n.seg_discs, real, [f["seg_s_fake"].softmax(1), f["seg_t_t"].softmax(1)])
+            fakes = [f["seg_s_fake"].softmax(1), f["seg_t_t"].softmax(1)]
+            if "D_seg" in self._d_fake:      # real maps judged against both fakes
+                real_scores = L.seg_discriminator_scores(n.seg_discs, [real])
+                terms["D_seg"] = L.seg_scores_loss(real_scores, 1.0, n.num_classes,
+                                                   weight=0.5 * w.seg_adversarial * len(fakes))
+            else:
+                terms["D_seg"] = 0.5 * w.seg_adversarial * L.seg_adversarial_discriminator_loss(
+                    n.seg_discs, real, fakes)
         if n.feat_disc_s is not None:
             terms["D_feature"] = 0.5 * w.feature_adversarial * (
                 L.lsgan_discriminator_loss(n.feat_disc_s(f["feat_t_by_s"]), n.feat_disc_s(f["feat_fake_t_by_s"]))
@@ -214,27 +234,37 @@ class JointTrainer:
         x, t = self.rt.batch(batch["x"]), self.rt.batch(batch["t"])
         y_x = batch.get("y_x")
         y_x = y_x.to(self.rt.device) if y_x is not None else None
-        d_modules = self.nets.discriminator_modules()
+        n = self.nets
+        # the discriminators that judge the G step's fakes keep requires_grad: their fake
+        # halves of the D loss come from that pass. The others are frozen for the G step.
+        judged = [n.disc_s, n.disc_t] + ([n.seg_discs] if n.seg_discs is not None else [])
+        frozen = [m for m in n.discriminator_modules() if not any(m is j for j in judged)]
 
-        # generator step: discriminators are fixed, so skip their weight gradients
-        set_requires_grad(d_modules, False)
+        set_requires_grad(frozen, False)
         self.opt_g.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
+        self._d_fake = {}
         with self.rt.autocast():
             out = self._translate(x, t)
             g_terms = self.generator_losses(x, y_x, t, out)
             loss_g = self.weighted_total(g_terms)
-        loss_g.backward()
+        d_fake = dict(self._d_fake)
+        if d_fake:
+            # D weight gradients of the fake halves: the same values and gradients as a D-step
+            # pass over the detached fakes (D is not updated in between), without that pass
+            d_inputs = [p for m in judged for p in m.parameters()]
+            torch.autograd.backward(sum(d_fake.values()), inputs=d_inputs, retain_graph=True)
+        loss_g.backward(inputs=self.g_params)        # generator gradients only
         if self.sync is not None:
             self.sync.gradients(self.g_params)
         self.opt_g.step()
-        set_requires_grad(d_modules, True)
+        set_requires_grad(frozen, True)
 
-        # discriminator step on detached fakes
+        # discriminator step on detached fakes (real halves, and what the G step did not judge)
         keep = ("fake_s", "fake_t", "seg_s_fake", "seg_t_t", "seg_s_x",
                 "feat_t_by_s", "feat_x_by_t", "feat_fake_t_by_s", "feat_fake_s_by_t")
         self._fakes = {k: out[k].detach() for k in keep if k in out}
         del out
-        self.opt_d.zero_grad(set_to_none=True)
         with self.rt.autocast():
             d_terms = self.discriminator_losses(x, y_x, t)
             loss_d = sum(d_terms.values())
@@ -244,11 +274,14 @@ class JointTrainer:
         self.opt_d.step()
         if self.sync is not None:
             self.sync.buffers(self.nets)
-        self._fakes = {}
+        self._fakes, self._d_fake = {}, {}
 
+        for k, v in d_fake.items():                  # log the whole D terms
+            d_terms[k] = d_terms[k] + v.detach()
+        loss_d = loss_d.detach() + sum(v.detach() for v in d_fake.values())
         logs = {f"G/{k}": float(v.detach()) for k, v in g_terms.items()}
         logs.update({f"D/{k[2:]}": float(v.detach()) for k, v in d_terms.items()})
-        logs["G/total"], logs["D/total"] = float(loss_g.detach()), float(loss_d.detach())
+        logs["G/total"], logs["D/total"] = float(loss_g.detach()), float(loss_d)
         return logs
 
     @torch.no_grad()

@@ -161,3 +161,55 @@ def test_aux_seg_to_generator_switch(to_generator):
     nets = gradients_after_one_step({"aux_seg"}, aux_seg_to_generator=to_generator)
     assert grad_mass(nets.att_t) > 0
     assert (grad_mass(nets.syn_t) > 0) == to_generator
+
+
+def _reference_step(trainer, batch):
+    """The plain algorithm: G step with every discriminator frozen, then a D step that judges
+    real and detached fake samples afresh (what JointTrainer.step must equal)."""
+    from sasan import losses as L
+    from sasan.train.joint import set_requires_grad
+
+    n, w = trainer.nets, trainer.opts.weights
+    x, t, y_x = batch["x"], batch["t"], batch["y_x"]
+    set_requires_grad(n.discriminator_modules(), False)
+    trainer.opt_g.zero_grad(set_to_none=True)
+    trainer._d_fake = {}
+    out = trainer._translate(x, t)
+    trainer.weighted_total(trainer.generator_losses(x, y_x, t, out)).backward()
+    trainer.opt_g.step()
+    set_requires_grad(n.discriminator_modules(), True)
+    trainer.opt_d.zero_grad(set_to_none=True)
+    f = {k: out[k].detach() for k in ("fake_s", "fake_t", "seg_s_fake", "seg_t_t") if k in out}
+    loss_d = 0.5 * w.adversarial * (L.lsgan_discriminator_loss(n.disc_s(x), n.disc_s(f["fake_s"]))
+                                    + L.lsgan_discriminator_loss(n.disc_t(t), n.disc_t(f["fake_t"])))
+    if n.seg_discs is not None:
+        loss_d = loss_d + 0.5 * w.seg_adversarial * L.seg_adversarial_discriminator_loss(
+            n.seg_discs, L.one_hot(y_x, n.num_classes), [f["seg_s_fake"].softmax(1), f["seg_t_t"].softmax(1)])
+    loss_d.backward()
+    trainer.opt_d.step()
+    trainer._d_fake = {}
+
+
+@pytest.mark.parametrize("variant", ["sasan", "cyclegan"])
+def test_step_equals_separate_generator_and_discriminator_passes(variant):
+    """The step takes the D loss's fake halves from the G step's discriminator scores (same
+    weights, same fake values); two steps must leave every network as the plain algorithm
+    does, up to float rounding. SGD, not Adam: Adam turns the float noise of gradients that
+    are exactly zero in theory (a conv bias before an instance norm) into full-size steps."""
+    cfg = variant_config(tiny_config(), variant)
+    nets_a, fast = make_trainer(cfg)
+    nets_b, ref = make_trainer(cfg)
+    for tr in (fast, ref):
+        tr.opt_g = torch.optim.SGD(tr.g_params, lr=0.05)
+        tr.opt_d = torch.optim.SGD(tr.d_params, lr=0.05)
+    assert all(torch.equal(a, b) for a, b in zip(nets_a.state_dict().values(), nets_b.state_dict().values()))
+    batch = fixed_batch()
+    for _ in range(2):
+        logs = fast.step(batch)
+        _reference_step(ref, batch)
+    assert math.isfinite(logs["D/total"])
+    for (name, a), b in zip(nets_a.state_dict().items(), nets_b.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+    moved = [not torch.equal(a, b) for a, b in zip(nets_a.disc_t.state_dict().values(),
+                                                    make_trainer(cfg)[0].disc_t.state_dict().values())]
+    assert any(moved)                       # the discriminators did train
