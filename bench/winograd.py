@@ -134,7 +134,7 @@ def main() -> None:
     meta = {"torch": torch.__version__, "repeats": args.repeats,
             "cpu": platform.processor() or platform.machine(),
             "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(),
-            "keep_freed_memory": kept,
+            "keep_freed_memory": kept, "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
             "times": "ms; min (and median) over repeats; fwd_bwd = forward + backward for "
                      "input, weight and bias"}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -139,6 +139,8 @@ def _reset() -> None:
 def _pool(n: int) -> ThreadPoolExecutor:
     pool = _state.get("pool")
     if pool is None or pool._max_workers != n:  # type: ignore[attr-defined]
+        if pool is not None:                      # torch's thread count changed
+            pool.shutdown(wait=False)  # type: ignore[attr-defined]
         pool = _state["pool"] = ThreadPoolExecutor(n, thread_name_prefix="sasan-winograd")
     return pool  # type: ignore[return-value]
 
@@ -170,49 +172,44 @@ def _check(t: Tensor) -> None:
         raise ValueError("Winograd C kernels take contiguous fp32 CPU tensors")
 
 
-def input_transform(x: Tensor, out: Optional[Tensor] = None) -> Tensor:
+def _to_tiles(fn, planes: Tensor, ptr_bias: tuple = (), out: Optional[Tensor] = None) -> Tensor:
+    """Run a planes -> tiles kernel: (N, C, H, W) -> (36, C, N, T), T = ceil(H/4) * ceil(W/4)."""
+    _check(planes)
+    n, c, h, w = planes.shape
+    th, tw = _tiles(h, w)
+    tiles = planes.new_empty(36, c, n, th * tw) if out is None else out.view(36, c, n, th * tw)
+    _run(fn, n * c, (planes.data_ptr(), *ptr_bias, tiles.data_ptr()), (c, h, w, th, tw, _nt(tiles)))
+    return tiles
+
+
+def _to_planes(fn, tiles: Tensor, shape: tuple[int, int, int, int], ptr_bias: tuple = ()) -> Tensor:
+    """Run a tiles -> planes kernel: (36, C, N, T) -> (N, C, H, W) = ``shape``."""
+    _check(tiles)
+    n, c, h, w = shape
+    th, tw = _tiles(h, w)
+    planes = tiles.new_empty(n, c, h, w)
+    _run(fn, n * c, (tiles.data_ptr(), *ptr_bias, planes.data_ptr()), (c, h, w, th, tw, _nt(planes)))
+    return planes
+
+
+def input_transform(x: Tensor) -> Tensor:
     """x (N, C, H, W) -> V (36, C, N, T), T = ceil(H/4) * ceil(W/4): B^T d B per 6x6 tile.
     Channels before images, so that one GEMM per position p covers the whole batch."""
-    _check(x)
-    n, c, h, w = x.shape
-    th, tw = _tiles(h, w)
-    v = x.new_empty(36, c, n, th * tw) if out is None else out.view(36, c, n, th * tw)
-    _run(library().wino_in, n * c, (x.data_ptr(), v.data_ptr()), (c, h, w, th, tw, _nt(v)))
-    return v
+    return _to_tiles(library().wino_in, x)
 
 
 def input_transform_t(dv: Tensor, shape: torch.Size) -> Tensor:
     """Transpose of ``input_transform``: dV (36, C, N, T) -> dx (N, C, H, W)."""
-    _check(dv)
-    n, c, h, w = shape
-    th, tw = _tiles(h, w)
-    dx = dv.new_empty(n, c, h, w)
-    _run(library().wino_in_t, n * c, (dv.data_ptr(), dx.data_ptr()), (c, h, w, th, tw, _nt(dx)))
-    return dx
+    return _to_planes(library().wino_in_t, dv, tuple(shape))
 
 
 def output_transform(m: Tensor, bias: Optional[Tensor], shape: tuple[int, int, int, int]) -> Tensor:
     """M (36, K, N, T) -> y (N, K, H, W) = A^T M A per tile (+ bias per channel)."""
-    _check(m)
-    n, k, h, w = shape
-    th, tw = _tiles(h, w)
-    y = m.new_empty(n, k, h, w)
-    b = None
-    if bias is not None:
-        b = bias.detach().to(torch.float32).contiguous()
-        b_ptr = b.data_ptr()
-    else:
-        b_ptr = None
-    _run(library().wino_out, n * k, (m.data_ptr(), b_ptr, y.data_ptr()), (k, h, w, th, tw, _nt(y)))
-    del b
-    return y
+    b = bias.detach().to(torch.float32).contiguous() if bias is not None else None
+    return _to_planes(library().wino_out, m, shape, (b.data_ptr() if b is not None else None,))
 
 
 def output_transform_t(dy: Tensor, out: Optional[Tensor] = None) -> Tensor:
-    """Transpose of ``output_transform`` (without the bias): dy (N, K, H, W) -> dM (36, K, N, T)."""
-    _check(dy)
-    n, k, h, w = dy.shape
-    th, tw = _tiles(h, w)
-    dm = dy.new_empty(36, k, n, th * tw) if out is None else out.view(36, k, n, th * tw)
-    _run(library().wino_out_t, n * k, (dy.data_ptr(), dm.data_ptr()), (k, h, w, th, tw, _nt(dm)))
-    return dm
+    """Transpose of ``output_transform`` (without the bias): dy (N, K, H, W) -> dM (36, K, N, T),
+    into ``out`` (any tensor with that many elements) when given."""
+    return _to_tiles(library().wino_out_t, dy, out=out)

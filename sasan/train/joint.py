@@ -20,7 +20,9 @@ Generator loss (weights from ``LossWeights``; default in brackets):
     voxel [10] (paired only)   L1(fake_t, t) + L1(fake_s, x)
     feature_adversarial [2]    (optional) lsgan_G on encoder features of fake inputs
 Discriminator loss: 0.5 x weight x (LSGAN real/fake terms), on detached fakes; the
-segmentation discriminators see one-hot source labels as real.
+segmentation discriminators see one-hot source labels as real. The image and segmentation
+terms' fake halves are taken from the G step's scores (same weights, same fake values) and
+back-propagated to the discriminators only; the D step then judges the real samples.
 
 ``aux_seg_to_generator=False`` computes aux_seg on A_t(detached fake_t): A_t still learns
 from translated source images, but S_t gets no gradient to make them easy for A_t.
@@ -89,7 +91,6 @@ class JointTrainer:
         if self.att_source_frozen:
             set_requires_grad([nets.att_s], False)
         self._fakes: dict[str, Tensor] = {}
-        self._d_fake: dict[str, Tensor] = {}   # D-loss fake halves from the G step's scores
 
     # ------------------------------------------------------------------ forward
     def _translate(self, x: Tensor, t: Tensor) -> dict[str, Tensor]:
@@ -120,12 +121,7 @@ class JointTrainer:
         out["feat_x_by_t"] = feat_t_in[:b]      # S_t's encoding of real source images
         out["feat_t_by_s"] = feat_s_in[:b]      # S_s's encoding of real target images
         out["att_s_fake"], out["seg_s_fake"] = n.att_s(out["fake_s"])
-        feat_fake_t = n.syn_s.encode(out["fake_t"])
-        feat_fake_s = n.syn_t.encode(out["fake_s"])
-        out["feat_fake_t_by_s"], out["feat_fake_s_by_t"] = feat_fake_t, feat_fake_s
-        out["rec_x"] = n.syn_s.decode(feat_fake_t, scale_gradient(out["att_t_fake"], g))
-        out["rec_t"] = n.syn_t.decode(feat_fake_s, scale_gradient(out["att_s_fake"], g))
-        return out
+        return self._reconstruct(out, scale_gradient(out["att_t_fake"], g), scale_gradient(out["att_s_fake"], g))
 
     def _translate_constant_maps(self, x: Tensor, t: Tensor) -> dict[str, Tensor]:
         """CycleGAN ablation: translation and identity batched through each module."""
@@ -137,24 +133,32 @@ class JointTrainer:
         out["fake_t"], out["idt_t"] = n.syn_t.decode(feat_t_in, None).split(b)
         out["fake_s"], out["idt_s"] = n.syn_s.decode(feat_s_in, None).split(b)
         out["feat_x_by_t"], out["feat_t_by_s"] = feat_t_in[:b], feat_s_in[:b]
+        return self._reconstruct(out, None, None)
+
+    def _reconstruct(self, out: dict[str, Tensor], maps_fake_t: Optional[Tensor],
+                     maps_fake_s: Optional[Tensor]) -> dict[str, Tensor]:
+        """The cycle: rec_x = S_s(fake_t, maps of fake_t), rec_t = S_t(fake_s, maps of fake_s)."""
+        n = self.nets
         feat_fake_t = n.syn_s.encode(out["fake_t"])
         feat_fake_s = n.syn_t.encode(out["fake_s"])
         out["feat_fake_t_by_s"], out["feat_fake_s_by_t"] = feat_fake_t, feat_fake_s
-        out["rec_x"] = n.syn_s.decode(feat_fake_t, None)
-        out["rec_t"] = n.syn_t.decode(feat_fake_s, None)
+        out["rec_x"] = n.syn_s.decode(feat_fake_t, maps_fake_t)
+        out["rec_t"] = n.syn_t.decode(feat_fake_s, maps_fake_s)
         return out
 
     # ------------------------------------------------------------------ losses
     def generator_losses(self, x: Tensor, y_x: Optional[Tensor], t: Tensor,
-                         out: dict[str, Tensor]) -> dict[str, Tensor]:
+                         out: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(G terms, D fake halves). The D step would judge these same fakes (detached) with
+        these same discriminator weights, so the fake halves of its image and segmentation
+        terms ("D_image", "D_seg") are computed here from the G step's scores."""
         n, w, paired = self.nets, self.opts.weights, self.opts.paired
         terms: dict[str, Tensor] = {}
-        # The D step would judge these same fakes (detached) with these same discriminator
-        # weights: its fake halves are taken from the scores computed here (self._d_fake).
+        d_fake: dict[str, Tensor] = {}
         if w.adversarial:
             score_t, score_s = n.disc_t(out["fake_t"]), n.disc_s(out["fake_s"])
             terms["adversarial"] = L.lsgan_generator_loss(score_t) + L.lsgan_generator_loss(score_s)
-            self._d_fake["D_image"] = 0.5 * w.adversarial * (L.lsgan_fake_loss(score_s)
+            d_fake["D_image"] = 0.5 * w.adversarial * (L.lsgan_fake_loss(score_s)
                                                              + L.lsgan_fake_loss(score_t))
         if w.cycle:
             terms["cycle"] = L.cycle_loss(out["rec_x"], x) + L.cycle_loss(out["rec_t"], t)
@@ -180,8 +184,8 @@ class JointTrainer:
                     scores = L.seg_discriminator_scores(n.seg_discs, [out["seg_s_fake"].softmax(1),
                                                                       out["seg_t_t"].softmax(1)])
                     terms["seg_adversarial"] = L.seg_scores_loss(scores, 1.0, n.num_classes)
-                    self._d_fake["D_seg"] = L.seg_scores_loss(scores, 0.0, n.num_classes,
-                                                              weight=0.5 * w.seg_adversarial)
+                    d_fake["D_seg"] = L.seg_scores_loss(scores, 0.0, n.num_classes,
+                                                        weight=0.5 * w.seg_adversarial)
                 if w.aux_seg:
                     seg_t_fake = (out["seg_t_fake"] if self.opts.aux_seg_to_generator
                                   else n.att_t(out["fake_t"].detach())[1])
@@ -192,15 +196,16 @@ class JointTrainer:
                 if w.pseudo_seg:
                     terms["pseudo_seg"] = L.pseudo_label_loss(out["seg_t_t"], out["seg_s_fake"],
                                                               dice_weight=w.dice_weight)
-        return terms
+        return terms, d_fake
 
-    def discriminator_losses(self, x: Tensor, y_x: Optional[Tensor], t: Tensor) -> dict[str, Tensor]:
-        """The D step's terms. Where the G step judged the fakes (``self._d_fake``), only the
-        real half is computed here; the fake half's gradients are already in place."""
+    def discriminator_losses(self, x: Tensor, y_x: Optional[Tensor], t: Tensor,
+                             fake_done: frozenset[str] = frozenset()) -> dict[str, Tensor]:
+        """The D step's terms. For the terms in ``fake_done`` the G step judged the fakes:
+        only the real half is computed here (the fake half's gradients are in place)."""
         n, w, f = self.nets, self.opts.weights, self._fakes
         b = x.shape[0]   # real and fake in one batch per discriminator (per-sample norms)
         terms: dict[str, Tensor] = {}
-        if "D_image" in self._d_fake:
+        if "D_image" in fake_done:
             terms["D_image"] = 0.5 * w.adversarial * (L.lsgan_real_loss(n.disc_s(x)) + L.lsgan_real_loss(n.disc_t(t)))
         else:
             terms["D_image"] = 0.5 * w.adversarial * (
@@ -212,7 +217,7 @@ class JointTrainer:
             else:
                 real = f["seg_s_x"].softmax(1)
             fakes = [f["seg_s_fake"].softmax(1), f["seg_t_t"].softmax(1)]
-            if "D_seg" in self._d_fake:      # real maps judged against both fakes
+            if "D_seg" in fake_done:        # real maps judged against both fakes
                 real_scores = L.seg_discriminator_scores(n.seg_discs, [real])
                 terms["D_seg"] = L.seg_scores_loss(real_scores, 1.0, n.num_classes,
                                                    weight=0.5 * w.seg_adversarial * len(fakes))
@@ -237,22 +242,20 @@ class JointTrainer:
         n = self.nets
         # the discriminators that judge the G step's fakes keep requires_grad: their fake
         # halves of the D loss come from that pass. The others are frozen for the G step.
-        judged = [n.disc_s, n.disc_t] + ([n.seg_discs] if n.seg_discs is not None else [])
-        frozen = [m for m in n.discriminator_modules() if not any(m is j for j in judged)]
+        judged = {"D_image": [n.disc_s, n.disc_t], "D_seg": [n.seg_discs] if n.seg_discs is not None else []}
+        frozen = [m for m in n.discriminator_modules() if not any(m is j for js in judged.values() for j in js)]
 
         set_requires_grad(frozen, False)
         self.opt_g.zero_grad(set_to_none=True)
         self.opt_d.zero_grad(set_to_none=True)
-        self._d_fake = {}
         with self.rt.autocast():
             out = self._translate(x, t)
-            g_terms = self.generator_losses(x, y_x, t, out)
+            g_terms, d_fake = self.generator_losses(x, y_x, t, out)
             loss_g = self.weighted_total(g_terms)
-        d_fake = dict(self._d_fake)
         if d_fake:
             # D weight gradients of the fake halves: the same values and gradients as a D-step
             # pass over the detached fakes (D is not updated in between), without that pass
-            d_inputs = [p for m in judged for p in m.parameters()]
+            d_inputs = [p for k in d_fake for m in judged[k] for p in m.parameters()]
             torch.autograd.backward(sum(d_fake.values()), inputs=d_inputs, retain_graph=True)
         loss_g.backward(inputs=self.g_params)        # generator gradients only
         if self.sync is not None:
@@ -266,7 +269,7 @@ class JointTrainer:
         self._fakes = {k: out[k].detach() for k in keep if k in out}
         del out
         with self.rt.autocast():
-            d_terms = self.discriminator_losses(x, y_x, t)
+            d_terms = self.discriminator_losses(x, y_x, t, frozenset(d_fake))
             loss_d = sum(d_terms.values())
         loss_d.backward()
         if self.sync is not None:
@@ -274,7 +277,7 @@ class JointTrainer:
         self.opt_d.step()
         if self.sync is not None:
             self.sync.buffers(self.nets)
-        self._fakes, self._d_fake = {}, {}
+        self._fakes = {}
 
         for k, v in d_fake.items():                  # log the whole D terms
             d_terms[k] = d_terms[k] + v.detach()
