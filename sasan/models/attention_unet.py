@@ -15,6 +15,39 @@ from sasan.models.blocks import ConvBlock, check_divisible
 _PHASE_TAPS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
 
+class _AddPhases(torch.autograd.Function):
+    """out[:, :, 2i + dy, 2j + dx] += lo[:, dy, dx, :, i + dy, j + dx] for the four output
+    phases (dy, dx), in place on ``out`` (N, Co, 2h, 2w); lo is (N, 2, 2, Co, h + 1, w + 1).
+    Autograd's slice-and-stack form zero-fills a full-size gradient of ``lo`` once per
+    phase; this backward writes each element of it once."""
+
+    @staticmethod
+    def forward(ctx, out: Tensor, lo: Tensor) -> Tensor:
+        n, co, h2, w2 = out.shape
+        h, w = h2 // 2, w2 // 2
+        ctx.hw = h, w
+        grid = out.view(n, co, h, 2, w, 2)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                grid[:, :, :, dy, :, dx].add_(lo[:, dy, dx, :, dy:dy + h, dx:dx + w])
+        ctx.mark_dirty(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        h, w = ctx.hw
+        n, co = g.shape[:2]
+        grid = g.view(n, co, h, 2, w, 2)
+        d_lo = g.new_empty(n, 2, 2, co, h + 1, w + 1)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                d = d_lo[:, dy, dx]
+                d[:, :, dy:dy + h, dx:dx + w].copy_(grid[:, :, :, dy, :, dx])
+                d[:, :, h if dy == 0 else 0].zero_()           # the row this phase never reads
+                d[:, :, :, w if dx == 0 else 0].zero_()        # the column
+        return g, d_lo
+
+
 def up_concat_conv3x3(low: Tensor, skip: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """conv3x3(reflect_pad_1(cat([nearest_up_2x(low), skip]))) without building the
     up-sampled input: the low half of ``weight`` becomes four 2x2 kernels (one per output
@@ -28,9 +61,7 @@ def up_concat_conv3x3(low: Tensor, skip: Tensor, weight: Tensor, bias: Tensor | 
     out = F.conv2d(F.pad(skip, (1, 1, 1, 1), mode="reflect"), weight[:, cl:], bias)
     # phase (dy, dx) of the output, at low-res position (i, j), is lo[dy, dx][i + dy, j + dx]
     lo = F.conv2d(F.pad(low, (1, 1, 1, 1), mode="replicate"), w_low).view(n, 2, 2, co, h + 1, w + 1)
-    phases = torch.stack([torch.stack([lo[:, dy, dx, :, dy:dy + h, dx:dx + w] for dx in (0, 1)], -1)
-                          for dy in (0, 1)], -3)                            # (N, Co, h, 2, w, 2)
-    return out + phases.reshape(n, co, 2 * h, 2 * w)
+    return _AddPhases.apply(out, lo)
 
 
 class AttentionModule(nn.Module):

@@ -94,6 +94,15 @@ class JointTrainer:
 
     # ------------------------------------------------------------------ forward
     def _translate(self, x: Tensor, t: Tensor) -> dict[str, Tensor]:
+        """Every pass of the G step, each network called on as large a batch as the data
+        dependencies allow (instance norm is per sample, so batching changes nothing):
+
+            S_t: enc [x, t]          dec fake_t (A_s maps)    enc fake_s    dec [idt_t, rec_t]
+            A_t: [t, fake_t]         S_s: enc [t, x, fake_t]  dec [fake_s, rec_x]   dec idt_s
+            A_s: x (no grad when frozen), fake_s
+
+        The decodes driven by the frozen A_s's maps run apart from those driven by trained
+        maps, so the norms compute map gradients only where they flow."""
         n = self.nets
         if not n.attention:
             return self._translate_constant_maps(x, t)
@@ -107,43 +116,37 @@ class JointTrainer:
             out["att_s_x"], out["seg_s_x"] = n.att_s(x)
         att_s_x = scale_gradient(out["att_s_x"], g)
         feat_t_in = n.syn_t.encode(torch.cat([x, t]))       # S_t's encodings of [x, t]
-        feat_s_in = n.syn_s.encode(torch.cat([t, x]))       # S_s's encodings of [t, x]
-        # fake_t needs only A_s's maps, so A_t then judges [t, fake_t] in one batch; the
-        # decoder passes driven by A_s's maps run apart from those driven by A_t's, so the
-        # norms compute map gradients only where they flow (A_s is frozen)
         out["fake_t"] = n.syn_t.decode(feat_t_in[:b], att_s_x)
         att_t, seg_t = n.att_t(torch.cat([t, out["fake_t"]]))
         (out["att_t_t"], out["att_t_fake"]), (out["seg_t_t"], out["seg_t_fake"]) = att_t.split(b), seg_t.split(b)
-        att_t_t = scale_gradient(out["att_t_t"], g)
-        out["idt_t"] = n.syn_t.decode(feat_t_in[b:], att_t_t)
-        out["fake_s"] = n.syn_s.decode(feat_s_in[:b], att_t_t)
-        out["idt_s"] = n.syn_s.decode(feat_s_in[b:], att_s_x)
-        out["feat_x_by_t"] = feat_t_in[:b]      # S_t's encoding of real source images
-        out["feat_t_by_s"] = feat_s_in[:b]      # S_s's encoding of real target images
+        feat_s_in = n.syn_s.encode(torch.cat([t, x, out["fake_t"]]))
+        out["feat_t_by_s"], feat_x_by_s, out["feat_fake_t_by_s"] = feat_s_in.split(b)
+        out["fake_s"], out["rec_x"] = n.syn_s.decode(
+            torch.cat([out["feat_t_by_s"], out["feat_fake_t_by_s"]]),
+            scale_gradient(att_t, g)).split(b)         # att_t = [maps of t, maps of fake_t]
+        out["idt_s"] = n.syn_s.decode(feat_x_by_s, att_s_x)
         out["att_s_fake"], out["seg_s_fake"] = n.att_s(out["fake_s"])
-        return self._reconstruct(out, scale_gradient(out["att_t_fake"], g), scale_gradient(out["att_s_fake"], g))
+        out["feat_fake_s_by_t"] = feat_fake_s = n.syn_t.encode(out["fake_s"])
+        out["idt_t"], out["rec_t"] = n.syn_t.decode(
+            torch.cat([feat_t_in[b:], feat_fake_s]),
+            scale_gradient(torch.cat([out["att_t_t"], out["att_s_fake"]]), g)).split(b)
+        out["feat_x_by_t"] = feat_t_in[:b]      # S_t's encoding of real source images
+        return out
 
     def _translate_constant_maps(self, x: Tensor, t: Tensor) -> dict[str, Tensor]:
-        """CycleGAN ablation: translation and identity batched through each module."""
+        """CycleGAN ablation: constant maps, so the passes batch further than SASAN's:
+        S_t on [x, t], S_s on [t, x, fake_t], S_t on fake_s."""
         n = self.nets
         b = x.shape[0]
         out: dict[str, Tensor] = {}
         feat_t_in = n.syn_t.encode(torch.cat([x, t]))
-        feat_s_in = n.syn_s.encode(torch.cat([t, x]))
         out["fake_t"], out["idt_t"] = n.syn_t.decode(feat_t_in, None).split(b)
-        out["fake_s"], out["idt_s"] = n.syn_s.decode(feat_s_in, None).split(b)
-        out["feat_x_by_t"], out["feat_t_by_s"] = feat_t_in[:b], feat_s_in[:b]
-        return self._reconstruct(out, None, None)
-
-    def _reconstruct(self, out: dict[str, Tensor], maps_fake_t: Optional[Tensor],
-                     maps_fake_s: Optional[Tensor]) -> dict[str, Tensor]:
-        """The cycle: rec_x = S_s(fake_t, maps of fake_t), rec_t = S_t(fake_s, maps of fake_s)."""
-        n = self.nets
-        feat_fake_t = n.syn_s.encode(out["fake_t"])
-        feat_fake_s = n.syn_t.encode(out["fake_s"])
-        out["feat_fake_t_by_s"], out["feat_fake_s_by_t"] = feat_fake_t, feat_fake_s
-        out["rec_x"] = n.syn_s.decode(feat_fake_t, maps_fake_t)
-        out["rec_t"] = n.syn_t.decode(feat_fake_s, maps_fake_s)
+        feat_s_in = n.syn_s.encode(torch.cat([t, x, out["fake_t"]]))
+        out["fake_s"], out["idt_s"], out["rec_x"] = n.syn_s.decode(feat_s_in, None).split(b)
+        out["feat_fake_s_by_t"] = n.syn_t.encode(out["fake_s"])
+        out["rec_t"] = n.syn_t.decode(out["feat_fake_s_by_t"], None)
+        out["feat_x_by_t"] = feat_t_in[:b]
+        out["feat_t_by_s"], out["feat_fake_t_by_s"] = feat_s_in[:b], feat_s_in[2 * b:]
         return out
 
     # ------------------------------------------------------------------ losses

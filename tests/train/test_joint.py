@@ -212,3 +212,44 @@ def test_step_equals_separate_generator_and_discriminator_passes(variant):
     moved = [not torch.equal(a, b) for a, b in zip(nets_a.disc_t.state_dict().values(),
                                                     make_trainer(cfg)[0].disc_t.state_dict().values())]
     assert any(moved)                       # the discriminators did train
+
+
+@pytest.mark.parametrize("variant", ["sasan", "cyclegan"])
+def test_translate_equals_the_written_passes(variant):
+    """_translate batches each network's passes as far as the data dependencies allow; every
+    output, and the gradient of a loss on all of them with respect to every generator
+    parameter, must equal METHOD.md's passes written one by one."""
+    cfg = variant_config(tiny_config(), variant)
+    nets, trainer = make_trainer(cfg)
+    batch = fixed_batch()
+    x, t = batch["x"], batch["t"]
+    n = nets
+    if n.attention:
+        att_s = lambda img: n.att_s(img)[0]
+        att_t = lambda img: n.att_t(img)[0]
+    else:
+        att_s = att_t = lambda img: None
+    ref = {}
+    ref["fake_t"] = n.syn_t(x, att_s(x))
+    ref["fake_s"] = n.syn_s(t, att_t(t))
+    ref["rec_x"] = n.syn_s(ref["fake_t"], att_t(ref["fake_t"]))
+    ref["rec_t"] = n.syn_t(ref["fake_s"], att_s(ref["fake_s"]))
+    ref["idt_s"] = n.syn_s(x, att_s(x))
+    ref["idt_t"] = n.syn_t(t, att_t(t))
+    if n.attention:
+        ref["att_t_fake"] = att_t(ref["fake_t"])
+        ref["att_s_fake"] = att_s(ref["fake_s"])
+    out = trainer._translate(x, t)
+    params = [p for p in trainer.g_params if p.requires_grad]
+    for name, want in ref.items():
+        assert torch.allclose(out[name], want, rtol=1e-4, atol=1e-5), name
+    loss = lambda d: sum((d[k] * (i + 1)).square().mean() for i, k in enumerate(sorted(ref)))
+    got_g = torch.autograd.grad(loss(out), params, allow_unused=True)
+    want_g = torch.autograd.grad(loss(ref), params, allow_unused=True)
+    # gradients that are zero in theory (a conv bias before an instance norm) are float noise:
+    # compare against the largest gradient of any parameter as well as the parameter's own
+    scale = max(e.abs().max().item() for e in want_g if e is not None)
+    for p, a, e in zip(params, got_g, want_g):
+        assert (a is None) == (e is None)
+        if a is not None:
+            assert (a - e).abs().max() <= 1e-3 * e.abs().max() + 1e-5 * scale
