@@ -72,7 +72,7 @@ def one(variant: str, device: str, size: int, batch: int, iters: int, profile: b
     return {"variant": variant, "device": str(rt.device), "s_per_it": min(times), "s_per_it_median": statistics.median(times),
             "times": times, "peak_mem_mb": peak_mb, "loss_terms": sorted(k for k in logs if k.startswith("G/")),
             "generator_params": sum(count_parameters(m) for m in nets.generator_modules()),
-            "winograd_convs": swapped, "bf16": rt.bf16, "channels_last": rt.channels_last, "threads": torch.get_num_threads()}
+            "fast_cpu_convs": swapped, "bf16": rt.bf16, "channels_last": rt.channels_last, "threads": torch.get_num_threads()}
 
 
 def main() -> None:

@@ -176,7 +176,7 @@ static void add_to(long n, float *restrict dst, const float *restrict src)
 /* offset of plane p = n * C + c in a (C, N, T) block */
 #define TILE_ROW(p, C, planes, T) ((((p) % (C)) * ((planes) / (C)) + (p) / (C)) * (T))
 
-int wino_abi_version(void) { return 4; }
+int wino_abi_version(void) { return 5; }
 
 /* x planes (H x W) -> v (36, C, N, T) */
 int wino_in(const float *restrict x, float *restrict v, long planes, long p0, long p1,
@@ -358,3 +358,105 @@ int wino_out_t(const float *restrict dy, float *restrict dm, long planes, long p
     free(buf);
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------
+ * Few-output-channel correlation (not Winograd; it shares this library's build and cache):
+ *
+ *   out[n, c, y, x] = sum_{o, a, b} w[o, a, b, c] * g[n, o, y + a - pad, x + b - pad]
+ *
+ * g (N, O, H, W), zero outside; w (O, k, k, C), C <= 8; out (N, C, Ho, Wo) with
+ * Ho = H + 2 pad - k + 1, Wo = W + 2 pad - k + 1; output rows [r0, r1) of the N * Ho.
+ * This is the input gradient of a stride-1 convolution with C input channels (w = the
+ * flipped, transposed weight, pad = k - 1 - the convolution's padding), the direction in
+ * which oneDNN's kernels, vectorised over channels, leave most of an AVX-512 register
+ * empty. Here the 16 lanes run along the row: 2 x C accumulators of 16 pixels, each input
+ * row segment loaded once per (o, a, b) and used for C fused multiply-adds.  Input rows
+ * are copied, zero-padded, into a per-call row buffer, so the inner loop has no edge
+ * cases.  AVX-512 only (corr_available() says whether this build has it).
+ */
+#if defined(__AVX512F__)
+#define CORR_LANES 32   /* pixels per block: two 16-float registers */
+
+#define CORR_KERNEL(CN)                                                                      \
+static void corr_block_##CN(const float *restrict rows, const float *restrict w, long O,    \
+                            long k, long wp, long x0, float *restrict acc_out)               \
+{                                                                                            \
+    __m512 acc[CN][2];                                                                       \
+    for (int c = 0; c < CN; c++) { acc[c][0] = _mm512_setzero_ps(); acc[c][1] = _mm512_setzero_ps(); } \
+    for (long o = 0; o < O; o++) {                                                           \
+        for (long a = 0; a < k; a++) {                                                       \
+            const float *row = rows + (o * k + a) * wp + x0;                                 \
+            const float *wr = w + (o * k + a) * k * CN;                                      \
+            for (long b = 0; b < k; b++) {                                                   \
+                __m512 v0 = _mm512_loadu_ps(row + b), v1 = _mm512_loadu_ps(row + b + 16);    \
+                for (int c = 0; c < CN; c++) {                                               \
+                    __m512 s = _mm512_set1_ps(wr[b * CN + c]);                               \
+                    acc[c][0] = _mm512_fmadd_ps(s, v0, acc[c][0]);                           \
+                    acc[c][1] = _mm512_fmadd_ps(s, v1, acc[c][1]);                           \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    for (int c = 0; c < CN; c++) {                                                           \
+        _mm512_storeu_ps(acc_out + c * CORR_LANES, acc[c][0]);                               \
+        _mm512_storeu_ps(acc_out + c * CORR_LANES + 16, acc[c][1]);                          \
+    }                                                                                        \
+}
+CORR_KERNEL(1) CORR_KERNEL(2) CORR_KERNEL(3) CORR_KERNEL(4)
+CORR_KERNEL(5) CORR_KERNEL(6) CORR_KERNEL(7) CORR_KERNEL(8)
+
+typedef void (*corr_block_fn)(const float *restrict, const float *restrict, long, long, long,
+                              long, float *restrict);
+static const corr_block_fn corr_blocks[9] = {
+    0, corr_block_1, corr_block_2, corr_block_3, corr_block_4,
+    corr_block_5, corr_block_6, corr_block_7, corr_block_8};
+
+int corr_available(void) { return 1; }
+
+int corr_few(const float *restrict g, const float *restrict w, float *restrict out,
+             long units, long r0, long r1, long C, long O, long H, long W, long k, long pad)
+{
+    (void)units;
+    if (C < 1 || C > 8) return 2;
+    long Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
+    long blocks = (Wo + CORR_LANES - 1) / CORR_LANES;
+    long wp = blocks * CORR_LANES + k;             /* row buffer: every block reads in bounds */
+    float *rows = calloc((size_t)(O * k * wp), sizeof(float));
+    float acc[8 * CORR_LANES];
+    if (!rows) return 1;
+    corr_block_fn block = corr_blocks[C];
+    for (long r = r0; r < r1; r++) {
+        long n = r / Ho, y = r % Ho;
+        for (long o = 0; o < O; o++) {
+            for (long a = 0; a < k; a++) {
+                float *dst = rows + (o * k + a) * wp;
+                long sy = y + a - pad;
+                if (sy < 0 || sy >= H) {
+                    memset(dst, 0, (size_t)wp * sizeof(float));
+                } else {      /* the pad columns and the tail stay zero from calloc */
+                    memcpy(dst + pad, g + ((n * O + o) * H + sy) * W, (size_t)W * sizeof(float));
+                }
+            }
+        }
+        for (long bx = 0; bx < blocks; bx++) {
+            long x0 = bx * CORR_LANES, nx = Wo - x0 < CORR_LANES ? Wo - x0 : CORR_LANES;
+            block(rows, w, O, k, wp, x0, acc);
+            for (long c = 0; c < C; c++)
+                memcpy(out + ((n * C + c) * Ho + y) * Wo + x0, acc + c * CORR_LANES,
+                       (size_t)nx * sizeof(float));
+        }
+    }
+    free(rows);
+    return 0;
+}
+#else
+int corr_available(void) { return 0; }
+
+int corr_few(const float *restrict g, const float *restrict w, float *restrict out,
+             long units, long r0, long r1, long C, long O, long H, long W, long k, long pad)
+{
+    (void)g; (void)w; (void)out; (void)units; (void)r0; (void)r1;
+    (void)C; (void)O; (void)H; (void)W; (void)k; (void)pad;
+    return 2;
+}
+#endif

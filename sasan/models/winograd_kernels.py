@@ -12,6 +12,11 @@ hashes the source, the compiler and the CPU, so a shared home directory holds on
 kind of machine. Without a working compiler, or with ``SASAN_WINOGRAD_KERNELS=0``, the
 caller falls back to the PyTorch-op transforms (same results up to float rounding).
 Only fp32 CPU tensors use them; CUDA never does.
+
+The same library holds one kernel that is not a Winograd transform: ``correlate_few``, the
+input gradient of a convolution with at most 8 input channels, vectorised along image rows
+(sasan/models/few_channel.py; AVX-512 builds only, else nn.Conv2d's own gradient is used).
+``SASAN_WINOGRAD_KERNELS=0`` turns it off too.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("winograd_kernels.c")
-ABI_VERSION = 4
+ABI_VERSION = 5
 # outputs larger than this are written with non-temporal stores (about half a typical
 # last-level cache: smaller ones are read back by the next matrix product from the cache)
 STREAM_BYTES = 16 << 20
@@ -114,6 +119,8 @@ def _load() -> Optional[ctypes.CDLL]:
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = [_P, _P, _L, _L, _L, _L, _L, _L, _L, _L, ctypes.c_int], ctypes.c_int
     lib.wino_out.argtypes, lib.wino_out.restype = [_P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _L, ctypes.c_int], ctypes.c_int
+    lib.corr_few.argtypes, lib.corr_few.restype = [_P, _P, _P] + [_L] * 9, ctypes.c_int
+    lib.corr_available.argtypes, lib.corr_available.restype = [], ctypes.c_int
     return lib
 
 
@@ -213,3 +220,35 @@ def output_transform_t(dy: Tensor, out: Optional[Tensor] = None) -> Tensor:
     """Transpose of ``output_transform`` (without the bias): dy (N, K, H, W) -> dM (36, K, N, T),
     into ``out`` (any tensor with that many elements) when given."""
     return _to_tiles(library().wino_out_t, dy, out=out)
+
+
+# ---------------------------------------------------------------- few-channel correlation
+def correlation_available() -> bool:
+    """Whether the library has the few-output-channel correlation (AVX-512 builds only)."""
+    lib = library()
+    return lib is not None and bool(lib.corr_available())
+
+
+def correlate_few(g: Tensor, w: Tensor, pad: int) -> Tensor:
+    """out[n, c, y, x] = sum_{o, a, b} w[o, a, b, c] * g[n, o, y + a - pad, x + b - pad]
+    (zero outside g): g (N, O, H, W), w (O, k, k, C) with C <= 8 -> (N, C, H + 2 pad - k + 1,
+    W + 2 pad - k + 1). The input gradient of a stride-1 convolution with C input channels
+    (``conv_input_grad``)."""
+    _check(g)
+    _check(w)
+    n, o, h, wd = g.shape
+    o2, k, k2, c = w.shape
+    if o2 != o or k2 != k or not 1 <= c <= 8 or not 0 <= pad < k:
+        raise ValueError(f"correlate_few: g {tuple(g.shape)}, w {tuple(w.shape)}, pad {pad}")
+    ho, wo = h + 2 * pad - k + 1, wd + 2 * pad - k + 1
+    out = g.new_empty(n, c, ho, wo)
+    _run(library().corr_few, n * ho, (g.data_ptr(), w.data_ptr(), out.data_ptr()), (c, o, h, wd, k, pad))
+    return out
+
+
+def conv_input_grad(dy: Tensor, weight: Tensor, padding: int) -> Tensor:
+    """Gradient of F.conv2d(x, weight, padding=padding) (stride 1) with respect to x, for a
+    weight (O, C, k, k) with C <= 8: dy (N, O, H', W') -> (N, C, H, W)."""
+    k = weight.shape[-1]
+    w = weight.detach().flip(2, 3).permute(0, 2, 3, 1).contiguous()      # (O, k, k, C)
+    return correlate_few(dy.contiguous(), w, k - 1 - padding)

@@ -68,14 +68,21 @@ def keep_freed_memory() -> bool:
 
 
 def fast_cpu_convs(module: nn.Module, runtime: Runtime, enabled: bool) -> int:
-    """On CPU, compute the large zero-padded 3x3 convolutions (>= 32 channels each side and
-    C_in * C_out >= 2048, at >= 64x64: the SASAN blocks' convs and the norms' gamma/beta convs)
-    with Winograd F(4x4, 3x3), tile transforms in C (sasan/models/winograd_kernels.py): same
-    parameters, results within ~1e-5 relative, 1.3-2x faster forward+backward
-    (bench/results/winograd.json). Used for training; inference keeps the default kernels
-    (the forward pass alone gains much less)."""
+    """On CPU, swap convolutions for faster exact implementations (same parameters, results
+    within ~1e-5 relative); return how many were swapped:
+
+    * the large zero-padded 3x3 convolutions (>= 32 channels each side and C_in * C_out >=
+      2048, at >= 64x64: the SASAN blocks' convs and the norms' gamma/beta convs) run as
+      Winograd F(4x4, 3x3) with tile transforms in C (sasan/models/winograd_kernels.py),
+      1.3-2x faster forward+backward (bench/results/winograd.json);
+    * convolutions with <= 8 input channels get their input gradient from a C kernel
+      (sasan/models/few_channel.py), about 2x faster than oneDNN's.
+
+    Used for training; inference keeps the default kernels (the forward pass alone gains
+    much less)."""
     if not enabled or runtime.device.type != "cpu":
         return 0
+    from sasan.models.few_channel import few_input_convs
     from sasan.models.winograd import winograd_convs
 
-    return winograd_convs(module)
+    return winograd_convs(module) + few_input_convs(module)

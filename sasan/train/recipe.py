@@ -224,7 +224,7 @@ class Trainer:
         if self.sync is not None:
             self.sync.broadcast(nets)
         self.summary["parameters"] = {name: count_parameters(m) for name, m in nets.named_children()}
-        self.summary["winograd_convs"] = fast_cpu_convs(nets, self.rt, self.cfg.train.winograd)
+        self.summary["fast_cpu_convs"] = fast_cpu_convs(nets, self.rt, self.cfg.train.winograd)
         if nets.att_s is not None and not paired:
             self.pretrain_attention(nets, data)
             if self.cfg.train.joint.init_target_attention == "source":

@@ -121,10 +121,12 @@ def test_two_ranks_equal_one_process_with_doubled_batch(tmp_path):
     diff = torch.cat([(ddp[k] - single[k]).abs().flatten() for k in ddp if ddp[k].is_floating_point()])
     # The averaged gradient equals the doubled-batch gradient up to float rounding (the sum is
     # split differently). Adam divides by sqrt(v): where a gradient is ~0 that rounding can
-    # change an element's update by up to one lr, so a handful of elements differ by <= lr per
-    # step and everything else agrees to 1e-6 (measured: 0.015% of 236k elements > 1e-6).
+    # change an element's update by up to one lr, so a few elements differ by <= lr per step
+    # and everything else agrees to 1e-6 (measured: 0.02% of 236k elements > 1e-6 with
+    # oneDNN's input gradients, 0.33% with the C kernel's for the few-input-channel convs,
+    # whose rounding differs; the median difference is 0 either way).
     lr, steps = _config(4).train.joint.lr, 3
-    assert float((diff > 1e-6).float().mean()) < 1e-3, "more than rounding: the batches differ"
+    assert float((diff > 1e-6).float().mean()) < 1e-2, "more than rounding: the batches differ"
     assert float(diff.max()) <= steps * lr * 1.01
     assert float(diff.median()) < 1e-7
     # the weights moved in those 3 steps by far more than the tolerance (not a vacuous check)
