@@ -4,8 +4,9 @@ few input channels in a SASAN training step (sasan/models/few_channel.py).
 fp32 CPU, the step's own shapes (256x256, batch 2: the decodes that carry map gradients run
 at batch 4). The two implementations are interleaved round by round so that load from
 other processes hits them alike; min over --repeats rounds (and the median, to show the
-noise), and the max error relative to the gradient's scale. Writes
-bench/results/few_channel.json.
+noise), and the max error relative to the gradient's scale. Runs with glibc huge pages, as
+`sasan train` does (sasan/hugepages.py; the kernel reads rows from many planes, which
+costs TLB misses with 4 KB pages). Writes bench/results/few_channel.json.
 
     python bench/few_channel.py [--repeats 9] [--threads 2]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -25,6 +27,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from sasan.hugepages import reexec_with_hugepages  # noqa: E402
 from sasan.models import winograd_kernels  # noqa: E402
 from sasan.train.device import keep_freed_memory  # noqa: E402
 
@@ -46,6 +49,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "few_channel.json")
     args = ap.parse_args()
+    reexec_with_hugepages()
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     if not winograd_kernels.correlation_available():
@@ -80,6 +84,7 @@ def main() -> None:
         print(f"{name:42s} oneDNN {row['onednn_ms']:7.2f} ms  C {row['c_kernel_ms']:7.2f} ms  "
               f"{row['speedup']:.2f}x  err {err:.1e}", flush=True)
     result = {"machine": {"cpu": platform.machine(), "threads": args.threads, "torch": torch.__version__},
+              "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
               "repeats": args.repeats, "input_gradient": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
