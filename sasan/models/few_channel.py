@@ -9,10 +9,10 @@ spend 2-6x longer on it than the multiply-adds need. ``FewInputConv2d`` computes
 gradient with a C kernel vectorised along image rows (``winograd_kernels.correlate_few``);
 the forward pass and the weight and bias gradients stay with oneDNN.
 
-Measured on this 2-core AVX-512 CPU (batch 4, oneDNN -> C kernel): the 8 -> 64 map conv at
-256x256 35.4 -> 19.8 ms, at 128x128 9.0 -> 5.0 ms; the 3 -> 32 5x5 conv 34.4 -> 17.1 ms;
-the 8 -> 5 read-out 10.2 -> 1.6 ms (``bench/few_channel.py``). Without an AVX-512 build
-of the kernels the modules behave exactly like nn.Conv2d.
+Measured on this 2-core AVX-512 CPU (batch 4, oneDNN -> C kernel, ``bench/few_channel.py``):
+the 8 -> 64 map conv at 256x256 35.8 -> 27.1 ms, at 128x128 9.0 -> 5.5 ms; the 3 -> 32 5x5
+conv 34.2 -> 21.6 ms; the 8 -> 5 read-out 10.2 -> 4.0 ms. Without an AVX-512 build of the
+kernels the modules behave exactly like nn.Conv2d.
 """
 
 from __future__ import annotations
