@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from sasan.models import winograd_kernels as _kernels
+from sasan.models.blocks import as_subclass
 
 MAX_IN_CHANNELS = 8
 
@@ -83,11 +84,7 @@ def few_input_convs(module: nn.Module) -> int:
     count = 0
     for name, child in list(module.named_children()):
         if type(child) is nn.Conv2d and _eligible(child):
-            new = FewInputConv2d.__new__(FewInputConv2d)
-            new.__dict__.update(child.__dict__)          # same Parameters, hooks, training flag
-            new._parameters = dict(child._parameters)
-            new._buffers, new._modules = dict(child._buffers), dict(child._modules)
-            setattr(module, name, new)
+            setattr(module, name, as_subclass(child, FewInputConv2d))
             count += 1
         else:
             count += few_input_convs(child)

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sasan.models import winograd_kernels as _kernels
+from sasan.models.blocks import as_subclass
 
 _F43 = (
     [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -348,10 +349,7 @@ def winograd_convs(module: nn.Module, min_channels: int = MIN_CHANNELS, m: int =
     count = 0
     for name, child in list(module.named_children()):
         if type(child) is nn.Conv2d and _eligible(child, min_channels, min_product):
-            new = WinogradConv2d.__new__(WinogradConv2d)
-            new.__dict__.update(child.__dict__)          # same Parameters, hooks, training flag
-            new._parameters = dict(child._parameters)
-            new._buffers, new._modules = dict(child._buffers), dict(child._modules)
+            new = as_subclass(child, WinogradConv2d)
             new.m, new.min_size = m, min_size
             new.winograd_ok = True
             setattr(module, name, new)
