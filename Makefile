@@ -7,10 +7,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: venv run test test-fast bench clean image image-cpu image-mlflow image-push
 
-$(STAMP): pyproject.toml requirements/constraints.txt
+$(STAMP): pyproject.toml requirements/constraints.txt requirements/templates.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c requirements/constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements/templates.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
