@@ -76,18 +76,9 @@ class JointConfig(StrictModel):
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 2e-4
     batch_size: int = Field(2, ge=1)
-    seg_real: Literal["labels", "source_attention"] = "labels"
-    train_source_attention: bool = Field(False, description="keep A_s trainable after pre-training")
     init_target_attention: Literal["source", "random"] = Field(
-        "source", description="start A_t from the pre-trained A_s (same anatomy, other contrast) or from scratch")
-    aux_seg_to_generator: bool = Field(
-        True, description="let the auxiliary segmentation loss on A_t(fake_t) reach S_t through fake_t "
-                          "(paper); false = A_t learns from a detached fake_t, so S_t cannot paint cues for it")
-    attention_synthesis_grad: float = Field(
-        1.0, ge=0.0, le=1.0,
-        description="scale of the image losses' gradient reaching the attention maps through the SASAN norms "
-                    "(1 = end to end as in the paper; 0 = the maps learn only from the segmentation and "
-                    "attention terms)")
+        "source", description="start A_t from the pre-trained A_s (METHOD.md is silent; 'source' makes A_t's "
+                              "maps mean A_s's anatomy from step 0, which attention consistency assumes)")
 
 
 class SegmenterConfig(StrictModel):
@@ -96,10 +87,6 @@ class SegmenterConfig(StrictModel):
     lr: float = 4e-4
     batch_size: int = Field(16, ge=1)
     fake_source: bool = Field(True, description="fake-source augmentation (ablation switch)")
-    pseudo_label_confidence: float = Field(
-        0.0, ge=0.0, lt=1.0,
-        description="fake-source pixels whose A_t softmax confidence is below this are left out of the "
-                    "segmenter's loss (0 = keep every pseudo-label, as in the paper)")
 
 
 class AugmentConfig(StrictModel):
@@ -113,7 +100,6 @@ class TrainConfig(StrictModel):
     bf16: bool = Field(True, description="bf16 autocast (CUDA only)")
     channels_last: bool = Field(True, description="channels_last memory format (CUDA only)")
     num_workers: int = Field(0, ge=0)
-    winograd: bool = Field(True, description="CPU training: Winograd F(4x4,3x3) for the large 3x3 convs")
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     log_every: int = Field(10, ge=1)
     pretrain: PretrainConfig = PretrainConfig()

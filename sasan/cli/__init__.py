@@ -45,15 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _subcommand(argv: list[str]) -> str | None:
-    return next((a for a in argv if not a.startswith("-")), None)
-
-
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and _subcommand(sys.argv[1:]) == "train":
-        from sasan.hugepages import reexec_with_hugepages
-
-        reexec_with_hugepages()        # returns only where it does not apply (or already did)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

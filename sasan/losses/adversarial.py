@@ -52,8 +52,7 @@ def lsgan_fake_loss(pred_fake: Tensor | Sequence[Tensor]) -> Tensor:
 
 
 def one_hot(labels: Tensor, num_classes: int) -> Tensor:
-    """Integer labels (B, H, W) in [0, num_classes) -> float one-hot maps (B, C, H, W); the
-    segmentation discriminators' "real" samples."""
+    """Integer labels (B, H, W) in [0, num_classes) -> float one-hot maps (B, C, H, W)."""
     if labels.dim() != 3:
         raise ValueError(f"labels must be (B, H, W), got {tuple(labels.shape)}")
     return F.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).float()
@@ -86,8 +85,7 @@ def seg_discriminator_scores(seg_discs: Sequence[nn.Module], groups: list[Tensor
 def seg_scores_loss(scores: Sequence[Sequence[Tensor]], target: float, num_classes: int,
                     weight: float = 1.0) -> Tensor:
     """(weight / C) sum over classes c and groups g of mean((scores[c-1][g] - target)^2):
-    the generator side (target 1), the fakes' half of the discriminator side (target 0), or
-    its real half (target 1, weight = number of fakes judged against the real maps)."""
+    the generator side (target 1), or one half of the discriminator side."""
     terms = [((s - target) ** 2).mean() for per_class in scores for s in per_class]
     return weight * torch.stack(terms).sum() / num_classes
 
@@ -106,13 +104,12 @@ def seg_adversarial_discriminator_loss(
     seg_discs: Sequence[nn.Module], probs_real: Tensor, probs_fake: Tensor | Sequence[Tensor]
 ) -> Tensor:
     """Segmentation adversarial term, discriminator side:
-    (1 / C) sum_{c=1}^{C-1} [mean((D_c(r_c) - 1)^2) + mean(D_c(f_c)^2)],
-    r_c, f_c = channel c of probs_real (e.g. ``one_hot`` source labels) and probs_fake
-    (softmax predictions, detached by the caller), both (B, C, H, W). A list of fakes gives
-    the sum of the terms for each fake against the same real maps; the real maps are
-    judged once. Scalar."""
+    (1 / C) sum_{c=1}^{C-1} [mean((D_c(r_c) - 1)^2) + sum_f mean(D_c(f_c)^2)],
+    r_c, f_c = channel c of probs_real (softmax(A_s(x)), the frozen source module on real
+    source images) and of each fake map (softmax(A_s(fake_s)), softmax(A_t(t)), detached
+    by the caller), all (B, C, H, W). Each real and each fake term is counted once. Scalar."""
     fakes = _as_list(probs_fake)
     scores = seg_discriminator_scores(seg_discs, [probs_real] + fakes)
     c = probs_real.shape[1]
-    return (seg_scores_loss([[real] for real, *_ in scores], 1.0, c, weight=len(fakes))
+    return (seg_scores_loss([[real] for real, *_ in scores], 1.0, c)
             + seg_scores_loss([fake for _, *fake in scores], 0.0, c))

@@ -10,15 +10,17 @@ from torch import Tensor
 def orthogonality_loss(maps: Tensor, eps: float = 1e-8) -> Tensor:
     """Orthogonality of K attention maps, maps (B, K, H, W), K >= 2:
     M = maps as (B, K, HW) with each row divided by max(||row||_2, eps); G = M M^T (B, K, K);
-    L = mean over b and i != j of G_bij^2.
-    0 for spatially disjoint maps, 1 for K identical (non-zero) maps. Scalar."""
+    L = 2 / (K (K - 1)) x sum over b and i != j of G_bij^2.
+    The authors' normalisation: a sum over the batch, so it grows with B (B = 2 in joint
+    training, 16 in pre-training). 0 for spatially disjoint maps, 2 B for K identical
+    (non-zero) maps. Scalar."""
     if maps.dim() != 4 or maps.shape[1] < 2:
         raise ValueError(f"maps must be (B, K, H, W) with K >= 2, got {tuple(maps.shape)}")
     b, k = maps.shape[:2]
     m = F.normalize(maps.flatten(2), p=2.0, dim=2, eps=eps)
     gram = m @ m.transpose(1, 2)
     diag_sq = gram.diagonal(dim1=1, dim2=2).pow(2).sum()
-    return (gram.pow(2).sum() - diag_sq) / (b * k * (k - 1))
+    return 2.0 * (gram.pow(2).sum() - diag_sq) / (k * (k - 1))
 
 
 def attention_consistency_loss(att_a: Tensor, att_b: Tensor) -> Tensor:

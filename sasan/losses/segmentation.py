@@ -86,16 +86,14 @@ def seg_loss(logits: Tensor, labels: Tensor, dice_weight: float = 0.2) -> Tensor
 
 def pseudo_label_loss(logits_target: Tensor, logits_fake_source: Tensor, dice_weight: float = 0.2) -> Tensor:
     """Pseudo-label segmentation term:
-        seg_loss(logits_target, argmax_c logits_fake_source) + mean|logits_fake_source - sg(logits_target)|,
+        seg_loss(logits_target, argmax_c logits_fake_source) + mean|logits_target - sg(logits_fake_source)|,
     sg = stop-gradient. logits_target = A_t(t), logits_fake_source = A_s(fake_s), both
     (B, C, H, W).
 
-    Gradient flow: the pseudo-labels are an argmax (integer, no gradient), so the seg_loss
-    term trains only logits_target; the L1 term's target side is detached, so it moves
-    only logits_fake_source (through frozen A_s into G_s)."""
+    Gradient flow (the authors' recipe): the frozen A_s's view of the translated target
+    image is the teacher; both parts train only A_t (the argmax has no gradient, and the
+    L1's fake-source side is detached), so G_s is not pulled toward images A_s finds easy."""
     if logits_target.shape != logits_fake_source.shape:
         raise ValueError(f"logit shapes differ: {tuple(logits_target.shape)} vs {tuple(logits_fake_source.shape)}")
-    pseudo_labels = logits_fake_source.detach().argmax(dim=1)
-    return seg_loss(logits_target, pseudo_labels, dice_weight) + F.l1_loss(
-        logits_fake_source, logits_target.detach()
-    )
+    teacher = logits_fake_source.detach()
+    return seg_loss(logits_target, teacher.argmax(dim=1), dice_weight) + F.l1_loss(logits_target, teacher)

@@ -29,17 +29,6 @@ def reflect_conv(c_in: int, c_out: int, kernel: int = 3, bias: bool = True) -> n
     return nn.Sequential(nn.ReflectionPad2d(kernel // 2), nn.Conv2d(c_in, c_out, kernel, bias=bias))
 
 
-def as_subclass(module: nn.Module, cls: type) -> nn.Module:
-    """A ``cls`` instance (a subclass of ``type(module)``) that shares ``module``'s Parameter
-    objects, buffers, children, hooks and training flag: optimizers and state dicts see the
-    same tensors. Used to swap a layer's implementation in place."""
-    new = cls.__new__(cls)
-    new.__dict__.update(module.__dict__)
-    new._parameters = dict(module._parameters)
-    new._buffers, new._modules = dict(module._buffers), dict(module._modules)
-    return new
-
-
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sasan.losses import IGNORE
 from sasan.models.networks import SASANNetworks
 from sasan.train.device import Runtime
 
@@ -19,11 +18,9 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def translate_to_source(nets: SASANNetworks, target: Any, runtime: Runtime, batch_size: int = 16,
-                        progress: bool = True, min_confidence: float = 0.0) -> tuple[np.ndarray, np.ndarray | None]:
+                        progress: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """All slices of ``target`` (no augmentation) -> fake-source images (N, S, H, W) float16 and
-    pseudo-labels (N, H, W) uint8 (None for the CycleGAN ablation, which has no A_t).
-    Pixels where A_t's softmax confidence is below ``min_confidence`` get the label
-    ``IGNORE`` (255): the segmenter's loss leaves them out."""
+    pseudo-labels (N, H, W) uint8 (None for the CycleGAN ablation, which has no A_t)."""
     nets.eval()
     target.set_epoch(0)
     images, labels = [], []
@@ -34,9 +31,7 @@ def translate_to_source(nets: SASANNetworks, target: Any, runtime: Runtime, batc
             if nets.att_t is not None:
                 att_t, seg_t = nets.att_t(t)
                 fake_s = nets.syn_s(t, att_t)
-                confidence, label = seg_t.float().softmax(1).max(1)
-                label = label.masked_fill(confidence < min_confidence, IGNORE)
-                labels.append(label.to(torch.uint8).cpu().numpy())
+                labels.append(seg_t.argmax(1).to(torch.uint8).cpu().numpy())
             else:
                 fake_s = nets.syn_s(t, None)
         images.append(fake_s.float().cpu().numpy().astype(np.float16))

@@ -24,14 +24,13 @@ import torch
 from sasan.atomic import write_json
 from sasan.bundle import ModelBundle, save_bundle
 from sasan.config import Config, save_config
-from sasan.losses import IGNORE
 from sasan.models import build_networks, build_segmenter, count_parameters
 from sasan.train.data import ArraySliceDataset, ConcatSlices
-from sasan.train.device import Runtime, fast_cpu_convs, keep_freed_memory, resolve_runtime
+from sasan.train.device import Runtime, resolve_runtime
 from sasan.train.distributed import synchronizer
 from sasan.train.fake_source import translate_to_source
 from sasan.train.history import History
-from sasan.train.joint import JointOptions, JointTrainer, make_optimizers
+from sasan.train.joint import JointTrainer, make_optimizers
 from sasan.train.loop import Phase, run_phase
 from sasan.train.pictures import attention_grid, translation_grid
 from sasan.train.prefetch import Prefetcher
@@ -93,8 +92,6 @@ class Trainer:
         tc = self.cfg.train
         self.rt = runtime or resolve_runtime(tc.device, tc.bf16, tc.channels_last)
         self.summary: dict[str, Any] = {"variant": variant, "device": str(self.rt.device)}
-        if self.rt.device.type == "cpu":
-            keep_freed_memory()
 
     # -------------------------------------------------------------- helpers
     @property
@@ -138,12 +135,9 @@ class Trainer:
         paired = self.cfg.experiment.mode == "paired"
         per_epoch = max(1, len(data.target) // (c.batch_size * self.world_size))
         steps = min(c.epochs * per_epoch, c.max_steps) if c.max_steps else c.epochs * per_epoch
-        g_params, d_params, opt_g, opt_d = make_optimizers(
-            nets, c.lr, c.betas, c.weight_decay, c.train_source_attention, paired)
+        opt_g, opt_d = make_optimizers(nets, c.lr, c.betas, c.weight_decay, paired)
         sched_g, sched_d = make_scheduler(opt_g, steps), make_scheduler(opt_d, steps)
-        trainer = JointTrainer(nets, JointOptions(self.cfg.train.losses, paired, c.train_source_attention, c.seg_real,
-                                            c.attention_synthesis_grad, c.aux_seg_to_generator),
-                               self.rt, g_params, d_params, opt_g, opt_d, sync=self.sync)
+        trainer = JointTrainer(nets, self.cfg.train.losses, self.rt, opt_g, opt_d, paired=paired, sync=self.sync)
         tgt_sampler = StreamSampler(len(data.target), seed + 21, c.batch_size, self.rank, self.world_size)
         src_sampler = (tgt_sampler if paired else
                        StreamSampler(len(data.source), seed + 22, c.batch_size, self.rank, self.world_size))
@@ -224,7 +218,6 @@ class Trainer:
         if self.sync is not None:
             self.sync.broadcast(nets)
         self.summary["parameters"] = {name: count_parameters(m) for name, m in nets.named_children()}
-        self.summary["fast_cpu_convs"] = fast_cpu_convs(nets, self.rt, self.cfg.train.winograd)
         if nets.att_s is not None and not paired:
             self.pretrain_attention(nets, data)
             if self.cfg.train.joint.init_target_attention == "source":
@@ -236,12 +229,10 @@ class Trainer:
         parts = [data.source]
         if self.cfg.train.segmenter.fake_source and not paired:
             images, labels = translate_to_source(nets, data.target_plain or data.target, self.rt,
-                                                 progress=self.progress and self.is_main,
-                                                 min_confidence=self.cfg.train.segmenter.pseudo_label_confidence)
+                                                 progress=self.progress and self.is_main)
             if labels is not None:
                 parts.append(ArraySliceDataset(images, labels))
                 self.summary["fake_source_slices"] = len(images)
-                self.summary["fake_source_labelled_fraction"] = float(np.mean(labels != IGNORE))
         unet = self.segmenter(ConcatSlices(parts)) if not paired else None
         if unet is None:  # paired mode evaluates translation, not segmentation
             unet = build_segmenter(self.cfg.model).eval()

@@ -83,7 +83,8 @@ def test_seg_adversarial_gradients_reach_probs_and_discs():
 
 def test_seg_adversarial_lists_equal_the_sum_of_single_calls():
     """A list of probability maps runs each discriminator once on the stacked batch; the loss
-    and its gradients equal those of one call per map (real maps judged once)."""
+    and its gradients equal those of one call per map; the real maps are judged once, so a
+    list of two fakes adds one real term, not two."""
     from sasan.models.discriminators import seg_discriminators
 
     torch.manual_seed(0)
@@ -96,7 +97,8 @@ def test_seg_adversarial_lists_equal_the_sum_of_single_calls():
         (lambda: seg_adversarial_generator_loss(discs, [a, b]),
          lambda: seg_adversarial_generator_loss(discs, a) + seg_adversarial_generator_loss(discs, b)),
         (lambda: seg_adversarial_discriminator_loss(discs, real, [a, b]),
-         lambda: seg_adversarial_discriminator_loss(discs, real, a) + seg_adversarial_discriminator_loss(discs, real, b)),
+         lambda: (seg_adversarial_discriminator_loss(discs, real, a) + seg_adversarial_discriminator_loss(discs, real, b)
+                      - seg_adversarial_generator_loss(discs, real))),
     ]:
         lb, ls = batched(), single()
         assert lb.item() == pytest.approx(ls.item(), rel=1e-6)

@@ -16,15 +16,19 @@ def test_disjoint_maps_are_orthogonal():
     assert orthogonality_loss(maps).item() == pytest.approx(0.0, abs=1e-7)
 
 
-def test_identical_maps_give_one():
+def test_identical_maps_give_twice_the_batch_size():
+    """The authors' normalisation: 2 / (K (K - 1)) x the sum over the batch, so K identical
+    maps give 2 per sample."""
     m = torch.rand(3, 1, 8, 8) + 0.1
-    assert orthogonality_loss(m.expand(3, 5, 8, 8) * 3.0).item() == pytest.approx(1.0, abs=1e-6)
+    assert orthogonality_loss(m.expand(3, 5, 8, 8) * 3.0).item() == pytest.approx(6.0, abs=1e-5)
 
 
 def test_hand_computed_partial_overlap():
-    # two maps on 4 pixels: [1, 1, 0, 0] and [0, 1, 1, 0]; cosine = 1/2, so G_01 = G_10 = 1/2
+    # two maps on 4 pixels: [1, 1, 0, 0] and [0, 1, 1, 0]; cosine = 1/2, so G_01 = G_10 = 1/2;
+    # 2 / (2 * 1) x (1/4 + 1/4) = 1/2 per sample, summed over a batch of two
     maps = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]]).view(1, 2, 2, 2)
-    assert orthogonality_loss(maps).item() == pytest.approx(0.25)
+    assert orthogonality_loss(maps).item() == pytest.approx(0.5)
+    assert orthogonality_loss(maps.expand(2, 2, 2, 2)).item() == pytest.approx(1.0)
 
 
 def test_orthogonality_is_differentiable_and_zero_maps_finite():

@@ -75,7 +75,8 @@ def test_sasan_norm_modulates_per_pixel_from_the_maps():
     small[:, 0, :, :4] = 1.0
     assert torch.allclose(norm(x, small), out_l, atol=1e-6)
     # with gamma = beta = 0 the layer is exactly instance normalisation
-    torch.nn.init.zeros_(norm.gamma_beta.weight), torch.nn.init.zeros_(norm.gamma_beta.bias)
+    for conv in (norm.gamma, norm.beta):
+        torch.nn.init.zeros_(conv.weight), torch.nn.init.zeros_(conv.bias)
     assert torch.allclose(norm(x, left), torch.nn.functional.instance_norm(x), atol=1e-5)
 
 
@@ -114,24 +115,6 @@ def test_build_networks_from_config_and_ablation_switches():
     assert k16.syn_s.block_full.norm_0.shared[0].in_channels == 16
 
 
-def test_cpu_winograd_swap_keeps_parameters_and_results():
-    from sasan.models import SASANNetworks
-    from sasan.train.device import fast_cpu_convs, resolve_runtime
-
-    torch.manual_seed(0)
-    nets = SASANNetworks(3, 5, 8)
-    before = {k: v.clone() for k, v in nets.state_dict().items()}
-    x, maps = torch.randn(1, 3, 64, 64), torch.randn(1, 8, 64, 64)
-    ref = nets.syn_s(x, maps)
-    swapped = fast_cpu_convs(nets, resolve_runtime("cpu"), enabled=True)
-    # the gamma/beta convs of the 128- and 64-channel SASAN norms, in both synthesis modules
-    assert swapped >= 8
-    assert set(nets.state_dict()) == set(before)
-    assert all(torch.equal(before[k], v) for k, v in nets.state_dict().items())
-    assert torch.allclose(nets.syn_s(x, maps), ref, atol=1e-4)
-    assert fast_cpu_convs(SASANNetworks(3, 5, 8), resolve_runtime("cpu"), enabled=False) == 0
-
-
 @pytest.mark.parametrize("layers", [2, 3, 4])
 def test_patch_discriminator_depth_sets_the_judged_patch(layers):
     """An output score depends on exactly receptive_field(layers) x receptive_field(layers)
@@ -167,93 +150,66 @@ def test_discriminator_layers_from_the_config():
         PatchDiscriminator(3, 8, 5)
 
 
-@pytest.mark.parametrize("f_in,f_out,winograd", [(8, 8, False), (8, 4, False), (64, 32, False), (64, 32, True)])
-def test_residual_block_fast_forward_equals_the_written_composition(f_in, f_out, winograd):
-    """forward() merges the norms' first convs, shares one instance norm and folds conv_s into
-    norm_s's beta conv; values and every gradient must equal the module-by-module block."""
-    from sasan.models.winograd import winograd_convs
+def test_sasan_norm_is_eq_1_to_3_written_by_hand():
+    """SASANNorm against instance statistics and convolutions written out with torch ops."""
+    import torch.nn.functional as F
+
+    from sasan.models.sasan_norm import SASANNorm
 
     torch.manual_seed(0)
-    block = SASANResBlock(f_in, f_out, k=3, hidden=64 if f_in == 64 else 4)
-    for p in block.parameters():
-        torch.nn.init.normal_(p, std=0.2)
-    if winograd:
-        assert winograd_convs(block) == 4          # the norms' gamma/beta convs (64 -> 2C), conv_0
-    x = torch.randn(2, f_in, 64, 64, requires_grad=True)
-    maps = torch.rand(2, 3, 32, 32, requires_grad=True)   # resized inside, as in the decoder
-    fast, ref = block(x, maps), block.reference_forward(x, maps)
-    scale = ref.abs().max()
-    assert (fast - ref).abs().max() <= 1e-5 * scale
-    grad = torch.randn_like(ref)
-    inputs = [x, maps, *block.parameters()]
-    for g_fast, g_ref in zip(torch.autograd.grad(fast, inputs, grad), torch.autograd.grad(ref, inputs, grad)):
-        assert (g_fast - g_ref).abs().max() <= 1e-5 * g_ref.abs().max()
+    norm = SASANNorm(channels=4, k=3, hidden=5)
+    x, maps = torch.randn(2, 4, 8, 8), torch.rand(2, 3, 4, 4)
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    var = x.var(dim=(2, 3), keepdim=True, unbiased=False)
+    normalized = (x - mean) / torch.sqrt(var + 1e-5)                                 # eq. (1)
+    m = maps.repeat_interleave(2, -1).repeat_interleave(2, -2)                       # nearest x2
+    h = F.relu(F.conv2d(m, norm.shared[0].weight, norm.shared[0].bias, padding=1))  # eq. (2)
+    gamma = F.conv2d(h, norm.gamma.weight, norm.gamma.bias, padding=1)
+    beta = F.conv2d(h, norm.beta.weight, norm.beta.bias, padding=1)
+    expected = normalized * (1 + gamma) + beta                                      # eq. (3)
+    assert torch.allclose(norm(x, maps), expected, atol=1e-5)
 
 
-def test_modulate_matches_the_formula_and_its_gradients():
-    """eq. (3) with a hand-written backward: values against n * (1 + gamma) + beta, and
-    gradients checked numerically (double precision)."""
-    from sasan.models.sasan_norm import modulate
+def test_sasan_norm_modulation_follows_the_maps_pixel_by_pixel():
+    """A map that changes in one pixel changes the output only in that pixel's 5x5
+    neighbourhood (two 3x3 convs): the modulation is spatial, not a global style."""
+    from sasan.models.sasan_norm import SASANNorm
+
+    torch.manual_seed(1)
+    x = torch.randn(1, 2, 16, 16)
+    maps = torch.zeros(1, 1, 16, 16)
+    norm = SASANNorm(channels=2, k=1, hidden=3)
+    poked = maps.clone()
+    poked[0, 0, 8, 8] = 5.0
+    changed = (norm(x, poked) - norm(x, maps)).abs().sum(1)[0] > 1e-6
+    rows, cols = changed.nonzero().T
+    assert changed.any() and rows.min() >= 6 and rows.max() <= 10 and cols.min() >= 6 and cols.max() <= 10
+
+
+@pytest.mark.parametrize("f_in,f_out", [(8, 8), (8, 4)])
+def test_residual_block_is_the_written_composition(f_in, f_out):
+    """The block of METHOD.md section 2, composed from its own modules by hand."""
+    import torch.nn.functional as F
 
     torch.manual_seed(0)
-    n = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
-    gb = torch.randn(2, 6, 5, 4, dtype=torch.float64, requires_grad=True)
-    gamma, beta = gb[:, :3], gb[:, 3:]
-    assert torch.allclose(modulate(n, gb), n * (1 + gamma) + beta)
-    assert torch.autograd.gradcheck(modulate, (n, gb))
-    assert torch.autograd.gradcheck(lambda g: modulate(n.detach(), g), (gb,))
-    with pytest.raises(ValueError, match="channels"):
-        modulate(n, gb[:, :5])
+    block = SASANResBlock(f_in, f_out, k=3, hidden=4)
+    x, maps = torch.randn(2, f_in, 16, 16), torch.rand(2, 3, 8, 8)
+    dx = block.conv_0(F.leaky_relu(block.norm_0(x, maps), 0.2))
+    dx = block.conv_1(F.leaky_relu(block.norm_1(dx, maps), 0.2))
+    shortcut = block.conv_s(block.norm_s(x, maps)) if f_in != f_out else x
+    assert block.learned_shortcut == (f_in != f_out)
+    assert torch.equal(block(x, maps), shortcut + dx)
+    assert block.conv_0.out_channels == min(f_in, f_out) and block(x, maps).shape == (2, f_out, 16, 16)
 
 
 def test_residual_block_under_bf16_autocast():
-    """The CUDA path trains under bf16 autocast; the rearranged block and the hand-written
-    modulation backward must accept mixed dtypes (checked here with CPU autocast)."""
+    """The CUDA path trains under bf16 autocast (checked here with CPU autocast)."""
     torch.manual_seed(0)
     block = SASANResBlock(8, 4, k=2, hidden=4)
     x, maps = torch.randn(2, 8, 16, 16), torch.rand(2, 2, 16, 16)
+    ref = block(x, maps)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, ref = block(x, maps), block.reference_forward(x, maps)
-    assert (out.float() - ref.float()).abs().max() <= 0.02 * ref.float().abs().max()
+        out = block(x, maps)
+    assert (out.float() - ref).abs().max() <= 0.05 * ref.abs().max()
     out.float().square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())
-
-
-@pytest.mark.parametrize("h, w, bias", [(4, 4, False), (5, 7, True), (1, 3, False)])
-def test_up_concat_conv_equals_upsample_concat_reflect_conv(h, w, bias):
-    """The sub-pixel decoder conv against the plain composition: values and gradients of the
-    low-res input, the skip input, the weight and the bias."""
-    import torch.nn.functional as F
-
-    from sasan.models.attention_unet import up_concat_conv3x3
-
-    gen = torch.Generator().manual_seed(h * 10 + w)
-    low = torch.randn(2, 6, h, w, generator=gen, requires_grad=True)
-    skip = torch.randn(2, 3, 2 * h, 2 * w, generator=gen, requires_grad=True)
-    weight = torch.randn(5, 9, 3, 3, generator=gen, requires_grad=True)
-    b = torch.randn(5, generator=gen, requires_grad=True) if bias else None
-    up = torch.cat([F.interpolate(low, scale_factor=2.0, mode="nearest"), skip], 1)
-    ref = F.conv2d(F.pad(up, (1, 1, 1, 1), mode="reflect"), weight, b)
-    got = up_concat_conv3x3(low, skip, weight, b)
-    assert got.shape == ref.shape == (2, 5, 2 * h, 2 * w)
-    assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
-    inputs = [low, skip, weight] + ([b] if bias else [])
-    g = torch.randn(ref.shape, generator=gen)
-    for a, e in zip(torch.autograd.grad(got, inputs, g), torch.autograd.grad(ref, inputs, g)):
-        assert (a - e).abs().max() <= 1e-5 * e.abs().max()
-
-
-def test_attention_module_forward_equals_the_written_composition():
-    """forward() runs the decoder convs in sub-pixel form; maps, segmentation and every
-    parameter's gradient must equal the layer-by-layer module."""
-    torch.manual_seed(0)
-    att = AttentionModule(in_channels=3, k=8, num_classes=5, width=8)
-    x = torch.randn(2, 3, 48, 32, requires_grad=True)
-    (m_fast, s_fast), (m_ref, s_ref) = att(x), att.reference_forward(x)
-    for fast, ref in ((m_fast, m_ref), (s_fast, s_ref)):
-        assert (fast - ref).abs().max() <= 1e-5 * ref.abs().max()
-    inputs = [x, *att.parameters()]
-    loss_fast = m_fast.square().mean() + s_fast.logsumexp(1).mean()
-    loss_ref = m_ref.square().mean() + s_ref.logsumexp(1).mean()
-    for g_fast, g_ref in zip(torch.autograd.grad(loss_fast, inputs), torch.autograd.grad(loss_ref, inputs)):
-        assert (g_fast - g_ref).abs().max() <= 1e-4 * g_ref.abs().max().clamp_min(1e-12)

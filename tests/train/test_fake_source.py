@@ -1,10 +1,9 @@
 """Fake-source augmentation (METHOD.md 4.3): target slices -> G_s(t, A_t(t)) with A_t's
-pseudo-labels, optionally only where A_t is confident."""
+pseudo-labels."""
 
 import numpy as np
 import torch
 
-from sasan.losses import IGNORE
 from sasan.models import build_networks
 from sasan.train.data import ArraySliceDataset
 from sasan.train.device import resolve_runtime
@@ -32,20 +31,6 @@ def test_translation_and_pseudo_labels_of_every_target_slice():
         expected = nets.att_t(torch.from_numpy(target.images))[1].argmax(1).numpy()
     assert np.array_equal(labels, expected)
     assert nets.training                                           # back in training mode
-
-
-def test_unconfident_pseudo_labels_are_ignored():
-    _, nets, target = _setup()
-    with torch.no_grad():
-        probs = nets.att_t(torch.from_numpy(target.images))[1].softmax(1)
-    confidence, argmax = probs.max(1)
-    threshold = float(confidence.median())
-    _, labels = translate_to_source(nets, target, resolve_runtime("cpu"), progress=False,
-                                    min_confidence=threshold)
-    low = (confidence < threshold).numpy()
-    assert 0 < low.sum() < low.size
-    assert np.all(labels[low] == IGNORE)
-    assert np.array_equal(labels[~low], argmax.numpy()[~low].astype(np.uint8))
 
 
 def test_cyclegan_ablation_has_no_pseudo_labels():
