@@ -136,3 +136,13 @@ def test_cli_brain(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["seed"] == 2 and summary["spacing_mm"] == 5.0 and list(summary["domains"]) == ["t1"]
     assert len(list((tmp_path / "out/t1/imagesTr").iterdir())) == 1
+
+
+def test_report_measures_the_inverted_contrast_and_draws_it(tmp_path):
+    from sasan.data.brain_report import relative_class_intensities, slices_figure
+
+    generate_brain(tmp_path / "b", cases=1, seed=0, spacing_mm=SPACING)
+    t1, t2 = (relative_class_intensities(tmp_path / "b", d) for d in ("t1", "t2"))
+    assert t1["wm"][0] > t1["gm"][0] > t1["csf"][0] and t2["csf"][0] > t2["gm"][0] > t2["wm"][0]
+    slices_figure(tmp_path / "b", ["t2", "t1"], tmp_path / "brain.png", subjects=1)
+    assert (tmp_path / "brain.png").read_bytes()[:4] == b"\x89PNG"
