@@ -49,7 +49,8 @@ def normalised_class_medians(shards: str | Path, domain: str) -> dict[str, float
 def slices_figure(root: str | Path, domains: list[str], png: str | Path, subjects: int = 3) -> None:
     """Axial centre slices of the first ``subjects`` cases per domain, image above labels."""
     plt = pyplot()
-    fig, axes = plt.subplots(2 * len(domains), subjects, figsize=(2.2 * subjects, 2.6 * 2 * len(domains)), squeeze=False)
+    fig, axes = plt.subplots(2 * len(domains), subjects, squeeze=False,
+                             figsize=(2.2 * subjects, 2.6 * 2 * len(domains)))
     for row, domain in enumerate(domains):
         for col, case in enumerate(list(layout.iter_cases(root, domain))[:subjects]):
             img = np.asarray(nib.load(case.image).dataobj, np.float32)
