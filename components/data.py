@@ -59,20 +59,14 @@ def ingest(config: Input[Artifact], data_root: str, raw: Output[Dataset]):
 
     from sasan import storage
     from sasan.config import load_config
-    from sasan.data.ingest import run_ingest
-    from sasan.data.phantom import generate_phantom
+    from sasan.stages import ingest as stage
+    from sasan.tracking.runs import Tracker
 
     cfg = load_config(config.path)
     with tempfile.TemporaryDirectory(prefix="sasan-ingest-") as scratch:
-        source, layout = cfg.ingest.source, cfg.ingest.layout
-        if source == "phantom":
-            source, layout = str(Path(scratch) / "phantom"), "nnunet"
-            generate_phantom(source, cases=cfg.phantom.cases, seed=cfg.phantom.seed, domains=tuple(cfg.phantom.domains),
-                             mr_contrast=cfg.phantom.mr_contrast)
         out = Path(raw.path) if not data_root else Path(scratch) / "raw"
-        summary = run_ingest(source, out, layout=layout, test_fraction=cfg.ingest.test_fraction,
-                             seed=cfg.ingest.seed)
-        raw.metadata.update({"cases": summary["cases"], "layout": summary["layout"],
+        summary = stage.run(stage.IngestInputs(cfg.ingest.source), stage.IngestOutputs(out), cfg, Tracker.disabled())
+        raw.metadata.update({"cases": summary["cases"], "layout": summary["layout"], "digest": summary["data_digest"],
                              "location": storage.publish(out, data_root, storage.output_name("raw", raw.uri), raw.path)})
 
 
@@ -84,11 +78,13 @@ def validate(config: Input[Artifact], raw: Input[Dataset], report: Output[HTML])
 
     from sasan import storage
     from sasan.config import load_config
-    from sasan.data.validate import run_validate
+    from sasan.stages import validate as stage
+    from sasan.tracking.runs import Tracker
 
     with tempfile.TemporaryDirectory(prefix="sasan-validate-") as scratch:
         raw_dir = storage.localize(raw.path, Path(scratch) / "raw")
-        result = run_validate(raw_dir, Path(scratch) / "report", load_config(config.path).validate_)
+        result = stage.run(stage.ValidateInputs(raw_dir), stage.ValidateOutputs(Path(scratch) / "report"),
+                           load_config(config.path), Tracker.disabled())
         shutil.copyfile(Path(scratch) / "report" / "validation.html", report.path)
     report.metadata.update({"cases": result["n_cases"], "warnings": result["n_warnings"]})
 
@@ -101,10 +97,12 @@ def preprocess(config: Input[Artifact], raw: Input[Dataset], report: Input[HTML]
 
     from sasan import storage
     from sasan.config import load_config
-    from sasan.data.preprocess import run_preprocess
+    from sasan.stages import preprocess as stage
+    from sasan.tracking.runs import Tracker
 
     with tempfile.TemporaryDirectory(prefix="sasan-preprocess-") as scratch:
         raw_dir = storage.localize(raw.path, Path(scratch) / "raw")
         out = Path(shards.path) if not data_root else Path(scratch) / "shards"
-        run_preprocess(raw_dir, out, load_config(config.path).preprocess)
+        stage.run(stage.PreprocessInputs(raw_dir), stage.PreprocessOutputs(out), load_config(config.path),
+                  Tracker.disabled())
         shards.metadata["location"] = storage.publish(out, data_root, storage.output_name("shards", shards.uri), shards.path)

@@ -15,40 +15,41 @@ def start_run(config: Input[Artifact], pipeline_job: str, run: Output[Artifact])
     import os
 
     from sasan.config import load_config
+    from sasan.stages.pipeline_run import start_pipeline_run
+    from sasan.tracking.lineage import RunContext
     from sasan.tracking.runs import Tracker, write_run_ref
 
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        cfg = load_config(config.path)
-        tracker = Tracker.start(uri, cfg.experiment.name, f"pipeline {cfg.experiment.source}->{cfg.experiment.target}",
-                                tags={"kfp.pipeline_job": pipeline_job, "orchestrator": "kubeflow"})
-        tracker.log_config(cfg)
+        context = RunContext.from_environ(os.environ, "kubeflow", kfp_run_id=pipeline_job)
+        tracker = start_pipeline_run(uri, load_config(config.path), context)
     else:
         tracker = Tracker.disabled()
     ref = write_run_ref(run.path, tracker)
-    run.metadata.update({k: v or "" for k, v in ref.items() if k != "tracking_uri"})
+    run.metadata.update({k: v or "" for k, v in ref.items() if k in ("run_id", "experiment_id")})
     return ref["run_id"] or ""
 
 
 def register(config: Input[Artifact], sasan_model: Input[Model], evaluation: Input[Artifact], run: Input[Artifact],
              decision: Output[Markdown]) -> bool:
-    """``sasan register``: log the SASAN bundle on the parent run, register a version, move the
-    ``champion`` alias only past the gate; end the parent run. Returns whether it was promoted."""
-    import json
+    """The register stage: log the SASAN bundle on its child run, register a version, move
+    the ``champion`` alias only past the gate (same evaluation identity, under the gate lock).
+    The parent run is ended by the pipeline's exit handler. Returns whether it was promoted."""
+    import os
     import tempfile
     from pathlib import Path
 
-    from sasan.cli import main
+    from sasan.config import load_config
+    from sasan.stages import register as stage
+    from sasan.tracking.runs import Tracker, read_run_ref
 
+    parent = Tracker.reopen(read_run_ref(run.path), os.environ.get("MLFLOW_TRACKING_URI"))
+    inputs = stage.RegisterInputs(Path(sasan_model.path) / sasan_model.metadata["bundle"],
+                                  Path(evaluation.path) / "evaluation.json",
+                                  Path(evaluation.path) / "report" / stage.IDENTITY_FILE)
     with tempfile.TemporaryDirectory(prefix="sasan-register-") as scratch:
-        report = Path(scratch) / "report"
-        code = main(["register", "--bundle", str(Path(sasan_model.path) / sasan_model.metadata["bundle"]),
-                     "--metrics", str(Path(evaluation.path) / "evaluation.json"), "--run-ref", run.path,
-                     "--params", config.path, "--report", str(report)])
-        if code != 0:
-            raise RuntimeError(f"sasan register exited with {code}")
-        result = json.loads((report / "register.json").read_text())
-        Path(decision.path).write_text((report / "register.md").read_text())
+        result = stage.run(inputs, stage.RegisterOutputs(Path(scratch)), load_config(config.path), parent)
+        Path(decision.path).write_text((Path(scratch) / "register.md").read_text())
     decision.metadata.update({"model": result["model_name"], "version": result["version"],
                               "promoted": result["promoted"]})
     return bool(result["promoted"])

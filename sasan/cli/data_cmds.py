@@ -66,10 +66,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _phantom(args: argparse.Namespace) -> int:
-    from sasan.data.phantom import generate_phantom
+    from sasan.config import config_from_dict
+    from sasan.stages import phantom
+    from sasan.tracking.runs import Tracker
 
-    summary = generate_phantom(args.out, cases=args.cases, seed=args.seed, domains=tuple(args.domains),
-                               size=args.size, mr_contrast=args.mr_contrast)
+    cfg = config_from_dict({"phantom": {"cases": args.cases, "seed": args.seed, "domains": list(args.domains),
+                                        "mr_contrast": args.mr_contrast}}, "sasan data phantom")
+    summary = phantom.run(phantom.PhantomOutputs(args.out), cfg, Tracker.disabled(), size=args.size)
     summary = {k: v for k, v in summary.items() if k != "domains"} | {
         "domains": {d: {"modality": v["modality"], "cases": v["cases"]} for d, v in summary["domains"].items()}}
     print(json.dumps(summary, sort_keys=True))
@@ -86,9 +89,12 @@ def _brain(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from sasan.data.ingest import run_ingest
+    from sasan.config import config_from_dict
+    from sasan.stages import ingest
+    from sasan.tracking.runs import Tracker
 
-    summary = run_ingest(args.source, args.out, layout=args.layout, test_fraction=args.test_fraction,
-                         seed=args.seed)
+    cfg = config_from_dict({"ingest": {"source": args.source, "layout": args.layout,
+                                       "test_fraction": args.test_fraction, "seed": args.seed}}, "sasan ingest")
+    summary = ingest.run(ingest.IngestInputs(args.source), ingest.IngestOutputs(args.out), cfg, Tracker.disabled())
     print(json.dumps(summary, sort_keys=True))
     return 0

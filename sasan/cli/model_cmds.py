@@ -1,6 +1,6 @@
 """CLI: ``sasan train``, ``sasan evaluate``, ``sasan translate`` (thin adapters over
-sasan.stages and sasan.inference). Tracking (MLflow) is wired here, at the edge: the
-tracking URI comes from ``MLFLOW_TRACKING_URI`` or the local default."""
+sasan.stages and sasan.inference). The tracking store and the run context are read here,
+at the edge (:mod:`sasan.cli.edge`)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,6 @@ from sasan.cli.params import add_params_args, load_params
 from sasan.errors import ConfigError
 
 
-def _tracking_uri() -> str:
-    from sasan.tracking.runs import default_tracking_uri
-
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(Path.cwd())
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     add_params_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -28,15 +22,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("train", help="train SASAN and the baselines on preprocessed shards",
                         description="Run the training recipe (attention pre-training, joint adversarial "
                                     "training, fake-source augmentation, U-Net) for each variant into "
-                                    "OUT/<variant>/, logging to one MLflow run.")
+                                    "OUT/<variant>/: one MLflow parent run (OUT/mlflow_run.json), one child "
+                                    "run per variant (OUT/<variant>/mlflow_run.json, resumed by a rerun).")
     tr.add_argument("shards", type=Path, help="preprocessed shards (output of `sasan preprocess`)")
     tr.add_argument("out", type=Path, help="output folder (one sub-folder per variant)")
     tr.add_argument("--variants", default=None,
                     help="default: evaluate.methods of the params; comma-separated: sasan, cyclegan, no_adaptation, upper_bound, no_seg_adversary, "
                          "no_aux, no_orthogonality, k16, no_fake_source, feature_disc")
     tr.add_argument("--run-ref", type=Path, default=None,
-                    help="where to write the MLflow run reference (default OUT/mlflow_run.json)")
-    tr.add_argument("--parent-run-id", default=None, help="nest the run under this MLflow run (pipelines)")
+                    help="the parent MLflow run reference (default OUT/mlflow_run.json); an unfinished "
+                         "run it names is continued")
+    tr.add_argument("--parent-run-id", default=None,
+                    help="use this MLflow run as the parent of the variants' runs (started elsewhere)")
     tr.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     tr.add_argument("--checkpoint-uri", default=None, metavar="s3://BUCKET/PREFIX",
                     help="keep checkpoints in object storage too: download what is there before training, "
@@ -88,9 +85,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _train_ranked(args: argparse.Namespace, dist_info) -> int:
     from sasan import storage
-    from sasan.stages.train import run_train
-    from sasan.tracking.provenance import provenance_tags
-    from sasan.tracking.runs import Tracker, write_run_ref
+    from sasan.cli.edge import run_context, tracking_uri
+    from sasan.stages import train
+    from sasan.stages.pipeline_run import start_pipeline_run
+    from sasan.tracking.runs import Tracker, exit_status, write_run_ref
     from sasan.train import distributed
 
     cfg = load_params(args)
@@ -105,35 +103,31 @@ def _train_ranked(args: argparse.Namespace, dist_info) -> int:
         def on_checkpoint(path: Path) -> None:
             storage.upload(path, storage.join_uri(args.checkpoint_uri, path.relative_to(args.out).as_posix()))
 
+    context = run_context()
+    ref_path = args.run_ref or args.out / "mlflow_run.json"
+    owns_parent = False
     if args.no_tracking or not dist_info.is_main:
-        tracker = Tracker.disabled()
-    else:
-        tracker = Tracker.start(_tracking_uri(), cfg.experiment.name,
-                                f"{cfg.experiment.source}->{cfg.experiment.target}",
-                                parent_run_id=args.parent_run_id,
-                                tags={**provenance_tags(Path.cwd(), str(args.shards)), "variants": ",".join(variants)})
-    if dist_info.is_main:
-        write_run_ref(args.run_ref or args.out / "mlflow_run.json", tracker)
-    tracker.log_config(cfg)
-
-    def on_log(variant: str, phase: str, step: int, values: dict[str, float]) -> None:
-        tracker.log_metrics(values, step=step, prefix=f"{variant}/{phase}/")
-
+        parent = Tracker.disabled()
+    elif args.parent_run_id:
+        parent = Tracker.start(tracking_uri(), "", "", run_id=args.parent_run_id)
+    else:   # dvc repro: this execution's parent run (continued when a previous attempt was cut short)
+        parent = start_pipeline_run(tracking_uri(), cfg, context, ref_path)
+        owns_parent = True
+    if dist_info.is_main and not owns_parent:
+        write_run_ref(ref_path, parent)
     try:
-        summaries = run_train(args.shards, args.out, cfg, variants, on_log=on_log, progress=not args.no_progress,
-                              rank=dist_info.rank, world_size=dist_info.world_size, on_checkpoint=on_checkpoint)
+        summaries = train.run(train.TrainInputs(args.shards), train.TrainOutputs(args.out), cfg, parent, variants,
+                              context, rank=dist_info.rank, world_size=dist_info.world_size,
+                              progress=not args.no_progress, on_checkpoint=on_checkpoint)
         distributed.barrier()
-        if not dist_info.is_main:
-            return 0
-        for variant in variants:
-            vdir = args.out / variant
-            for png in sorted((vdir / "samples").glob("*.png")) + sorted((vdir / "logs").glob("*.png")):
-                tracker.log_image(png, artifact_path=f"images/{variant}")
-            tracker.log_artifact(vdir / "summary.json", artifact_path=f"summaries/{variant}")
-    except BaseException:
-        tracker.end("FAILED")
+    except BaseException as err:
+        if owns_parent:
+            parent.end(exit_status(type(err)))
         raise
-    tracker.end()
+    if owns_parent:
+        parent.end()
+    if not dist_info.is_main:
+        return 0
     for variant, s in summaries.items():
         steps = {k: v.get("steps") for k, v in s.items() if isinstance(v, dict) and "steps" in v}
         print(f"{variant}: {steps} -> {args.out / variant / 'model.pt'}")
@@ -141,8 +135,8 @@ def _train_ranked(args: argparse.Namespace, dist_info) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from sasan.stages.evaluate import run_evaluate, summary_table
-    from sasan.tracking.runs import Tracker, flatten_metrics, read_run_ref
+    from sasan.stages import evaluate
+    from sasan.tracking.runs import Tracker, read_run_ref
 
     cfg = load_params(args)
     models = {m: args.models / m / "model.pt" for m in cfg.evaluate.methods if (args.models / m / "model.pt").is_file()}
@@ -151,18 +145,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"no trained model bundle under {args.models} for {list(cfg.evaluate.methods)}")
     if missing:
         print(f"sasan evaluate: skipping methods without a model: {', '.join(missing)}", file=sys.stderr)
-    results = run_evaluate(models, args.raw, args.metrics, args.report, cfg,
-                           save_predictions=not args.no_predictions, progress=not args.no_progress)
     ref_path = args.run_ref or args.models / "mlflow_run.json"
-    if ref_path.is_file():
-        tracker = Tracker.reopen(read_run_ref(ref_path), os.environ.get("MLFLOW_TRACKING_URI"))
-        for method, r in results.items():
-            tracker.log_metrics(flatten_metrics({"mean": r["mean"], **{n: {k: v for k, v in s.items() if not k.endswith("_std") and k != "n_missing"} for n, s in r["per_structure"].items()}}), prefix=f"{method}/")
-        for png in sorted(args.report.glob("*.png")):
-            tracker.log_image(png, artifact_path="images/evaluation")
-        tracker.log_artifact(args.metrics, artifact_path="metrics")
-        tracker.end()
-    print(summary_table(results, [m for m in cfg.evaluate.methods if m in results]))
+    tracker = (Tracker.reopen(read_run_ref(ref_path), os.environ.get("MLFLOW_TRACKING_URI")) if ref_path.is_file()
+               else Tracker.disabled())
+    with tracker:
+        results = evaluate.run(evaluate.EvaluateInputs(args.raw, models), evaluate.EvaluateOutputs(args.metrics, args.report),
+                               cfg, tracker, save_predictions=not args.no_predictions, progress=not args.no_progress)
+    print(evaluate.summary_table(results, [m for m in cfg.evaluate.methods if m in results]))
     print(f"metrics: {args.metrics}   report: {args.report}/")
     return 0
 

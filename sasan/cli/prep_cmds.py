@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "validation.html; exit non-zero on any error-level failure.")
     p.add_argument("raw", type=Path, help="canonical raw data set (folder with manifest.json or <domain>/)")
     p.add_argument("--report", type=Path, default=Path("reports/validation"), help="report folder")
+    p.add_argument("--run-ref", type=Path, default=None, help="log to this MLflow parent run (default: none)")
     add_params_args(p)
     p.set_defaults(func=_validate)
 
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("raw", type=Path, help="canonical raw data set")
     p.add_argument("out", type=Path, help="shard folder")
     p.add_argument("--domains", nargs="+", default=None, help="only these domains (default: all)")
+    p.add_argument("--run-ref", type=Path, default=None, help="log to this MLflow parent run (default: none)")
     add_params_args(p)
     p.set_defaults(func=_preprocess)
 
@@ -34,17 +36,32 @@ def _validate(args: argparse.Namespace) -> int:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # the edge: no usage statistics leave the machine
     if not args.verbose:  # GX logs its plugin registration at INFO; our own log says what matters
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    from sasan.data.validate import run_validate
+    from sasan.stages import validate
 
-    report = run_validate(args.raw, args.report, load_params(args).validate_)
+    with _tracker(args) as tracker:
+        report = validate.run(validate.ValidateInputs(args.raw), validate.ValidateOutputs(args.report),
+                              load_params(args), tracker)
     print(f"validation passed: {report['n_cases']} case(s), {report['n_warnings']} warning check(s) failed; "
           f"report: {args.report / 'validation.html'}")
     return 0
 
 
 def _preprocess(args: argparse.Namespace) -> int:
-    from sasan.data.preprocess import run_preprocess
+    from sasan.stages import preprocess
 
-    summary = run_preprocess(args.raw, args.out, load_params(args).preprocess, domains=args.domains)
+    inputs = preprocess.PreprocessInputs(args.raw, tuple(args.domains) if args.domains else None)
+    with _tracker(args) as tracker:
+        summary = preprocess.run(inputs, preprocess.PreprocessOutputs(args.out), load_params(args), tracker,
+                                 code_dir=Path.cwd())
     print(json.dumps(summary["counts"], sort_keys=True))
     return 0
+
+
+def _tracker(args: argparse.Namespace):
+    """The parent run ``--run-ref`` names (re-opened), else none: under DVC the parent run
+    starts with training, so data stages log nothing."""
+    from sasan.tracking.runs import Tracker, read_run_ref
+
+    if getattr(args, "run_ref", None) is None:
+        return Tracker.disabled()
+    return Tracker.reopen(read_run_ref(args.run_ref), os.environ.get("MLFLOW_TRACKING_URI"))

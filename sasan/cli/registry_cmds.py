@@ -8,15 +8,17 @@ import os
 from pathlib import Path
 
 from sasan.cli.params import add_params_args, load_params
-from sasan.errors import CheckpointError, SasanError
 
 
 DESCRIPTION = """\
 Log the model bundle as an MLflow pyfunc model (target-modality slice stacks in, label maps
 out) on the pipeline's MLflow run, register it as a new version of register.model_name, and
 move the alias register.alias ("champion") to it only when the target mean Dice of METHOD in
-the evaluation metrics is >= register.min_dice AND beats the current champion's. The
-decision and its numbers are written to REPORT/register.json and REPORT/register.md.
+the evaluation metrics is >= register.min_dice AND beats the current champion's, compared
+only when both were evaluated on the same identity (data set digest, test split, image
+size, profile: EVALUATION_REPORT/identity.json; a version without one is never promoted).
+Concurrent registrations are serialised by a lock. The decision and its numbers are
+written to REPORT/register.json and REPORT/register.md.
 
 Tracking store: $MLFLOW_TRACKING_URI when set, else the one recorded in the run reference,
 else ./mlflow.db (what `mlflow ui` opens from this directory). Credentials for a server or S3
@@ -34,38 +36,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_params_args(p)
     p.add_argument("--report", type=Path, default=Path("reports/register"), help="report folder")
     p.add_argument("--method", default="sasan", help="method whose mean Dice is gated (default: sasan)")
+    p.add_argument("--evaluation-report", type=Path, default=Path("reports/evaluation"),
+                   help="the evaluate stage's report folder, whose identity.json the gate compares")
     p.set_defaults(func=_register)
 
 
 def _register(args: argparse.Namespace) -> int:
-    from sasan.tracking.pyfunc_model import log_bundle_model
-    from sasan.tracking.registry import load_evaluation, register_and_gate, target_mean_dice
-    from sasan.tracking.runs import Tracker, default_tracking_uri, read_run_ref
+    from sasan.stages import register
+    from sasan.tracking.client import TrackingError, default_tracking_uri
+    from sasan.tracking.runs import Tracker, read_run_ref
 
     cfg = load_params(args)
-    metrics = load_evaluation(args.metrics)
-    target_mean_dice(metrics, args.method, args.metrics)        # a bad file fails before MLflow is touched
-    if not args.bundle.is_file():
-        raise CheckpointError("model bundle not found (written by `sasan train`)", args.bundle)
+    inputs = register.RegisterInputs(args.bundle, args.metrics, args.evaluation_report / register.IDENTITY_FILE)
+    register.check_inputs(inputs, args.method)
     ref = read_run_ref(args.run_ref)
     if not ref["run_id"]:
-        raise SasanError("the run reference names no MLflow run (the pipeline ran without tracking); "
-                         "registering needs one", args.run_ref)
-    tracking_uri = (os.environ.get("MLFLOW_TRACKING_URI") or ref["tracking_uri"]
-                    or default_tracking_uri(Path.cwd()))
-
+        raise TrackingError("the run reference names no MLflow run (the pipeline ran without tracking); "
+                            "registering needs one", args.run_ref)
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or ref["tracking_uri"] or default_tracking_uri(Path.cwd())
     with Tracker.reopen(ref, tracking_uri) as tracker:        # FAILED on any error below
-        model_uri = log_bundle_model(tracker, args.bundle)
-        report = register_and_gate(tracking_uri, model_uri, metrics, cfg.register_, tracker.run_id,
-                                   args.report, method=args.method, metrics_origin=args.metrics)
-        tracker.log_artifact(args.report, "register")
-
+        report = register.run(inputs, register.RegisterOutputs(args.report), cfg, tracker, method=args.method)
     outcome = (f"promoted to @{report['alias']}" if report["promoted"] else
                f"not promoted (@{report['alias']}: "
                f"{'v' + report['champion_version'] if report['champion_version'] else 'unset'})")
     print(f"{report['model_name']} v{report['version']}: target mean Dice {report['target_mean_dice']:.4f}, "
           f"{outcome}; report: {args.report / 'register.md'}")
     return 0
-
-
 

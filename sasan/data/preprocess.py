@@ -1,223 +1,23 @@
-"""The preprocess stage (METHOD.md section 5): volume -> normalised slice stacks in [-1, 1].
+"""Preprocessing of a raw data set into slice shards (METHOD.md section 5).
 
-Per volume: reorient to RAS, optionally resample to ``target_spacing``, crop to the body
-box (intensity threshold, never labels), fit every slice plane into ``image_size``
-squared (aspect kept, padded with -1; or, with ``field_of_view_mm``, at a fixed physical
-scale: the canvas spans that many millimetres, larger planes are cropped around the box
-centre), clip at the volume's percentiles, z-score, map the
-z-scores to [-1, 1] with the modality's fixed bounds, and cut ``slices``-channel stacks
-(j-1, j, j+1 with edge replication). :class:`PreparedVolume` keeps the geometry so that
-predictions are put back on the original grid (:meth:`PreparedVolume.restore`).
-"""
+The per-volume preparation lives in :mod:`sasan.data.prepare`, the shard writing in
+:mod:`sasan.data.shards` (which imports the former, never this module: no import cycle);
+the stage contract is :mod:`sasan.stages.preprocess`. This module keeps the names callers
+import from here."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import nibabel as nib
-import numpy as np
-
-from sasan.data import slice_geometry as geo
 from sasan.data.config import PreprocessConfig
-from sasan.data.volume import Volume, check_pair, load_volume
-from sasan.errors import ConfigError, DataError
-
-log = logging.getLogger(__name__)
-
-_SAMPLE = 2_000_000  # voxels used for percentiles and the body threshold (strided, deterministic)
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where the (Z, H, W) prepared slices sit in the original voxel grid."""
-
-    shape: tuple[int, int, int]  # original array shape
-    transform: np.ndarray  # nibabel orientation transform original -> RAS
-    ras_shape: tuple[int, int, int]
-    grid_shape: tuple[int, int, int]  # after optional resampling (RAS order)
-    box: tuple[tuple[int, int], ...]  # crop (lo, hi) per RAS axis on the resampled grid
-    axis: int  # slicing axis (RAS)
-    content: tuple[int, int]  # in-plane size inside the size x size canvas
-    size: int
-
-    @property
-    def plane(self) -> tuple[int, int]:
-        """(H, W) of the cropped slices before fitting into the canvas."""
-        lens = tuple(hi - lo for lo, hi in self.box)
-        return geo.display_plane(lens, self.axis)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class PreparedVolume:
-    """A volume ready for the networks, and the way back to its grid.
-
-    ``slices`` (Z, H, W) float32 in [-1, 1]; ``body`` (Z,) fraction of body pixels per slice."""
-
-    slices: np.ndarray
-    body: np.ndarray
-    geometry: Geometry
-    affine: np.ndarray
-    header: nib.Nifti1Header | nib.Nifti2Header
-    stats: dict[str, float]
-    n_channels: int
-
-    @property
-    def stacks(self) -> np.ndarray:
-        """(Z, S, H, W) float32: every slice with its neighbours (edge replication)."""
-        return stack_slices(self.slices, np.arange(len(self.slices)), self.n_channels)
-
-    def forward_label(self, label: np.ndarray) -> np.ndarray:
-        """A label array on the original grid -> (Z, H, W) uint8 on the prepared slices."""
-        g = self.geometry
-        if label.shape != g.shape:
-            raise DataError(f"label shape {label.shape} differs from image shape {g.shape}")
-        if label.size and int(label.max()) > 255:
-            raise DataError(f"label value {int(label.max())} does not fit uint8 shards")
-        ras = geo.to_ras(label.astype(np.uint8, copy=False), g.transform)
-        ras = geo.resample(ras, g.grid_shape, nearest=True)
-        cropped = ras[tuple(slice(lo, hi) for lo, hi in g.box)]
-        planes = geo.resize_slices(geo.volume_to_slices(cropped, g.axis), g.content, nearest=True)
-        return geo.to_canvas(planes, g.size, 0)
-
-    def restore(self, label_slices: np.ndarray) -> nib.Nifti1Image:
-        """(Z, H, W) integer labels -> uint8 NIfTI on the original grid, affine and header."""
-        return self._back(np.asarray(label_slices).astype(np.uint8), nearest=True, fill=0)
-
-    def restore_intensity(self, slices: np.ndarray) -> nib.Nifti1Image:
-        """(Z, H, W) float32 images in [-1, 1] -> float32 NIfTI on the original grid (linear)."""
-        return self._back(np.asarray(slices, dtype=np.float32), nearest=False, fill=-1.0)
-
-    def _back(self, slices: np.ndarray, nearest: bool, fill: float) -> nib.Nifti1Image:
-        g = self.geometry
-        expected = (len(self.slices), g.size, g.size)
-        if slices.shape != expected:
-            raise DataError(f"restore expects slices of shape {expected}, got {slices.shape}")
-        planes = geo.resize_slices(geo.from_canvas(slices, g.content), g.plane, nearest=nearest)
-        grid = np.full(g.grid_shape, fill, dtype=planes.dtype)
-        grid[tuple(slice(lo, hi) for lo, hi in g.box)] = geo.slices_to_volume(planes, g.axis)
-        ras = geo.resample(grid, g.ras_shape, nearest=nearest)
-        data = np.ascontiguousarray(geo.from_ras(ras, g.transform))
-        header = self.header.copy()
-        header.set_data_dtype(np.uint8 if nearest else np.float32)
-        img = nib.Nifti1Image(data, self.affine, header=header)
-        img.header.set_slope_inter(1.0, 0.0)
-        return img
-
-
-def bounds_for(cfg: PreprocessConfig, modality: str, domain: Optional[str] = None) -> tuple[float, float]:
-    """The z-score bounds mapped to [-1, 1], by lowercase modality, then by domain name."""
-    for key in (modality.lower(), (domain or "").lower()):
-        if key in cfg.bounds:
-            lo, hi = cfg.bounds[key]
-            if hi <= lo:
-                raise ConfigError(f"preprocess.bounds[{key!r}] must have low < high, got {(lo, hi)}")
-            return float(lo), float(hi)
-    raise ConfigError(f"preprocess.bounds has no entry for modality {modality!r}"
-                      f"{'' if domain is None else f' or domain {domain!r}'} (keys: {sorted(cfg.bounds)})")
-
-
-def prepare_volume(image_path: str | Path, cfg: PreprocessConfig, modality: str) -> PreparedVolume:
-    """Load and prepare one image volume (every slice, no skipping) for the networks."""
-    return prepare_loaded(load_volume(image_path), cfg, bounds_for(cfg, modality))
-
-
-def prepare_loaded(volume: Volume, cfg: PreprocessConfig, bounds: tuple[float, float]) -> PreparedVolume:
-    """:func:`prepare_volume` on an already loaded volume."""
-    transform = geo.ras_transform(volume.affine)
-    ras = geo.to_ras(volume.array, transform)
-    ras_shape = grid_shape = tuple(ras.shape)
-    spacing = geo.ras_spacing(volume.spacing, transform)
-    if cfg.target_spacing is not None:
-        grid_shape = geo.resampled_shape(ras.shape, spacing, cfg.target_spacing)
-        # the spacing the resampled grid really has (rounding of the voxel counts)
-        spacing = tuple(n * s / g for n, s, g in zip(ras.shape, spacing, grid_shape))  # type: ignore[assignment]
-        ras = geo.resample(ras, grid_shape)
-    threshold = geo.otsu_threshold(_sample(ras).astype(np.float32))
-    if cfg.crop == "body":
-        box = geo.body_box(ras, threshold, cfg.body_fraction, cfg.crop_margin)
-    else:
-        box = tuple((0, n) for n in ras.shape)
-    if cfg.field_of_view_mm is not None:
-        box = geo.limit_box(box, spacing, cfg.axis, cfg.field_of_view_mm)
-    cropped = ras[tuple(slice(lo, hi) for lo, hi in box)]
-    stack = geo.volume_to_slices(cropped, cfg.axis)  # (Z, H, W), superior/anterior up
-    if cfg.field_of_view_mm is not None:  # same mm per pixel for every volume
-        content = geo.physical_size(box, spacing, cfg.axis, cfg.field_of_view_mm, cfg.image_size)
-    else:
-        content = geo.fit_size(stack.shape[1:], cfg.image_size)
-    planes = geo.resize_slices(stack, content)
-    normalised, stats = normalise(planes, cfg.clip_percentiles, bounds, volume.path)
-    body = (np.count_nonzero(planes > threshold, axis=(1, 2)) / float(planes[0].size)).astype(np.float32)
-    geometry = Geometry(shape=tuple(volume.array.shape), transform=transform, ras_shape=ras_shape,
-                        grid_shape=tuple(grid_shape), box=box, axis=cfg.axis, content=content,
-                        size=cfg.image_size)
-    stats["body_threshold"] = threshold
-    return PreparedVolume(slices=geo.to_canvas(normalised, cfg.image_size, -1.0), body=body, geometry=geometry,
-                          affine=volume.affine, header=volume.header, stats=stats, n_channels=cfg.slices)
-
-
-def normalise(planes: np.ndarray, percentiles: tuple[float, float], bounds: tuple[float, float],
-              path: Optional[Path] = None) -> tuple[np.ndarray, dict[str, float]]:
-    """Clip at the volume's percentiles, z-score, map [low, high] z-scores to [-1, 1]."""
-    p_lo, p_hi = (float(v) for v in np.percentile(_sample(planes), percentiles))
-    clipped = np.clip(planes, p_lo, p_hi, out=np.empty_like(planes, dtype=np.float32))
-    mean, std = _mean_std(clipped)
-    if not std > 1e-8:
-        raise DataError(f"constant intensity after clipping at percentiles {percentiles}: cannot z-score", path)
-    lo, hi = bounds
-    # one fused affine map: 2 * ((x - mean) / std - lo) / (hi - lo) - 1
-    scale = 2.0 / (std * (hi - lo))
-    offset = -2.0 * (mean / std + lo) / (hi - lo) - 1.0
-    clipped *= np.float32(scale)
-    clipped += np.float32(offset)
-    np.clip(clipped, -1.0, 1.0, out=clipped)
-    return clipped, {"p_low": p_lo, "p_high": p_hi, "mean": mean, "std": std}
-
-
-def _mean_std(x: np.ndarray, chunk: int = 1 << 21) -> tuple[float, float]:
-    """Mean and standard deviation with float64 accumulation, in chunks (no volume-sized temporaries)."""
-    flat = x.reshape(-1)
-    mean = float(np.add.reduce(flat, dtype=np.float64)) / flat.size
-    sq = 0.0
-    for start in range(0, flat.size, chunk):
-        d = flat[start:start + chunk].astype(np.float64) - mean
-        sq += float(np.dot(d, d))
-    return mean, (sq / flat.size) ** 0.5
-
-
-def stack_slices(slices: np.ndarray, index: np.ndarray, channels: int) -> np.ndarray:
-    """(N, S, H, W) stacks (j - S//2 .. j + S//2) around each ``index``, edges replicated."""
-    offsets = np.arange(channels) - channels // 2
-    picks = np.clip(np.asarray(index)[:, None] + offsets[None, :], 0, len(slices) - 1)
-    return slices[picks]
-
-
-def _sample(array: np.ndarray) -> np.ndarray:
-    """About ``_SAMPLE`` voxels on a regular 3-D lattice (works on views without copying them)."""
-    step = max(1, int(np.ceil((array.size / _SAMPLE) ** (1.0 / 3.0))))
-    return array[::step, ::step, ::step].ravel()
+from sasan.data.prepare import (  # noqa: F401  (re-exported)
+    Geometry, PreparedVolume, bounds_for, normalise, prepare_case, prepare_loaded, prepare_volume, stack_slices,
+)
+from sasan.data.shards import write_dataset_shards
 
 
 def run_preprocess(raw_dir: str | Path, out_dir: str | Path, cfg: PreprocessConfig,
                    domains: Optional[list[str]] = None) -> dict[str, Any]:
     """Write ``out_dir/<domain>/<split>/`` shards and ``out_dir/stats.json``; return the stats."""
-    from sasan.data.shards import write_dataset_shards
-
     return write_dataset_shards(Path(raw_dir), Path(out_dir), cfg, domains)
-
-
-def prepare_case(image_path: Path, label_path: Optional[Path], cfg: PreprocessConfig,
-                 bounds: tuple[float, float]) -> tuple[PreparedVolume, Optional[np.ndarray]]:
-    """Prepare an image and (if given) its label, checking they share one grid."""
-    image = load_volume(image_path)
-    prepared = prepare_loaded(image, cfg, bounds)
-    if label_path is None:
-        return prepared, None
-    label = load_volume(label_path, kind="label")
-    check_pair(image, label)
-    if label.array.size and int(label.array.max()) > 255:
-        raise DataError(f"label value {int(label.array.max())} does not fit uint8 shards", label_path)
-    return prepared, prepared.forward_label(label.array)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from sasan.atomic import atomic_dir, write_json
 from sasan.data.config import PreprocessConfig
-from sasan.data.preprocess import bounds_for, prepare_case, stack_slices
+from sasan.data.prepare import bounds_for, prepare_case, stack_slices
 from sasan.data.raw_cases import RawCase, load_raw_dataset
 from sasan.errors import DataError
 

@@ -11,10 +11,12 @@ Writes ``metrics_path`` (``{METHOD: {"per_structure": {NAME: {"dice", "assd_vox"
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import nibabel as nib
 import numpy as np
@@ -27,9 +29,96 @@ from sasan.errors import DataError
 from sasan.inference import infer_volume, save_nifti
 from sasan.metrics import aggregate_subjects, segmentation_scores
 from sasan.stages.evaluation_pictures import dice_bars, segmentation_montage
+from sasan.tracking.lineage import data_identity, split_digest
 from sasan.train.device import resolve_runtime
 
+if TYPE_CHECKING:
+    from sasan.tracking.runs import Tracker
+
 log = logging.getLogger(__name__)
+
+IDENTITY_FILE = "identity.json"     # in the report folder: what the scores were measured on
+RUN_REF = "mlflow_run.json"         # a variant's child run reference, next to its model bundle
+
+
+@dataclass(frozen=True)
+class EvaluateInputs:
+    raw: Path
+    models: dict[str, Path]         # method (variant) -> model bundle, in report order
+
+
+@dataclass(frozen=True)
+class EvaluateOutputs:
+    metrics: Path                   # {method: {per_structure, mean, n_subjects}} (DVC metrics)
+    report: Path                    # per_structure.json, per_subject.json, PNGs, identity.json, predictions/
+
+
+def run(inputs: EvaluateInputs, outputs: EvaluateOutputs, cfg: Config, tracker: "Tracker",
+        save_predictions: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Score every model, write metrics and report, record what was evaluated
+    (``identity.json``: the gate compares only like with like), and log the numbers and
+    pictures to the parent run (``<method>/mean/dice``) and to each variant's child run
+    (``eval/mean/dice``) when its reference lies next to the bundle."""
+    results = run_evaluate(inputs.models, inputs.raw, outputs.metrics, outputs.report, cfg,
+                           save_predictions=save_predictions, progress=progress)
+    identity = evaluation_identity(inputs.raw, cfg, inputs.models)
+    write_json(Path(outputs.report) / IDENTITY_FILE, identity)
+    tracker.set_tags({f"sasan.eval.{k}": v for k, v in identity.items() if k != "test_cases" and k != "image_size"})
+    for method, r in results.items():
+        tracker.log_metrics(loggable_scores(r), prefix=f"{method}/")
+    for png in sorted(Path(outputs.report).glob("*.png")):
+        tracker.log_image(png, artifact_path="images/evaluation")
+    tracker.log_artifact(outputs.metrics, artifact_path="metrics")
+    if tracker.enabled:
+        _log_to_children(tracker, inputs.models, results)
+    return results
+
+
+def evaluation_identity(raw_dir: Path, cfg: Config, models: dict[str, Path]) -> dict[str, Any]:
+    """Data set digest, target test split (sorted ids and their digest), image size per
+    method (from each bundle's own config) and profile (experiment name)."""
+    data = data_identity(raw_dir)
+    target = cfg.experiment.target
+    cases = sorted(data.test_cases.get(target, []))
+    sizes = {}
+    for method, path in models.items():
+        sizes[method] = int(load_bundle(path, map_location="cpu").cfg.preprocess.image_size)
+    return {"dataset": data.name, "data_digest": data.digest, "source": cfg.experiment.source, "target": target,
+            "test_split": split_digest(cases), "test_cases": cases, "image_size": sizes,
+            "profile": cfg.experiment.name}
+
+
+def loggable_scores(result: dict[str, Any]) -> dict[str, Any]:
+    """The mean and per-structure scores of one method, without spreads and counts."""
+    per = {n: {k: v for k, v in s.items() if not k.endswith("_std") and k != "n_missing"}
+           for n, s in result["per_structure"].items()}
+    return {"mean": result["mean"], **per}
+
+
+def _log_to_children(tracker: "Tracker", models: dict[str, Path], results: dict[str, Any]) -> None:
+    from sasan.tracking.run_ref import read_run_ref
+
+    for method, bundle in models.items():
+        ref_path = Path(bundle).parent / RUN_REF
+        if method in results and ref_path.is_file():
+            tracker.attach(read_run_ref(ref_path)).log_metrics(loggable_scores(results[method]), prefix="eval/")
+
+
+def markdown_report(results: dict[str, Any], order: list[str], title: str, report_dir: Path,
+                    embed_images: bool = True) -> str:
+    """The results table (Dice and ASSD in mm per structure) and the report's pictures
+    (embedded as data URIs, for viewers without the files: the Kubeflow UI)."""
+    structures = list(next(iter(results.values()))["per_structure"])
+    lines = [f"# {title}", "", "| method | " + " | ".join(structures) + " | mean |",
+             "|---" * (len(structures) + 2) + "|"]
+    for method in [m for m in order if m in results]:
+        r = results[method]
+        cells = [f"{r['per_structure'][n]['dice']:.3f} ({r['per_structure'][n]['assd_mm']:.2f})" for n in structures]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {r['mean']['dice']:.3f} ({r['mean']['assd_mm']:.2f}) |")
+    for png in sorted(Path(report_dir).glob("*.png")):
+        src = f"data:image/png;base64,{base64.b64encode(png.read_bytes()).decode('ascii')}" if embed_images else png.name
+        lines += ["", f"## {png.stem.replace('_', ' ')}", "", f"![{png.stem}]({src})"]
+    return "\n".join(lines) + "\n"
 
 
 def target_test_cases(raw_dir: Path, domain: str) -> tuple[list[dict[str, Any]], dict[str, int], str]:

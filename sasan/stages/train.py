@@ -1,18 +1,53 @@
 """Train stage: the full recipe for each requested variant (SASAN and its baselines), each
-into ``out_dir/<variant>/`` (config.yaml, checkpoints, logs, samples, model.pt)."""
+into ``outputs.models/<variant>/`` (config.yaml, checkpoints, logs, samples, model.pt) and
+each as an MLflow child run of the pipeline's parent run, named by the variant.
+
+The child run's reference is kept next to the checkpoints (``<variant>/mlflow_run.json``):
+a retried or resumed step re-opens the same child run and continues its checkpoints.
+SIGTERM checkpoints at the next step boundary and ends the child run as KILLED."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from sasan.config import Config
 from sasan.errors import DataError
+from sasan.tracking.lineage import RunContext, log_lineage, read_identity
+from sasan.train.loop import sigterm_raises
 from sasan.train.recipe import Trainer, open_shards
 from sasan.train.variants import VARIANTS
 
+if TYPE_CHECKING:
+    from sasan.tracking.runs import Tracker
+
 log = logging.getLogger(__name__)
+
+RUN_REF = "mlflow_run.json"       # the parent's in outputs.models/, each child's in <variant>/
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    shards: Path
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    models: Path                    # one sub-folder per variant
+
+
+def object_store_checkpoints(checkpoint_uri: str, models: Path) -> Callable[[Path], None]:
+    """Keep a variant's resume state in object storage (``s3://...``): what is there now is
+    downloaded into ``models``; the returned hook uploads each file a retry needs."""
+    from sasan import storage
+
+    storage.download_if_exists(checkpoint_uri, models)
+
+    def upload(path: Path) -> None:
+        storage.upload(path, storage.join_uri(checkpoint_uri, Path(path).relative_to(models).as_posix()))
+    return upload
 
 
 def check_shards(shards: Path, cfg: Config) -> None:
@@ -22,22 +57,50 @@ def check_shards(shards: Path, cfg: Config) -> None:
             raise DataError(f"no training shard for domain {domain!r}: run `sasan preprocess` first", images)
 
 
-def run_train(shards: str | Path, out_dir: str | Path, cfg: Config, variants: Sequence[str] = ("sasan",),
-              on_log: Optional[Callable[[str, str, int, dict[str, float]], None]] = None,
-              rank: int = 0, world_size: int = 1, progress: bool = True,
-              on_checkpoint: Optional[Callable[[Path], None]] = None) -> dict[str, Any]:
-    """``on_log(variant, phase, step, values)`` receives every logged training value;
-    ``on_checkpoint(path)`` is called on rank 0 after each checkpoint save."""
-    shards, out_dir = Path(shards), Path(out_dir)
+def run(inputs: TrainInputs, outputs: TrainOutputs, cfg: Config, tracker: "Tracker",
+        variants: Sequence[str] = ("sasan",), context: RunContext = RunContext(), *,
+        rank: int = 0, world_size: int = 1, progress: bool = True,
+        on_checkpoint: Optional[Callable[[Path], None]] = None) -> dict[str, Any]:
+    """Train ``variants`` in turn. ``tracker``: the parent run (disabled on ranks > 0 and
+    without tracking). ``on_checkpoint(path)`` receives, on rank 0, every file a retried
+    pod needs (checkpoints and the child run reference), e.g. to copy it to object storage."""
+    shards, out_dir = Path(inputs.shards), Path(outputs.models)
     check_shards(shards, cfg)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise DataError(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
+    data = read_identity(shards)
+    log_lineage(tracker, context, data)         # the parent run: the same in DVC and Kubeflow
     summaries: dict[str, Any] = {}
-    for variant in variants:
-        log.info("training variant %s", variant)
-        hook = (lambda phase, step, values, v=variant: on_log(v, phase, step, values)) if on_log else None
-        trainer = Trainer(cfg, out_dir / variant, variant, on_log=hook, rank=rank, world_size=world_size,
-                          progress=progress, on_checkpoint=on_checkpoint)
-        summaries[variant] = trainer.run(open_shards(shards, trainer.cfg, variant))
+    with sigterm_raises():
+        for variant in variants:
+            summaries[variant] = _train_variant(shards, out_dir / variant, cfg, variant, tracker, context, data,
+                                                rank, world_size, progress, on_checkpoint)
     return summaries
+
+
+def _train_variant(shards: Path, vdir: Path, cfg: Config, variant: str, tracker: "Tracker", context: RunContext,
+                   data, rank: int, world_size: int, progress: bool,
+                   on_checkpoint: Optional[Callable[[Path], None]]) -> dict[str, Any]:
+    log.info("training variant %s", variant)
+    child = tracker.resume_child(vdir / RUN_REF, variant, tags={"sasan.variant": variant})
+    if child.enabled and on_checkpoint is not None:
+        on_checkpoint(vdir / RUN_REF)
+    try:
+        trainer = Trainer(cfg, vdir, variant, rank=rank, world_size=world_size, progress=progress,
+                          on_checkpoint=on_checkpoint,
+                          on_log=lambda phase, step, values: child.log_metrics(values, step=step, prefix=f"{phase}/"))
+        log_lineage(child, context, data)
+        child.log_config(trainer.cfg)
+        summary = trainer.run(open_shards(shards, trainer.cfg, variant))
+        if rank == 0:
+            for png in sorted((vdir / "samples").glob("*.png")) + sorted((vdir / "logs").glob("*.png")):
+                child.log_image(png, artifact_path="images")
+            child.log_artifact(vdir / "summary.json", artifact_path="summary")
+    except BaseException as err:
+        from sasan.tracking.runs import exit_status
+
+        child.end(exit_status(type(err)))
+        raise
+    child.end("FINISHED")
+    return summary

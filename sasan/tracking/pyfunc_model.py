@@ -22,7 +22,8 @@ from mlflow.entities import LoggedModelOutput
 from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-from sasan.tracking.runs import Tracker, TrackingError, _call, process_tracking_uri
+from sasan.tracking.client import TrackingError, mlflow_call, process_tracking_uri
+from sasan.tracking.runs import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def log_bundle_model(tracker: Tracker, bundle_path: str | Path, name: str = "mod
         example = np.full((1, bundle.cfg.model.in_channels, size, size), -1.0, np.float32)
     client = tracker.client
     requirements = pinned_requirements(constraints or default_constraints())
-    logged = _call(client.create_logged_model, tracker.tracking_uri, tracker.experiment_id, name=name,
+    logged = mlflow_call(client.create_logged_model, tracker.tracking_uri, tracker.experiment_id, name=name,
                    source_run_id=tracker.run_id, model_type="segmentation",
                    tags={"sasan.variant": bundle.variant})
     with tempfile.TemporaryDirectory(prefix="sasan-code-") as tmp, process_tracking_uri(tracker.tracking_uri):
@@ -138,7 +139,7 @@ def log_bundle_model(tracker: Tracker, bundle_path: str | Path, name: str = "mod
             pip_requirements=requirements,
         )
     # log_model links a model to the *active* run only; this run is not made active
-    _call(client.log_outputs, tracker.tracking_uri, tracker.run_id,
+    mlflow_call(client.log_outputs, tracker.tracking_uri, tracker.run_id,
           [LoggedModelOutput(model_id=logged.model_id, step=0)])
     log.info("logged model %s (%s) to run %s", info.model_uri, bundle.variant, tracker.run_id)
     return info.model_uri

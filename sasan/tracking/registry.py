@@ -3,18 +3,31 @@
 the current champion's. The decision and its numbers go to ``register.json`` and
 ``register.md``.
 
-Each version carries its score as the tag ``target_mean_dice``, so the next gate compares
-against the number the champion was promoted with, not a re-computation. Aliases, never the
-deprecated stages (STYLE.md 16)."""
+Each version carries its score as the tag ``target_mean_dice`` and its evaluation identity
+(data set digest, target test split, image size, profile, direction) as ``sasan.eval.*``
+tags, so the next gate compares against the number the champion was promoted with, and
+only when both were measured on the same identity: a challenger evaluated on other data,
+another split or another image size is registered but never promoted over (or blocked by a
+champion of) another identity without saying so: the report gives the reason, and the fix
+is a ``register.model_name`` per data set.
+
+Promotion is serialised across concurrent runs by a lock: a registered model named
+``<model>.gate-lock``, created atomically (the store refuses a second one) and deleted
+after; the champion is read, compared and moved while it is held, and the alias is read
+back before the lock is released. Aliases, never the deprecated stages (STYLE.md 16)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -22,13 +35,19 @@ from mlflow.exceptions import MlflowException
 from sasan.atomic import write_json, write_text
 from sasan.config import RegisterConfig
 from sasan.errors import DataError
-from sasan.tracking.runs import TrackingError, _call, process_tracking_uri, redact_uri
+from sasan.tracking.client import TrackingError, mlflow_call, process_tracking_uri, redact_uri
 
 log = logging.getLogger(__name__)
 
 DICE_TAG = "target_mean_dice"
 GATE_TAG = "sasan.gate"
 DEFAULT_METHOD = "sasan"
+IDENTITY_TAG = "sasan.eval."              # + one of IDENTITY_FIELDS
+IDENTITY_KEY_TAG = "sasan.eval.key"       # digest of all fields: one string to compare and search
+IDENTITY_FIELDS = ("dataset", "data_digest", "source", "target", "test_split", "image_size", "profile")
+LOCK_SUFFIX = ".gate-lock"
+LOCK_WAIT_S = 300.0
+LOCK_STALE_S = 900.0                      # a lock older than this was left by a crashed run
 
 
 class MetricsError(DataError):
@@ -43,6 +62,7 @@ class GateDecision:
     champion_dice: Optional[float]
     promote: bool
     reasons: list[str] = field(default_factory=list)
+    identity_key: Optional[str] = None
 
 
 def load_evaluation(path: str | Path) -> dict[str, Any]:
@@ -76,58 +96,147 @@ def target_mean_dice(metrics: dict[str, Any], method: str = DEFAULT_METHOD,
     return float(value)
 
 
-def decide(dice: float, min_dice: float, champion_version: Optional[str],
-           champion_dice: Optional[float]) -> GateDecision:
-    """The gate, as a pure function: threshold AND (no champion OR strictly better)."""
+def gate_identity(identity: Optional[Mapping[str, Any]], method: str = DEFAULT_METHOD) -> Optional[dict[str, str]]:
+    """The fields the gate compares, as strings (the image size of ``method``'s bundle);
+    None when the evaluation recorded no identity."""
+    if not identity:
+        return None
+    size = identity.get("image_size")
+    size = size.get(method) if isinstance(size, Mapping) else size
+    fields = {**{k: identity.get(k) for k in IDENTITY_FIELDS}, "image_size": size}
+    missing = [k for k, v in fields.items() if v in (None, "")]
+    if missing:
+        raise MetricsError(f"evaluation identity lacks {', '.join(missing)}")
+    return {k: str(v) for k, v in fields.items()}
+
+
+def identity_key(fields: Mapping[str, str]) -> str:
+    return hashlib.sha256(json.dumps(dict(fields), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def decide(dice: float, min_dice: float, champion_version: Optional[str], champion_dice: Optional[float],
+           identity: Optional[Mapping[str, str]] = None,
+           champion_identity: Optional[Mapping[str, str]] = None) -> GateDecision:
+    """The gate, as a pure function: an identity, the threshold AND (no champion OR a
+    champion of the same identity that the challenger strictly beats)."""
     reasons = []
     passes = dice >= min_dice
     reasons.append(f"target mean Dice {dice:.4f} {'>=' if passes else '<'} threshold {min_dice:.4f}")
+    if identity is None:
+        passes = False
+        reasons.append("the evaluation recorded no identity (data set, test split, image size, profile): "
+                       "never promoted")
     if champion_version is None:
         beats = True
         reasons.append("no current champion: the threshold alone decides")
+    elif identity is not None and champion_identity is None:
+        beats = False
+        reasons.append(f"champion v{champion_version} carries no evaluation identity: it is not compared "
+                       "and not replaced automatically")
+    elif identity is not None and dict(champion_identity) != dict(identity):
+        beats = False
+        differ = sorted(k for k in identity if identity.get(k) != champion_identity.get(k))
+        detail = "; ".join(f"{k} {champion_identity.get(k)!s:.16} vs {identity.get(k)!s:.16}" for k in differ)
+        reasons.append(f"champion v{champion_version} was evaluated on another identity ({detail}): not compared, "
+                       "not promoted; give each data set its own register.model_name")
     elif champion_dice is None:
         beats = False
         reasons.append(f"champion v{champion_version} has no {DICE_TAG} tag: it is not replaced automatically")
     else:
         beats = dice > champion_dice
         reasons.append(f"target mean Dice {dice:.4f} {'>' if beats else '<='} champion v{champion_version}'s "
-                       f"{champion_dice:.4f}")
-    return GateDecision(dice, min_dice, champion_version, champion_dice, passes and beats, reasons)
+                       f"{champion_dice:.4f} (same evaluation identity)")
+    return GateDecision(dice, min_dice, champion_version, champion_dice, passes and beats, reasons,
+                        identity_key(identity) if identity is not None else None)
+
+
+@contextlib.contextmanager
+def gate_lock(client: MlflowClient, name: str, holder: str, wait_s: float = LOCK_WAIT_S,
+              stale_s: float = LOCK_STALE_S, poll_s: float = 0.2) -> Iterator[None]:
+    """Hold the promotion lock of ``name``: the registered model ``<name>.gate-lock``,
+    whose creation the store makes atomic. A lock older than ``stale_s`` is broken."""
+    lock = f"{name}{LOCK_SUFFIX}"
+    uri = client.tracking_uri
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.create_registered_model(lock, tags={"sasan.lock.holder": holder,
+                                                       "sasan.lock.since": f"{time.time():.3f}"},
+                                           description="promotion lock of sasan register (deleted after use)")
+            break
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise TrackingError(f"cannot take the gate lock {lock!r}: {err.message}", redact_uri(uri)) from None
+        try:
+            since = float(client.get_registered_model(lock).tags.get("sasan.lock.since", "0"))
+        except (MlflowException, ValueError):
+            continue                                       # released meanwhile: try again at once
+        if time.time() - since > stale_s:
+            log.warning("breaking the stale gate lock %s (held since %.0f s)", lock, time.time() - since)
+            with contextlib.suppress(MlflowException):
+                client.delete_registered_model(lock)
+            continue
+        if time.monotonic() > deadline:
+            raise TrackingError(f"the gate lock {lock!r} is held by another run for over {wait_s:.0f} s; "
+                                f"delete it if no registration is running", redact_uri(uri))
+        time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        try:
+            client.delete_registered_model(lock)
+        except MlflowException as err:
+            log.warning("could not release the gate lock %s: %s", lock, err.message)
 
 
 def register_and_gate(tracking_uri: Optional[str], model_uri: str, metrics: dict[str, Any],
                       cfg: RegisterConfig, run_id: Optional[str], report_dir: str | Path,
-                      method: str = DEFAULT_METHOD, metrics_origin: Optional[str | Path] = None) -> dict[str, Any]:
-    """Register ``model_uri`` as a new version of ``cfg.model_name``, tag it with its
-    target mean Dice, move ``cfg.alias`` to it if the gate passes, write the report.
-    Returns the report dict."""
+                      method: str = DEFAULT_METHOD, metrics_origin: Optional[str | Path] = None,
+                      identity: Optional[Mapping[str, Any]] = None,
+                      parent_run_id: Optional[str] = None) -> dict[str, Any]:
+    """Register ``model_uri`` as a new version of ``cfg.model_name``, tagged with its target
+    mean Dice and evaluation ``identity``; under the gate lock, move ``cfg.alias`` to it if
+    the gate passes; write the report. ``run_id``: the run that logged the model;
+    ``parent_run_id``: the pipeline's run, tagged with the outcome too. Returns the report."""
     dice = target_mean_dice(metrics, method, metrics_origin)   # before touching the registry
+    fields = gate_identity(identity, method)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     uri = client.tracking_uri
     name, alias = cfg.model_name, cfg.alias
     _ensure_registered_model(client, name)
-    champion_version, champion_dice = current_champion(client, name, alias)
-    decision = decide(dice, cfg.min_dice, champion_version, champion_dice)
+    id_tags = {IDENTITY_TAG + k: v for k, v in (fields or {}).items()}
+    if fields is not None:
+        id_tags[IDENTITY_KEY_TAG] = identity_key(fields)
 
     model_id = model_uri[len("models:/"):] if model_uri.startswith("models:/m-") else None
     with process_tracking_uri(uri):     # the store resolves models:/ sources via the global URI
-        version = _call(client.create_model_version, uri, name, source=model_uri, run_id=run_id,
-                        model_id=model_id, tags={DICE_TAG: repr(dice), GATE_TAG: _verdict(decision)},
-                        description="; ".join(decision.reasons)).version
+        version = mlflow_call(client.create_model_version, uri, name, source=model_uri, run_id=run_id,
+                              model_id=model_id, tags={DICE_TAG: repr(dice), **id_tags}).version
+    with gate_lock(client, name, holder=f"{run_id or 'no-run'}/{uuid.uuid4().hex[:8]}"):
+        champion_version, champion_dice, champion_fields = current_champion(client, name, alias)
+        decision = decide(dice, cfg.min_dice, champion_version, champion_dice, fields, champion_fields)
+        if decision.promote:
+            mlflow_call(client.set_registered_model_alias, uri, name, alias, version)
+            now = str(mlflow_call(client.get_model_version_by_alias, uri, name, alias).version)
+            if now != str(version):
+                raise TrackingError(f"@{alias} of {name!r} reads v{now} right after moving it to v{version}: "
+                                    "another writer ignores the gate lock", redact_uri(uri))
+    mlflow_call(client.set_model_version_tag, uri, name, version, GATE_TAG, _verdict(decision))
+    mlflow_call(client.update_model_version, uri, name, version, description="; ".join(decision.reasons))
     if decision.promote:
-        _call(client.set_registered_model_alias, uri, name, alias, version)
         log.info("%s v%s promoted to %r (target mean Dice %.4f)", name, version, alias, dice)
     else:
         log.info("%s v%s registered, %r unchanged: %s", name, version, alias, "; ".join(decision.reasons))
-    if run_id:
-        _call(client.set_tag, uri, run_id, "sasan.registered_version", f"{name}/{version}")
-        _call(client.set_tag, uri, run_id, GATE_TAG, _verdict(decision))
+    for rid in dict.fromkeys(r for r in (run_id, parent_run_id) if r):
+        mlflow_call(client.set_tag, uri, rid, "sasan.registered_version", f"{name}/{version}")
+        mlflow_call(client.set_tag, uri, rid, GATE_TAG, _verdict(decision))
 
     report = {
         "model_name": name, "version": str(version), "model_uri": model_uri, "run_id": run_id,
         "method": method, "alias": alias, "target_mean_dice": dice, "min_dice": cfg.min_dice,
+        "identity": fields, "identity_key": decision.identity_key,
         "previous_champion": None if champion_version is None else
-        {"version": champion_version, "target_mean_dice": champion_dice},
+        {"version": champion_version, "target_mean_dice": champion_dice, "identity": champion_fields},
         "promoted": decision.promote,
         "champion_version": str(version) if decision.promote else champion_version,
         "reasons": decision.reasons, "tracking_uri": redact_uri(uri),
@@ -136,20 +245,24 @@ def register_and_gate(tracking_uri: Optional[str], model_uri: str, metrics: dict
     return report
 
 
-def current_champion(client: MlflowClient, name: str, alias: str) -> tuple[Optional[str], Optional[float]]:
-    """(version, its target mean Dice tag) of the model the alias points at, or (None, None)."""
+def current_champion(client: MlflowClient, name: str,
+                     alias: str) -> tuple[Optional[str], Optional[float], Optional[dict[str, str]]]:
+    """(version, its target mean Dice tag, its evaluation identity) of the model the alias
+    points at, or (None, None, None)."""
     try:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException as err:
         if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None, None
+            return None, None, None
         raise TrackingError(f"cannot read alias {alias!r} of {name!r}: {err.message}",
                             redact_uri(client.tracking_uri)) from None
     try:
         dice = float(mv.tags[DICE_TAG])
     except (KeyError, ValueError):
         dice = None
-    return str(mv.version), (dice if dice is not None and math.isfinite(dice) else None)
+    fields = {k: mv.tags[IDENTITY_TAG + k] for k in IDENTITY_FIELDS if IDENTITY_TAG + k in mv.tags}
+    return (str(mv.version), (dice if dice is not None and math.isfinite(dice) else None),
+            fields if len(fields) == len(IDENTITY_FIELDS) else None)
 
 
 def write_report(report: dict[str, Any], report_dir: Path) -> None:
@@ -167,11 +280,14 @@ def render_markdown(r: dict[str, Any]) -> str:
     prev_dice = "n/a" if prev is None or prev["target_mean_dice"] is None else f"{prev['target_mean_dice']:.4f}"
     lines = [
         f"# Model registration: {name}", "", verdict, "",
-        f"Gate: target mean Dice of `{r['method']}` >= `register.min_dice` AND > the current `@{alias}`'s.", "",
+        f"Gate: target mean Dice of `{r['method']}` >= `register.min_dice` AND > the current `@{alias}`'s, "
+        "compared only when both were evaluated on the same identity.", "",
         "| | version | target mean Dice |", "|---|---|---|",
         f"| candidate | v{r['version']} | {r['target_mean_dice']:.4f} |",
         f"| previous {alias} | {'v' + prev['version'] if prev else 'none'} | {prev_dice} |",
         f"| threshold | | {r['min_dice']:.4f} |", "",
+        "Evaluation identity: " + (", ".join(f"{k} `{v}`" for k, v in r["identity"].items())
+                                   if r.get("identity") else "none recorded"), "",
         "Reasons:", "", *[f"- {reason}" for reason in r["reasons"]], "",
         f"Model: `{r['model_uri']}`" + (f", run `{r['run_id']}`" if r["run_id"] else "")
         + f", tracking store `{r['tracking_uri']}`", "",

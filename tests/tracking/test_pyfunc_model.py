@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 
 from sasan.bundle import save_bundle
 from sasan.tracking.pyfunc_model import log_bundle_model, pinned_requirements, predict_labels
+from sasan.tracking.client import process_tracking_uri
 from sasan.tracking.runs import Tracker
 from tests.tracking.conftest import tiny_bundle
 
@@ -62,12 +63,8 @@ def logged(tmp_path_factory, _empty_store):
 
 def _load(logged):
     # load_model resolves models:/ URIs through the process-wide tracking URI
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(logged["uri"])
-    try:
+    with process_tracking_uri(logged["uri"]):
         return mlflow.pyfunc.load_model(logged["model_uri"])
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def test_logged_model_loads_and_predicts_like_the_bundle(logged):

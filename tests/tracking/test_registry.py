@@ -7,11 +7,16 @@ from mlflow import MlflowClient
 
 from sasan.config import RegisterConfig
 from sasan.tracking.registry import (
-    DICE_TAG, MetricsError, decide, load_evaluation, register_and_gate, target_mean_dice,
+    DICE_TAG, MetricsError, decide, gate_identity, load_evaluation, register_and_gate, target_mean_dice,
 )
 from sasan.tracking.runs import Tracker
 
 GATE = RegisterConfig(model_name="seg", min_dice=0.5, alias="champion")
+# what the evaluate stage writes to identity.json
+IDENTITY = {"dataset": "phantom", "data_digest": "d" * 64, "source": "mr", "target": "ct",
+            "test_split": "s" * 64, "test_cases": ["ct_001", "ct_002"], "image_size": {"sasan": 64},
+            "profile": "sasan-phantom"}
+FIELDS = gate_identity(IDENTITY)
 
 
 def evaluation(sasan_dice: float, baseline: float = 0.2) -> dict:
@@ -35,9 +40,9 @@ def candidate(tracking_uri):
     return make
 
 
-def gate(tracking_uri, candidate, dice, report_dir, cfg=GATE):
+def gate(tracking_uri, candidate, dice, report_dir, cfg=GATE, identity=IDENTITY):
     run_id, model_uri = candidate()
-    return register_and_gate(tracking_uri, model_uri, evaluation(dice), cfg, run_id, report_dir)
+    return register_and_gate(tracking_uri, model_uri, evaluation(dice), cfg, run_id, report_dir, identity=identity)
 
 
 def champion(tracking_uri, name="seg", alias="champion"):
@@ -71,7 +76,7 @@ def test_better_model_takes_over_the_alias(tracking_uri, candidate, tmp_path):
     gate(tracking_uri, candidate, 0.60, tmp_path)
     report = gate(tracking_uri, candidate, 0.65, tmp_path)
     assert report["promoted"] is True and champion(tracking_uri) == "2"
-    assert report["previous_champion"] == {"version": "1", "target_mean_dice": 0.60}
+    assert report["previous_champion"] == {"version": "1", "target_mean_dice": 0.60, "identity": FIELDS}
     assert "0.6500 > champion v1's 0.6000" in report["reasons"][1]
 
 
@@ -136,5 +141,74 @@ def test_metrics_file_errors_name_the_file(tmp_path):
     (0.5, None, True), (0.49, None, False), (0.7, 0.6, True), (0.6, 0.6, False), (0.4, 0.3, False),
 ])
 def test_gate_table(dice, champ, promote):
-    d = decide(dice, 0.5, None if champ is None else "3", champ)
+    d = decide(dice, 0.5, None if champ is None else "3", champ, FIELDS, None if champ is None else FIELDS)
     assert d.promote is promote and len(d.reasons) == 2
+
+
+def test_each_version_carries_its_evaluation_identity(tracking_uri, candidate, tmp_path):
+    report = gate(tracking_uri, candidate, 0.7, tmp_path)
+    tags = MlflowClient(tracking_uri).get_model_version("seg", "1").tags
+    assert tags["sasan.eval.data_digest"] == "d" * 64 and tags["sasan.eval.test_split"] == "s" * 64
+    assert tags["sasan.eval.image_size"] == "64" and tags["sasan.eval.profile"] == "sasan-phantom"
+    assert tags["sasan.eval.key"] == report["identity_key"]
+    assert "data_digest `" + "d" * 64 in (tmp_path / "register.md").read_text()
+
+
+@pytest.mark.parametrize("change", [{"image_size": {"sasan": 256}}, {"data_digest": "e" * 64},
+                                    {"test_split": "t" * 64}, {"profile": "sasan-mmwhs"}])
+def test_a_champion_of_another_identity_is_not_compared(tracking_uri, candidate, tmp_path, change):
+    gate(tracking_uri, candidate, 0.30 + 0.3, tmp_path)             # e.g. a 64-pixel phantom champion
+    report = gate(tracking_uri, candidate, 0.95, tmp_path, identity={**IDENTITY, **change})
+    assert report["promoted"] is False and champion(tracking_uri) == "1"
+    assert "another identity" in report["reasons"][1] and next(iter(change)) in report["reasons"][1]
+    assert "register.model_name" in report["reasons"][1]
+
+
+def test_without_an_identity_nothing_is_promoted(tracking_uri, candidate, tmp_path):
+    report = gate(tracking_uri, candidate, 0.9, tmp_path, identity=None)
+    assert report["promoted"] is False and "no identity" in report["reasons"][1]
+    assert MlflowClient(tracking_uri).get_registered_model("seg").aliases == {}
+
+
+def test_promotion_is_safe_under_concurrent_runs(tracking_uri, candidate, tmp_path, monkeypatch):
+    """Four registrations at once, each slowed between reading the champion and moving the
+    alias (where an unlocked gate lets a worse model overwrite a better one): the best ends
+    as champion, every version is registered and the lock is gone."""
+    import threading
+    import time
+
+    from sasan.tracking import registry
+
+    read = registry.current_champion
+
+    def slow_read(*args):
+        found = read(*args)
+        time.sleep(0.3)
+        return found
+
+    monkeypatch.setattr(registry, "current_champion", slow_read)
+    candidates = [candidate() for _ in range(4)]
+    scores = [0.7, 0.9, 0.6, 0.8]
+    start = threading.Barrier(len(scores))
+    reports, errors = {}, []
+
+    def register(i):
+        run_id, model_uri = candidates[i]
+        start.wait()
+        try:
+            reports[i] = register_and_gate(tracking_uri, model_uri, evaluation(scores[i]), GATE, run_id,
+                                           tmp_path / f"r{i}", identity=IDENTITY)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=register, args=(i,)) for i in range(len(scores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    client = MlflowClient(tracking_uri)
+    best = next(r for r in reports.values() if r["target_mean_dice"] == 0.9)
+    assert champion(tracking_uri) == best["version"]
+    assert sorted(r["version"] for r in reports.values()) == ["1", "2", "3", "4"]
+    assert [m.name for m in client.search_registered_models()] == ["seg"]       # the lock was released

@@ -9,9 +9,10 @@ from mlflow import MlflowClient
 
 from sasan.bundle import save_bundle
 from sasan.cli import build_parser, main
-from sasan.tracking.runs import Tracker, process_tracking_uri, write_run_ref
+from sasan.tracking.client import process_tracking_uri
+from sasan.tracking.runs import Tracker, write_run_ref
 from tests.tracking.conftest import tiny_bundle
-from tests.tracking.test_registry import evaluation
+from tests.tracking.test_registry import IDENTITY, evaluation
 
 
 def test_help_explains_the_gate_and_the_store(capsys):
@@ -34,9 +35,11 @@ def test_register_promotes_then_keeps_the_champion(tracking_uri, tmp_path, monke
         write_run_ref(tmp_path / "run.json", tracker)
         tracker.end()
         (tmp_path / "evaluation.json").write_text(json.dumps(evaluation(dice)))
+        (tmp_path / "evaluation").mkdir(exist_ok=True)
+        (tmp_path / "evaluation" / "identity.json").write_text(json.dumps(IDENTITY))
         code = main(["register", "--bundle", str(tmp_path / "bundle.pt"), "--metrics",
                      str(tmp_path / "evaluation.json"), "--run-ref", str(tmp_path / "run.json"),
-                     "--report", str(tmp_path / "report")])
+                     "--report", str(tmp_path / "report"), "--evaluation-report", str(tmp_path / "evaluation")])
         return code, tracker.run_id, json.loads((tmp_path / "report" / "register.json").read_text())
 
     code, run_id, report = pipeline(0.7)

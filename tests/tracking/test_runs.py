@@ -9,14 +9,15 @@ import yaml
 from mlflow import MlflowClient
 
 from sasan.config import config_from_dict
+from sasan.tracking.experiments import CLASSIC_ML_KIND, EXPERIMENT_KIND_TAG, RUNS_VIEW_KEY, SHARED_VIEW_TAG
 from sasan.tracking.runs import (
-    CLASSIC_ML_KIND, EXPERIMENT_KIND_TAG, MAX_PARAM_VALUE, RUNS_VIEW_KEY, SHARED_VIEW_TAG, Tracker,
-    TrackingError, default_tracking_uri, metric_name, read_run_ref, redact_uri, runs_table_url, write_run_ref,
+    MAX_PARAM_VALUE, Tracker, TrackingError, default_tracking_uri, metric_name, read_run_ref, redact_uri,
+    runs_table_url, write_run_ref,
 )
 
 
 def test_default_uri_is_the_store_mlflow_ui_opens_from_the_repo_root(tmp_path, monkeypatch, _empty_store):
-    from mlflow.tracking._tracking_service.utils import _get_default_tracking_uri
+    import mlflow
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -26,7 +27,7 @@ def test_default_uri_is_the_store_mlflow_ui_opens_from_the_repo_root(tmp_path, m
         tracker.log_text("x", "notes/x.txt")
     # `mlflow ui` / `mlflow server` without --backend-store-uri use this (mlflow/cli): it
     # must still pick the SQLite file, i.e. ./mlruns must not look like a file store now.
-    ui_default = _get_default_tracking_uri()
+    ui_default = mlflow.get_tracking_uri()   # nothing set: MLflow's own default
     assert ui_default.startswith("sqlite:///")
     assert Path(ui_default[len("sqlite:///"):]).resolve() == Path(uri[len("sqlite:///"):])
     assert (tmp_path / "mlruns" / "exp").is_dir()
@@ -190,7 +191,7 @@ def test_disabled_tracker_records_nothing_and_writes_a_null_ref(tmp_path):
     tracker.end()
     write_run_ref(tmp_path / "run.json", tracker)
     ref = read_run_ref(tmp_path / "run.json")
-    assert ref == {"run_id": None, "experiment_id": None, "tracking_uri": None}
+    assert ref == {"run_id": None, "experiment_id": None, "tracking_uri": None, "parent_run_id": None, "run_name": None}
     assert Tracker.reopen(ref).enabled is False
     assert list(tmp_path.iterdir()) == [tmp_path / "run.json"]
 
