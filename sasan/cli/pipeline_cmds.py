@@ -64,7 +64,10 @@ def _image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", default=None,
                    help="image of every step, immutable: REGISTRY/sasan:<git sha> or @sha256:... "
                         "(default: $SASAN_IMAGE, else sasan:<HEAD commit> of this checkout)")
-    p.add_argument("--pvc", default=None, help="mount this PersistentVolumeClaim at /mnt/sasan-data in data steps")
+    p.add_argument("--cpu-image", default=None,
+                   help="image of the CPU steps (default: the --image repository with -cpu, same tag)")
+    p.add_argument("--pvc", default=None,
+                   help="mount this ReadWriteMany PersistentVolumeClaim at /mnt/sasan-data in data steps")
 
 
 def _repo_root() -> Path:
@@ -111,7 +114,7 @@ def _compile(args: argparse.Namespace) -> int:
     module = _pipeline_module()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        module.compile_pipeline(str(args.out), image, pvc=args.pvc)
+        module.compile_pipeline(str(args.out), image, pvc=args.pvc, cpu_image=args.cpu_image)
     except (TypeError, ValueError) as err:
         raise PipelineError(f"compile failed: {err}") from None
     print(f"compiled pipeline: {args.out} (image {image})")
@@ -164,7 +167,7 @@ def _submit(args: argparse.Namespace) -> int:
         package = args.package
         if package is None:
             package = Path(tmp) / "pipeline.yaml"
-            _pipeline_module().compile_pipeline(str(package), _image(args), pvc=args.pvc)
+            _pipeline_module().compile_pipeline(str(package), _image(args), pvc=args.pvc, cpu_image=args.cpu_image)
         try:
             result = _client(args.host).create_run_from_pipeline_package(
                 str(package), arguments=arguments, run_name=run_name, experiment_name=args.experiment,

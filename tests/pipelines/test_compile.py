@@ -1,5 +1,6 @@
-"""`sasan pipeline compile` and the compiled pipeline YAML: image, GPUs, scheduling, Secrets,
-caching and retries; and `sasan pipeline submit` against a stand-in kfp.Client."""
+"""`sasan pipeline compile` and the compiled pipeline YAML: images, GPUs, scheduling, Secrets,
+caching and retries, the exit handler, timeouts, resources, scratch, parallelism; and
+`sasan pipeline submit` against a stand-in kfp.Client."""
 
 import re
 
@@ -10,8 +11,12 @@ from sasan.cli import main
 from sasan.cli import pipeline_cmds
 
 IMAGE = "registry.example.com/sasan:0123456789ab"
+CPU_IMAGE = "registry.example.com/sasan-cpu:0123456789ab"
 TRAIN_EXECUTORS = {"exec-train", "exec-train-2"}            # SASAN, and the baselines' ParallelFor body
-MLFLOW_STEPS = {"exec-start-run", "exec-train", "exec-train-2", "exec-evaluate", "exec-register"}
+MLFLOW_STEPS = {"exec-start-run", "exec-train", "exec-train-2", "exec-evaluate", "exec-register", "exec-finish-run"}
+EXECUTORS = {"exec-configure", "exec-start-run", "exec-ingest", "exec-validate", "exec-preprocess", "exec-train",
+             "exec-train-2", "exec-evaluate", "exec-register", "exec-finish-run"}
+DATA_STEPS = {"exec-ingest", "exec-validate", "exec-preprocess", "exec-train", "exec-train-2", "exec-evaluate"}
 # planted in the compiling process's environment: none of it may reach the YAML
 PLANTED = {"AWS_ACCESS_KEY_ID": "AKIAPLANTEDKEY123456", "AWS_SECRET_ACCESS_KEY": "planted-s3-secret-value",
            "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-password", "MLFLOW_TRACKING_USERNAME": "planted-user",
@@ -41,14 +46,105 @@ def _tasks(spec):
     return tasks
 
 
-def test_every_executor_runs_the_given_image_without_pip_installs(compiled):
+def test_training_runs_the_cuda_image_every_other_step_the_cpu_image_without_pip_installs(compiled):
     _, spec, _ = compiled
     executors = spec["deploymentSpec"]["executors"]
-    assert set(executors) == {"exec-configure", "exec-start-run", "exec-ingest", "exec-validate", "exec-preprocess",
-                              "exec-train", "exec-train-2", "exec-evaluate", "exec-register"}
+    assert set(executors) == EXECUTORS
     for name, ex in executors.items():
-        assert ex["container"]["image"] == IMAGE, name
+        assert ex["container"]["image"] == (IMAGE if name in TRAIN_EXECUTORS else CPU_IMAGE), name
         assert "pip install" not in " ".join(ex["container"]["command"]), name
+
+
+def test_images_are_compile_time_settings_and_immutable(tmp_path):
+    out = tmp_path / "p.yaml"
+    cpu = "registry.example.com/sasan-cpu@sha256:" + "a" * 64
+    assert main(["pipeline", "compile", str(out), "--image", IMAGE, "--cpu-image", cpu]) == 0
+    images = {n: ex["container"]["image"] for n, ex in next(yaml.safe_load_all(out.read_text()))
+              ["deploymentSpec"]["executors"].items()}
+    assert {images[n] for n in TRAIN_EXECUTORS} == {IMAGE} and set(images.values()) == {IMAGE, cpu}
+    for moving in ("registry.example.com/sasan:latest", "registry.example.com/sasan"):
+        assert main(["pipeline", "compile", str(out), "--image", moving]) != 0
+    assert main(["pipeline", "compile", str(out), "--image", IMAGE, "--cpu-image", "sasan-cpu:latest"]) != 0
+
+
+def test_an_exit_handler_around_every_step_ends_the_mlflow_run_with_the_final_status(compiled):
+    _, spec, platform = compiled
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "finish-run"}
+    exit_task = root["finish-run"]
+    assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert exit_task["dependentTasks"] == ["exit-handler-1"]
+    assert exit_task["inputs"]["parameters"]["status"]["taskFinalStatus"]["producerTask"] == "exit-handler-1"
+    assert exit_task["inputs"]["parameters"]["pipeline_job"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    inside = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert {"configure", "start-run", "ingest", "validate", "preprocess", "train", "for-loop-2", "evaluate",
+            "register"} == set(inside)
+    # the exit task reaches MLflow and the KFP API (to name the failed step)
+    envs = {k["envVar"] for c in platform["exec-finish-run"]["configMapAsEnv"] for k in c["keyToEnv"]}
+    assert {"MLFLOW_TRACKING_URI", "KFP_API_URL"} <= envs
+
+
+def _seconds(value) -> int:
+    return int(str(value).rstrip("s"))
+
+
+def test_every_step_has_a_deadline(compiled):
+    _, _, platform = compiled
+    deadlines = {name: _seconds(cfg["activeDeadlineSeconds"]) for name, cfg in platform.items()}
+    assert set(deadlines) == EXECUTORS
+    for name, seconds in deadlines.items():
+        assert 0 < seconds <= 2 * 24 * 3600, name
+    assert deadlines["exec-train"] == deadlines["exec-train-2"] == 24 * 3600
+    assert max(v for k, v in deadlines.items() if k not in TRAIN_EXECUTORS) <= 4 * 3600
+
+
+def test_a_training_deadline_is_a_compile_time_setting(tmp_path):
+    from pipelines.sasan_pipeline import compile_pipeline
+
+    out = compile_pipeline(str(tmp_path / "p.yaml"), IMAGE, train_timeout_s=3600, baseline_parallelism=1)
+    spec, platform = yaml.safe_load_all(open(out))
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert _seconds(executors["exec-train-2"]["activeDeadlineSeconds"]) == 3600
+    loop = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]["for-loop-2"]
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 1
+
+
+def _quantity(text: str) -> float:
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for unit, factor in units.items():
+        if str(text).endswith(unit):
+            return float(str(text)[:-len(unit)]) * factor
+    return float(text)
+
+
+def test_every_step_requests_and_limits_cpu_and_memory(compiled):
+    _, spec, _ = compiled
+    for name, ex in spec["deploymentSpec"]["executors"].items():
+        res = ex["container"]["resources"]
+        for key in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
+            assert res.get(key), f"{name}: no {key}"
+        if name in TRAIN_EXECUTORS:   # pipeline parameters: request = limit
+            assert "train_cpu" in res["resourceCpuRequest"] and res["resourceCpuLimit"] == res["resourceCpuRequest"]
+            assert "train_memory" in res["resourceMemoryLimit"]
+            continue
+        assert _quantity(res["resourceCpuRequest"]) <= _quantity(res["resourceCpuLimit"]), name
+        assert _quantity(res["resourceMemoryRequest"]) == _quantity(res["resourceMemoryLimit"]), name
+
+
+def test_steps_where_data_lands_have_sized_scratch(compiled):
+    _, _, platform = compiled
+    for name, cfg in platform.items():
+        mounts = cfg.get("emptyDirMounts", [])
+        if name in DATA_STEPS:
+            (mount,) = mounts
+            assert mount["mountPath"] == "/tmp" and _quantity(mount["sizeLimit"]) >= 50 * 2**30, name
+        else:
+            assert not mounts, name
+
+
+def test_data_moves_by_reference_on_a_cluster_by_default(compiled):
+    _, spec, _ = compiled
+    assert spec["root"]["inputDefinitions"]["parameters"]["data_root"]["defaultValue"] == "s3://sasan-data/runs"
 
 
 def test_gpus_are_requested_by_the_training_tasks_only(compiled):
@@ -107,32 +203,38 @@ def test_caching_and_retries_are_set_per_step(compiled):
     tasks = _tasks(spec)
     cached = {name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks.items()
               if "componentRef" in t and not name.startswith("for-loop")}
+    cached.pop("exit-handler-1")
     assert cached == {"configure": True, "ingest": True, "validate": True, "preprocess": True,
-                      "start-run": False, "train": False, "train-2": False, "evaluate": False, "register": False}
+                      "start-run": False, "train": False, "train-2": False, "evaluate": False, "register": False,
+                      "finish-run": False}
     retries = {name: t.get("retryPolicy", {}).get("maxRetryCount", 0) for name, t in tasks.items()
-               if not name.startswith("for-loop")}
+               if not name.startswith(("for-loop", "exit-handler"))}
     assert retries == {"configure": 0, "start-run": 1, "ingest": 2, "validate": 0, "preprocess": 0,
-                       "train": 3, "train-2": 3, "evaluate": 1, "register": 0}
+                       "train": 3, "train-2": 3, "evaluate": 1, "register": 0, "finish-run": 2}
     # a preempted training is retried for long enough to finish: the window counts from attempt 1
     assert int(tasks["train"]["retryPolicy"]["backoffMaxDuration"].rstrip("s")) >= 24 * 3600
 
 
-def test_baselines_train_in_a_parallel_for_and_evaluate_collects_them(compiled):
+def test_baselines_train_in_a_capped_parallel_for_and_evaluate_collects_them(compiled):
     _, spec, _ = compiled
-    loop = spec["root"]["dag"]["tasks"]["for-loop-1"]
+    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    loop = tasks["for-loop-2"]
     assert loop["parameterIterator"]["itemInput"] == "pipelinechannel--baselines-loop-item"
-    ev = spec["root"]["dag"]["tasks"]["evaluate"]["inputs"]["artifacts"]
-    assert ev["baseline_models"]["taskOutputArtifact"]["producerTask"] == "for-loop-1"
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 2
+    ev = tasks["evaluate"]["inputs"]["artifacts"]
+    assert ev["baseline_models"]["taskOutputArtifact"]["producerTask"] == "for-loop-2"
     assert ev["sasan_model"]["taskOutputArtifact"]["producerTask"] == "train"
     # one MLflow parent run, its reference passed explicitly to every step that logs
     for name in ("train", "evaluate", "register"):
-        args = spec["root"]["dag"]["tasks"][name]["inputs"]["artifacts"]["run"]
+        args = tasks[name]["inputs"]["artifacts"]["run"]
         assert args == {"taskOutputArtifact": {"outputArtifactKey": "run", "producerTask": "start-run"}}
-    body = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["train-2"]["inputs"]["artifacts"]["run"]
+    body = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]["train-2"]["inputs"]["artifacts"]["run"]
     assert body == {"componentInputArtifact": "pipelinechannel--start-run-run"}
 
 
 def test_a_pvc_is_mounted_in_the_data_steps_when_asked(tmp_path):
+    # the parallel training pods share it: the claim must be ReadWriteMany (infra's sasan-data
+    # is; tests/infra checks it), never one ReadWriteOnce claim on several nodes
     out = tmp_path / "p.yaml"
     assert main(["pipeline", "compile", str(out), "--image", IMAGE, "--pvc", "sasan-data"]) == 0
     _, platform = yaml.safe_load_all(out.read_text())

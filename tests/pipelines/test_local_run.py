@@ -23,28 +23,52 @@ def _one(root: Path, pattern: str) -> Path:
     return found[0]
 
 
-@pytest.mark.slow
-def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch):
+def _local(tmp_path, monkeypatch, raise_on_error: bool = True) -> tuple[str, Path]:
+    """kfp.local with a SQLite MLflow store in tmp: (tracking URI, pipeline root)."""
     from kfp import local
-
-    from pipelines.sasan_pipeline import build_pipeline
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("KFP_API_URL", raising=False)
     monkeypatch.chdir(tmp_path)          # MLflow's local artifact store lands in tmp
     root = tmp_path / "kfp"
     # kfp.local's configuration is a process-wide singleton: restore it afterwards, so later
     # tests that call components outside a pipeline do not run them
     config = local.config.LocalExecutionConfig
     monkeypatch.setattr(config, "instance", config.instance)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=raise_on_error)
+    return tracking, root
+
+
+@pytest.mark.slow
+def test_a_failed_step_leaves_the_parent_run_failed_not_running(tmp_path, monkeypatch):
+    from pipelines.sasan_pipeline import build_pipeline
+
+    tracking, root = _local(tmp_path, monkeypatch, raise_on_error=False)
+    # validation fails: the phantom has far fewer cases than required
+    params = tiny_params(experiment={"name": "kfp-local-fail"}, validate={"min_cases_train": 100})
+    build_pipeline("sasan:test")(data_source="phantom", params=yaml.safe_dump(params), gpus=0, data_root="",
+                                 baselines=["no_adaptation"])
+    assert not list(root.glob("sasan-*/preprocess"))          # nothing ran after the failure
+    client = mlflow.MlflowClient(tracking)
+    (parent,) = client.search_runs([client.get_experiment_by_name("kfp-local-fail").experiment_id])
+    assert parent.info.status == "FAILED" and parent.data.tags["kfp.final_state"] == "FAILED"
+    # kfp.local reports the exit handler's group; on a cluster the KFP API names the step
+    assert parent.data.tags["sasan.failed_step"]
+
+
+@pytest.mark.slow
+def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch):
+    from pipelines.sasan_pipeline import build_pipeline
+
+    tracking, root = _local(tmp_path, monkeypatch)
 
     pipeline = build_pipeline("sasan:test")
     params = tiny_params(evaluate={"methods": ["no_adaptation", "sasan", "upper_bound"]},
                          experiment={"name": "kfp-local"})
     pipeline(data_source="phantom", params=yaml.safe_dump(params), overrides={"train.segmenter.max_steps": 3},
-             source="mr", target="ct", baselines=["no_adaptation", "upper_bound"], gpus=0)
+             source="mr", target="ct", baselines=["no_adaptation", "upper_bound"], gpus=0, data_root="")
 
     run_dir = _one(root, "sasan-*")
     # configure: the resolved configuration, overrides applied
@@ -87,7 +111,8 @@ def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch):
     assert len(parents) == 1 and len(children) == 3
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     parent = parents[0]
-    assert parent.info.status == "FINISHED"
+    # ended by the exit handler's task with the pipeline's final state
+    assert parent.info.status == "FINISHED" and parent.data.tags["kfp.final_state"] == "SUCCEEDED"
     assert 0.0 <= parent.data.metrics["sasan/mean/dice"] <= 1.0
     versions = client.search_model_versions(f"run_id='{parent.info.run_id}'")
     assert len(versions) == 1
