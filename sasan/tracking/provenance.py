@@ -1,4 +1,5 @@
-"""Where a run's inputs came from: the git commit of the code and the DVC hash of the data.
+"""Readers of the git commit of the code and the DVC hash of the data (used by
+:mod:`sasan.tracking.lineage`).
 
 Both are read, never computed from scratch: the commit from ``git rev-parse``, the data
 hash from ``dvc.lock`` (a pipeline output) or a ``<path>.dvc`` file (a ``dvc add``-ed
@@ -48,26 +49,6 @@ def dvc_data_hash(repo: str | Path, path: str) -> Optional[str]:
             return str(out["md5"])
     log.debug("no DVC hash recorded for %s in %s", path, repo)
     return None
-
-
-def provenance_tags(repo: str | Path, data_path: Optional[str] = None) -> dict[str, str]:
-    """Run tags for the code and data versions: ``git_commit`` (and MLflow's own
-    ``mlflow.source.git.commit``, which the UI shows on the run page), ``git_dirty``,
-    ``data_hash`` and ``data_path``. Unknown values are left out."""
-    tags: dict[str, str] = {}
-    commit = git_commit(repo)
-    if commit:
-        tags["git_commit"] = commit
-        tags["mlflow.source.git.commit"] = commit
-    dirty = git_dirty(repo)
-    if dirty is not None:
-        tags["git_dirty"] = str(dirty).lower()
-    if data_path is not None:
-        tags["data_path"] = data_path
-        digest = dvc_data_hash(repo, data_path)
-        if digest:
-            tags["data_hash"] = digest
-    return tags
 
 
 def _git(repo: str | Path, *args: str) -> Optional[str]:

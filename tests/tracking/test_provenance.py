@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from sasan.tracking.provenance import dvc_data_hash, git_commit, git_dirty, provenance_tags
+from sasan.tracking.lineage import RunContext
+from sasan.tracking.provenance import dvc_data_hash, git_commit, git_dirty
 
 
 def _git(repo, *args):
@@ -60,10 +61,10 @@ def test_unreadable_lock_is_ignored_not_fatal(tmp_path):
     assert dvc_data_hash(tmp_path, "data/shards") is None
 
 
-def test_tags_use_mlflow_names_where_they_exist(repo):
-    (repo / "data.dvc").write_text("outs:\n- md5: 3333.dir\n  path: data\n")
-    tags = provenance_tags(repo, "data")
-    assert tags["git_commit"] == tags["mlflow.source.git.commit"] == _git(repo, "rev-parse", "HEAD")
-    assert tags["data_hash"] == "3333.dir" and tags["data_path"] == "data"
-    assert tags["git_dirty"] == "false"          # untracked files do not make the code dirty
-    assert "data_hash" not in provenance_tags(repo, "elsewhere")
+def test_a_checkout_gives_the_commit_before_the_image_revision(repo):
+    tags = RunContext.from_environ({"SASAN_IMAGE_REVISION": "f" * 40}, "dvc", code_dir=repo).tags()
+    assert tags["sasan.git_commit"] == tags["mlflow.source.git.commit"] == _git(repo, "rev-parse", "HEAD")
+    assert tags["sasan.code_source"] == "git" and tags["sasan.image_revision"] == "f" * 40
+    assert tags["sasan.git_dirty"] == "false"          # untracked files do not make the code dirty
+    (repo / "a.txt").write_text("edited\n")
+    assert RunContext(code_dir=repo).tags()["sasan.git_dirty"] == "true"
