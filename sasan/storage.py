@@ -11,7 +11,10 @@ Two uses:
   artifact folder itself holds the data (what ``kfp.local`` uses).
 
 boto3 reads endpoint (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), region and credentials
-from the standard environment; nothing here takes them as parameters.
+from the standard environment; nothing here takes them as parameters. Folders move with
+``TRANSFER_THREADS`` files in flight at once (one client, which is thread-safe; each file
+itself in multipart chunks by s3transfer): a shard folder is many files, and one at a time
+leaves the link idle between requests.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
@@ -27,6 +31,7 @@ from sasan.errors import DataError
 log = logging.getLogger(__name__)
 
 REF_FILE = "sasan-data-ref.json"
+TRANSFER_THREADS = 16
 
 
 def is_s3_uri(uri: str) -> bool:
@@ -49,9 +54,23 @@ def join_uri(base: str, *parts: str) -> str:
 
 def _client():
     import boto3
+    from botocore.config import Config
 
-    # a fresh session resolves the environment now (the default session caches it)
-    return boto3.session.Session().client("s3")
+    # a fresh session resolves the environment now (the default session caches it); enough
+    # pooled connections for every transfer thread
+    return boto3.session.Session().client("s3", config=Config(max_pool_connections=TRANSFER_THREADS * 2))
+
+
+def _parallel(fn, items: list) -> None:
+    """``fn(item)`` for every item, ``TRANSFER_THREADS`` at a time; the first error is raised
+    once every started transfer has ended."""
+    if len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    with ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(items)), thread_name_prefix="s3") as pool:
+        for future in [pool.submit(fn, item) for item in items]:
+            future.result()
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -82,6 +101,7 @@ def download_if_exists(s3_uri: str, local: str | Path) -> int:
     try:
         client = _client()
         keys = _keys(client, bucket, prefix)
+        pairs = []
         for key in keys:
             if key == prefix:                      # a single object
                 target = local
@@ -90,10 +110,16 @@ def download_if_exists(s3_uri: str, local: str | Path) -> int:
                 if ".." in rel.parts or rel.is_absolute():
                     raise DataError(f"object key {key!r} would escape {local}", s3_uri)
                 target = local / Path(*rel.parts)
+            pairs.append((key, target))
+
+        def fetch(pair) -> None:
+            key, target = pair
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(target.name + ".part")
             client.download_file(bucket, key, str(tmp))
             tmp.replace(target)                    # never a half-downloaded checkpoint
+
+        _parallel(fetch, pairs)
     except _errors() as err:
         raise DataError(f"S3 download failed: {err}", s3_uri) from None
     if keys:
@@ -115,8 +141,7 @@ def upload(local: str | Path, s3_uri: str) -> int:
         raise DataError("nothing to upload", local)
     try:
         client = _client()
-        for path, key in pairs:
-            client.upload_file(str(path), bucket, key)
+        _parallel(lambda pair: client.upload_file(str(pair[0]), bucket, pair[1]), pairs)
     except _errors() as err:
         raise DataError(f"S3 upload failed: {err}", s3_uri) from None
     log.debug("uploaded %d file(s) from %s to %s", len(pairs), local, s3_uri)

@@ -109,3 +109,56 @@ def test_preempted_training_resumes_from_the_s3_checkpoint(s3_env, tiny_shards, 
     s3_final = tmp_path / "s3_final.pt"
     storage.download_if_exists(uri + "/no_adaptation/checkpoints/segmenter.pt", s3_final)
     assert torch.load(s3_final, weights_only=True)["step"] == 4
+
+
+class _CountingClient:
+    """A stand-in S3 client: objects in a dict, records how many transfers overlap."""
+
+    def __init__(self):
+        import threading
+
+        self.objects, self.active, self.peak, self.lock = {}, 0, 0, threading.Lock()
+
+    def _transfer(self):
+        import time
+
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(0.05)
+        with self.lock:
+            self.active -= 1
+
+    def upload_file(self, path, bucket, key):
+        self._transfer()
+        self.objects[key] = open(path, "rb").read()
+
+    def download_file(self, bucket, key, path):
+        self._transfer()
+        open(path, "wb").write(self.objects[key])
+
+    def get_paginator(self, _):
+        objects = self.objects
+
+        class Pages:
+            def paginate(self, Bucket, Prefix):
+                return [{"Contents": [{"Key": k} for k in sorted(objects) if k.startswith(Prefix)]}]
+        return Pages()
+
+
+def test_folders_transfer_several_files_at_once(tmp_path, monkeypatch):
+    client = _CountingClient()
+    monkeypatch.setattr(storage, "_client", lambda: client)
+    src = tmp_path / "shards"
+    for i in range(24):
+        (src / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 3}" / f"{i}.npy").write_bytes(bytes([i]) * 10)
+    assert storage.upload(src, "s3://b/run/shards") == 24
+    assert client.peak > 1 and client.peak <= storage.TRANSFER_THREADS
+    client.peak = 0
+    assert storage.download_if_exists("s3://b/run/shards", tmp_path / "back") == 24
+    assert client.peak > 1
+    assert sorted(p.relative_to(tmp_path / "back") for p in (tmp_path / "back").rglob("*.npy")) == \
+        sorted(p.relative_to(src) for p in src.rglob("*.npy"))
+    assert (tmp_path / "back" / "d1" / "7.npy").read_bytes() == bytes([7]) * 10
+    assert not list((tmp_path / "back").rglob("*.part"))
