@@ -419,7 +419,8 @@ def storage_classes(overlay: str) -> set[str | None]:
 
 def test_storage_classes_per_overlay():
     assert storage_classes("local") == {"local-path"}
-    assert storage_classes("cloud") == {"premium-rwo"}
+    assert storage_classes("cloud") == {"premium-rwo", "standard-rwx"}
+    assert one("cloud", "PersistentVolumeClaim", "sasan-data")["spec"]["storageClassName"] == "standard-rwx"
     for overlay in OVERLAYS:
         assert not [c for c in objects(overlay, "ConfigMap") if c["metadata"]["name"] == "storage-params"]
 
@@ -479,3 +480,68 @@ def test_kubeflow_pipelines_is_pinned_to_the_sdk_version():
         assert resources[0].endswith(f"?ref={sdk}"), f"{path}: pin KFP {sdk}, the SDK's version"
     platform = yaml.safe_load((K8S / "kubeflow" / "kustomization.yaml").read_text())["resources"][0]
     assert "/env/platform-agnostic?" in platform
+
+
+# --- pipeline data, failure handling, serving (issue 14) ----------------------------------------
+
+def test_the_shared_pipeline_claim_fits_parallel_pods():
+    """Training pods of one run mount sasan-data at once, on different GPU nodes: a multi-node
+    overlay's claim must be ReadWriteMany (a ReadWriteOnce claim fails with Multi-Attach)."""
+    assert one("cloud", "PersistentVolumeClaim", "sasan-data")["spec"]["accessModes"] == ["ReadWriteMany"]
+    base = yaml.safe_load((K8S / "base" / "pipeline-access" / "data-pvc.yaml").read_text())
+    assert base["spec"]["accessModes"] == ["ReadWriteMany"]
+    # the one-node local overlay narrows it, saying why
+    assert one("local", "PersistentVolumeClaim", "sasan-data")["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "One node" in (K8S / "overlays" / "local" / "data-pvc.yaml").read_text()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pipeline_steps_find_the_kfp_api_and_the_data_bucket(overlay):
+    from pipelines.sasan_pipeline import DEFAULT_DATA_ROOT, EXIT_CONFIG_MAP_ENV
+
+    data = one(overlay, "ConfigMap", "sasan-cluster-config")["data"]
+    assert set(EXIT_CONFIG_MAP_ENV) <= set(data)          # every key a step maps exists
+    assert data["KFP_API_URL"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+    assert DEFAULT_DATA_ROOT.startswith(data["SASAN_DATA_BUCKET"] + "/")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_s3_identities_per_purpose(overlay):
+    """The MLflow server and the pipeline pods use different S3 identities (the Secret of each
+    namespace is annotated with its identity in s3.json); MLflow proxies artifacts, so no
+    pipeline step or model server needs the artifact bucket."""
+    templates = secret_templates()
+    identities = {i["name"]: i["actions"] for i in json.loads(
+        templates[("sasan", "seaweedfs-s3-config")]["stringData"]["s3.json"])["identities"]}
+    assert templates[("sasan", "s3-credentials")]["metadata"]["annotations"]["sasan/s3-identity"] == "mlflow"
+    assert templates[("kubeflow", "s3-credentials")]["metadata"]["annotations"]["sasan/s3-identity"] == "pipeline"
+    assert not [a for a in identities["pipeline"] if a.endswith(":mlflow-artifacts")]
+    assert not [a for a in identities["dvc"] if a.endswith(":mlflow-artifacts")]
+    assert all(a.endswith(":mlflow-artifacts") for a in identities["mlflow"])
+    assert not [a for actions in identities.values() for a in actions if a.startswith("Admin") or ":" not in a]
+    server = pod_spec(one(overlay, "Deployment", "mlflow"))["containers"][0]
+    assert "--serve-artifacts" in server["args"] and "--artifacts-destination=s3://mlflow-artifacts" in server["args"]
+    readers = {label(w) for w in workloads(overlay) for c in containers(w) for e in c.get("env", [])
+               if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "s3-credentials"}
+    assert readers == {"Deployment/sasan/mlflow"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_champion_is_served_over_http(overlay):
+    deployment = one(overlay, "Deployment", "sasan-serving")
+    assert deployment["metadata"]["namespace"] == "sasan"
+    (container,) = pod_spec(deployment)["containers"]
+    command = container["command"] + container["args"]
+    assert command[:2] == ["/usr/bin/tini", "--"] and command[2:4] == ["mlflow", "models"]
+    assert "--model-uri=models:/sasan-segmenter@champion" in command and "--env-manager=local" in command
+    assert container["image"].rsplit(":", 1)[0].endswith("sasan-cpu")
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow.sasan.svc.cluster.local:5000"
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-serving-credentials"
+    assert not [e for e in env if e.startswith("AWS_")]
+    port = next(p["containerPort"] for p in container["ports"] if p["name"] == "http")
+    assert "--port=%d" % port in command
+    service = one(overlay, "Service", "sasan-serving")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ping"

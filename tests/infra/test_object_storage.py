@@ -19,7 +19,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SEAWEEDFS = REPO / "infra" / "k8s" / "base" / "services" / "seaweedfs"
 S3_TEMPLATE = REPO / "infra" / "k8s" / "secret-templates" / "seaweedfs-s3-config.example.yaml"
-ACCESS_KEY, SECRET_KEY = "sasantestkey", "sasan-test-secret-0123456789"
+KEYS = {name: (f"{name}testkey", f"{name}-test-secret-0123456789") for name in ("mlflow", "pipeline", "dvc")}
+BUCKETS = ("mlflow-artifacts", "dvc-remote", "sasan-data")
+# what each identity may do per bucket (the least privilege the template promises)
+ALLOWED = {"mlflow": {"mlflow-artifacts": "rw"},
+           "pipeline": {"sasan-data": "rw", "dvc-remote": "r"},
+           "dvc": {"dvc-remote": "rw", "sasan-data": "r"}}
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +75,10 @@ def seaweedfs(tmp_path_factory):
 
     work = tmp_path_factory.mktemp("seaweedfs")
     identities = json.loads(yaml.safe_load(S3_TEMPLATE.read_text())["stringData"]["s3.json"])
+    assert {i["name"] for i in identities["identities"]} == set(KEYS)
     for identity in identities["identities"]:
-        identity["credentials"] = [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]
+        access, secret = KEYS[identity["name"]]
+        identity["credentials"] = [{"accessKey": access, "secretKey": secret}]
     (work / "s3.json").write_text(json.dumps(identities))
     (work / "data").mkdir()
 
@@ -129,23 +136,61 @@ def test_bucket_job_creates_the_buckets_idempotently(seaweedfs):
         assert result.returncode == 0, f"run {attempt}: {result.stdout}{result.stderr}"
 
 
-def test_the_project_identity_reads_and_writes_but_cannot_manage_buckets(seaweedfs):
+def test_the_identities_template_grants_each_purpose_its_buckets_only():
+    identities = json.loads(yaml.safe_load(S3_TEMPLATE.read_text())["stringData"]["s3.json"])["identities"]
+    for identity in identities:
+        granted = {}
+        for action in identity["actions"]:
+            verb, sep, bucket = action.partition(":")
+            assert sep and bucket in BUCKETS, f"{identity['name']}: {action} is not limited to one bucket"
+            assert verb in ("Read", "Write", "List", "Tagging"), f"{identity['name']}: {action}"
+            granted.setdefault(bucket, set()).add(verb)
+        expected = {b: {"Read", "List"} | ({"Write", "Tagging"} if mode == "rw" else set())
+                    for b, mode in ALLOWED[identity["name"]].items()}
+        assert granted == expected, identity["name"]
+
+
+def test_each_identity_reaches_its_buckets_only_and_none_manages_buckets(seaweedfs):
     boto3 = pytest.importorskip("boto3")
     from botocore.config import Config
     from botocore.exceptions import ClientError
 
     test_bucket_job_creates_the_buckets_idempotently(seaweedfs)
 
-    def client(secret):
+    def client(access, secret):
         return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{seaweedfs['ports']['s3']}",
-                            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=secret,
+                            aws_access_key_id=access, aws_secret_access_key=secret,
                             region_name="us-east-1", config=Config(retries={"max_attempts": 2}))
 
-    s3 = client(SECRET_KEY)
-    for bucket in ("mlflow-artifacts", "dvc-remote", "sasan-data"):
-        s3.put_object(Bucket=bucket, Key="probe/object.txt", Body=b"sasan")
-        assert s3.get_object(Bucket=bucket, Key="probe/object.txt")["Body"].read() == b"sasan"
+    # a model file in the artifact bucket, written by the MLflow server's identity
+    client(*KEYS["mlflow"]).put_object(Bucket="mlflow-artifacts", Key="1/models/m/model.pt", Body=b"weights")
+    for name, (access, secret) in KEYS.items():
+        s3 = client(access, secret)
+        for bucket in BUCKETS:
+            mode = ALLOWED[name].get(bucket, "")
+            key = f"probe/{name}.txt"
+            if "w" in mode:
+                s3.put_object(Bucket=bucket, Key=key, Body=b"sasan")
+                assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"sasan"
+            else:
+                with pytest.raises(ClientError):
+                    s3.put_object(Bucket=bucket, Key=key, Body=b"overwrite")
+            if "r" in mode:
+                s3.list_objects_v2(Bucket=bucket)
+            else:
+                with pytest.raises(ClientError):
+                    s3.list_objects_v2(Bucket=bucket)
+                with pytest.raises(ClientError):
+                    s3.get_object(Bucket=bucket, Key="1/models/m/model.pt")
+        with pytest.raises(ClientError):
+            s3.create_bucket(Bucket=f"not-allowed-{name}")
+        with pytest.raises(ClientError):
+            client(access, "wrong-secret").list_objects_v2(Bucket="sasan-data")
+    # the pipeline identity cannot overwrite or delete a registered model's files
+    pipeline = client(*KEYS["pipeline"])
     with pytest.raises(ClientError):
-        s3.create_bucket(Bucket="not-allowed")
+        pipeline.put_object(Bucket="mlflow-artifacts", Key="1/models/m/model.pt", Body=b"evil")
     with pytest.raises(ClientError):
-        client("wrong-secret").list_objects_v2(Bucket="sasan-data")
+        pipeline.delete_object(Bucket="mlflow-artifacts", Key="1/models/m/model.pt")
+    assert client(*KEYS["mlflow"]).get_object(Bucket="mlflow-artifacts", Key="1/models/m/model.pt")[
+        "Body"].read() == b"weights"
