@@ -116,6 +116,10 @@ class EvaluateConfig(StrictModel):
 
 
 class RegisterConfig(StrictModel):
+    # `sasan register` (the DVC stage) registers only when true; params.yaml and the profiles
+    # set false, so `dvc exp run` trials never touch the registry unless asked. Kubeflow runs
+    # register always (submitting a pipeline run is the deliberate act).
+    enabled: bool = True
     model_name: str = "sasan-segmenter"
     min_dice: float = Field(0.5, ge=0.0, le=1.0)
     alias: str = "champion"

@@ -17,7 +17,8 @@ move the alias register.alias ("champion") to it only when the target mean Dice 
 the evaluation metrics is >= register.min_dice AND beats the current champion's, compared
 only when both were evaluated on the same identity (data set digest, test split, image
 size, profile: EVALUATION_REPORT/identity.json; a version without one is never promoted).
-Concurrent registrations are serialised by a lock. The decision and its numbers are
+Concurrent registrations are serialised by a lock. With register.enabled false (the
+default) nothing is registered and the report says "skipped". The decision and its numbers are
 written to REPORT/register.json and REPORT/register.md.
 
 Tracking store: $MLFLOW_TRACKING_URI when set, else the one recorded in the run reference,
@@ -47,6 +48,8 @@ def _register(args: argparse.Namespace) -> int:
     from sasan.tracking.runs import Tracker, read_run_ref
 
     cfg = load_params(args)
+    if not cfg.register_.enabled:
+        return _skipped(args, cfg)
     inputs = register.RegisterInputs(args.bundle, args.metrics, args.evaluation_report / register.IDENTITY_FILE)
     register.check_inputs(inputs, args.method)
     ref = read_run_ref(args.run_ref)
@@ -63,3 +66,14 @@ def _register(args: argparse.Namespace) -> int:
           f"{outcome}; report: {args.report / 'register.md'}")
     return 0
 
+
+def _skipped(args: argparse.Namespace, cfg) -> int:
+    """register.enabled is false: a report that says so, nothing registered."""
+    from sasan.atomic import write_json, write_text
+
+    reason = "register.enabled is false in the params (set it true to register; see docs/dvc.md)"
+    write_json(args.report / "register.json", {"skipped": True, "promoted": False, "reason": reason,
+                                               "model_name": cfg.register_.model_name, "version": None})
+    write_text(args.report / "register.md", f"# Registration skipped\n\n{reason}\n")
+    print(f"{cfg.register_.model_name}: registration skipped ({reason})")
+    return 0
