@@ -27,6 +27,7 @@ from sasan.config import Config, save_config
 from sasan.models import build_networks, build_segmenter, count_parameters
 from sasan.train.data import ArraySliceDataset, ConcatSlices
 from sasan.train.device import Runtime, resolve_runtime
+from sasan.train.diagnostics import attention_dice, foreground_fraction, labels_of, pooled_dice
 from sasan.train.distributed import synchronizer
 from sasan.train.fake_source import translate_to_source
 from sasan.train.history import History
@@ -52,7 +53,21 @@ class TrainData:
     target: Any                       # target training slices (augmented); labels never read
     target_plain: Any = None          # target training slices without augmentation (fake source)
     target_labelled: Any = None       # only for the upper-bound baseline
+    source_test: Any = None           # labelled source test slices: A_s's held-out Dice
+    # target labels for diagnosis only (reported, never used to choose anything)
+    target_test: Any = None
+    target_plain_truth: Any = None    # labels of target_plain, slice for slice
     extra: dict = field(default_factory=dict)
+
+
+def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}/{key}"))
+        else:
+            out[f"{prefix}/{key}"] = float(value)
+    return out
 
 
 def seed_everything(seed: int) -> None:
@@ -74,7 +89,20 @@ def open_shards(shards: Path, cfg: Config, variant: str) -> TrainData:
         target_plain=SliceDataset(shards / tgt / "train", augment=None, with_labels=False, seed=seed),
         target_labelled=(SliceDataset(shards / tgt / "train", augment=aug, with_labels=True, seed=seed)
                          if variant == "upper_bound" else None),
+        source_test=_labelled(shards / src / "test"),
+        target_test=_labelled(shards / tgt / "test"),
+        target_plain_truth=_labelled(shards / tgt / "train"),
     )
+
+
+def _labelled(shard_dir: Path) -> Any:
+    """A shard's slices with labels and no augmentation, or None where there are none."""
+    from sasan.data.dataset import SliceDataset
+
+    if not (shard_dir / "images.npy").is_file():
+        return None
+    data = SliceDataset(shard_dir, augment=None, with_labels=True)
+    return data if data.has_labels else None
 
 
 class Trainer:
@@ -129,6 +157,10 @@ class Trainer:
             orth_weight=self.cfg.train.losses.orthogonality, rank=self.rank, world_size=self.world_size,
             num_workers=self.cfg.train.num_workers, sync=self.sync)
         self.summary["pretrain_attention"] = {"steps": steps, **self._run(phase)}
+        held_out = attention_dice(nets.att_s, data.source_test, self.rt, self.cfg.model.num_classes)
+        if held_out is not None:
+            self._diagnose("A_s_source_test", held_out)
+            log.info("A_s after pre-training: source test Dice %.3f", held_out["dice"]["mean"])
 
     def joint(self, nets, data: TrainData) -> JointTrainer:
         c, seed = self.cfg.train.joint, self.cfg.experiment.seed
@@ -214,6 +246,7 @@ class Trainer:
             return self._finish(ModelBundle(self.cfg, self.variant, unet))
 
         w = self.cfg.train.losses
+        n_cls = self.cfg.model.num_classes
         nets = self.rt.prepare_module(build_networks(self.cfg.model, seg_adversary=w.seg_adversarial > 0 and not paired))
         if self.sync is not None:
             self.sync.broadcast(nets)
@@ -225,6 +258,9 @@ class Trainer:
                 # attention-consistency and pseudo-label terms assume; joint training adapts it.
                 nets.att_t.load_state_dict(nets.att_s.state_dict())
         self.joint(nets, data)
+        if nets.att_t is not None and not paired:
+            self._diagnose("diagnosis_only_A_t_target_test",
+                           attention_dice(nets.att_t, data.target_test, self.rt, n_cls))
 
         parts = [data.source]
         if self.cfg.train.segmenter.fake_source and not paired:
@@ -233,11 +269,26 @@ class Trainer:
             if labels is not None:
                 parts.append(ArraySliceDataset(images, labels))
                 self.summary["fake_source_slices"] = len(images)
+                pseudo = {"foreground_fraction": foreground_fraction(labels, n_cls)}
+                if data.source_test is not None:
+                    pseudo["source_test_foreground_fraction"] = foreground_fraction(labels_of(data.source_test), n_cls)
+                if data.target_plain_truth is not None and len(data.target_plain_truth) == len(labels):
+                    pseudo["diagnosis_only_dice"] = pooled_dice(labels, labels_of(data.target_plain_truth), n_cls)
+                self._diagnose("pseudo_labels", pseudo)
         unet = self.segmenter(ConcatSlices(parts)) if not paired else None
         if unet is None:  # paired mode evaluates translation, not segmentation
             unet = build_segmenter(self.cfg.model).eval()
         bundle = ModelBundle(self.cfg, self.variant, unet, nets.att_t, nets.syn_s)
         return self._finish(bundle)
+
+    def _diagnose(self, name: str, values: Optional[dict[str, Any]]) -> None:
+        """Record a diagnostic in the summary and as metrics ``diagnostics/<name>/...``."""
+        if values is None:
+            return
+        self.summary.setdefault("diagnostics", {})[name] = values
+        flat = {k: v for k, v in _flatten(values, name).items() if np.isfinite(v)}
+        if self.on_log is not None and self.is_main:
+            self.on_log("diagnostics", 0, flat)
 
     def _finish(self, bundle: ModelBundle) -> dict[str, Any]:
         if self.is_main:

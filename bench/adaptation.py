@@ -1,0 +1,174 @@
+"""Adaptation benchmark: N seeds of a profile, every method of the paper's table, on enough
+target test subjects that evaluation noise is small next to the differences claimed.
+
+    python bench/adaptation.py --data phantom --seeds 0 1 2          # the demo profile
+    python bench/adaptation.py --data brain --params profiles/brain-t2t1.yaml
+
+Per data set: generate the embedded data once (fixed data seed), ingest with a subject
+split that leaves >= 6 test subjects per domain, preprocess. Per seed: ``sasan train`` of
+every method, ``sasan evaluate`` on the target test volumes. Resumable: a finished seed is
+read back from its metrics file, an interrupted one resumes from its checkpoints. The GAN of
+``no_fake_source`` is SASAN's own (same seed, same joint phase): only its segmenter differs.
+
+Writes ``bench/results/adaptation.json`` (phantom; ``adaptation_<data>.json`` otherwise) with the keys
+``{"profile", "seeds", "methods": {M: {"mean_dice", "sd_dice", "per_seed", ...}},
+"sasan_minus_cyclegan": {"mean", "sd", "per_seed"}, "gap_closed"}`` and a Markdown table
+(``docs/results.md`` embeds it). Nothing here selects with target labels: every number is a
+final-checkpoint score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+METHODS = ("no_adaptation", "cyclegan", "sasan", "no_fake_source", "upper_bound")
+DATA = {   # data set -> (generator command, ingest test fraction, default profile)
+    "phantom": (["data", "phantom", "--cases", "16", "--seed", "0"], 0.375, "params.yaml"),
+    "brain": (["data", "brain", "--cases", "20", "--seed", "0"], 0.3, "profiles/brain-t2t1.yaml"),
+}
+
+
+def sasan(*args: str, log: Path) -> None:
+    cmd = [sys.executable, "-m", "sasan", *args]
+    with log.open("a") as fh:
+        fh.write("$ " + " ".join(cmd) + "\n")
+        fh.flush()
+        # evaluation logs to a store of the benchmark's own, not the project's mlflow.db
+        env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{log.parent / 'mlflow.db'}")
+        res = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    if res.returncode:
+        sys.exit(f"failed ({res.returncode}): {' '.join(args)}; see {log}")
+
+
+def prepare(data: str, work: Path, params: Path, sets: list[str], log: Path) -> tuple[Path, Path]:
+    gen, test_fraction, _ = DATA[data]
+    raw, shards = work / "raw", work / "shards"
+    if not (shards / "done").is_file():
+        sasan(*gen[:2], str(work / "source"), *gen[2:], log=log)
+        sasan("ingest", str(work / "source"), str(raw), "--test-fraction", str(test_fraction), "--seed", "0", log=log)
+        sasan("validate", str(raw), "--report", str(work / "validation"), "--params", str(params), *sets, log=log)
+        sasan("preprocess", str(raw), str(shards), "--params", str(params), *sets, log=log)
+        (shards / "done").write_text("ok\n")
+    return raw, shards
+
+
+def run_seed(seed: int, raw: Path, shards: Path, work: Path, params: Path, sets: list[str],
+             methods: list[str], log: Path) -> dict:
+    out = work / f"seed{seed}"
+    metrics = out / "metrics.json"
+    if metrics.is_file():
+        return json.loads(metrics.read_text())
+    common = ["--params", str(params), *sets, "--set", f"experiment.seed={seed}", "--no-progress"]
+    tic = time.time()
+    for method in methods:
+        if method == "no_fake_source" and (out / "sasan" / "checkpoints").is_dir():
+            ckpt = out / "no_fake_source" / "checkpoints"       # reuse SASAN's pre-training + GAN
+            ckpt.mkdir(parents=True, exist_ok=True)
+            for phase in ("pretrain_attention.pt", "joint.pt"):
+                if not (ckpt / phase).exists():
+                    shutil.copy2(out / "sasan" / "checkpoints" / phase, ckpt / phase)
+        sasan("train", str(shards), str(out), "--variants", method, "--no-tracking", *common, log=log)
+    sasan("evaluate", str(raw), str(out), "--metrics", str(out / "metrics.tmp.json"), "--report",
+          str(out / "report"), "--no-predictions", *common,
+          "--set", "evaluate.methods=[" + ",".join(methods) + "]", log=log)
+    result = json.loads((out / "metrics.tmp.json").read_text())
+    result["_seconds"] = time.time() - tic
+    for method in methods:
+        summary = out / method / "summary.json"
+        if summary.is_file():
+            result.setdefault("_diagnostics", {})[method] = json.loads(summary.read_text()).get("diagnostics", {})
+    metrics.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(data: str, params: Path, seeds: list[int], per_seed: dict[int, dict], methods: list[str]) -> dict:
+    out: dict = {"profile": str(params), "data": data, "seeds": seeds, "methods": {}}
+    for m in methods:
+        rows = [per_seed[s][m] for s in seeds]
+        dice = [r["mean"]["dice"] for r in rows]
+        assd = [r["mean"]["assd_vox"] for r in rows]
+        md, sd = mean_sd(dice)
+        out["methods"][m] = {
+            "mean_dice": md, "sd_dice": sd, "per_seed": dice,
+            "mean_assd_vox": mean_sd(assd)[0], "sd_assd_vox": mean_sd(assd)[1], "per_seed_assd_vox": assd,
+            "per_seed_sd_over_subjects": [r["mean"]["dice_std"] for r in rows],
+            "per_structure": {k: mean_sd([r["per_structure"][k]["dice"] for r in rows])[0]
+                              for k in rows[0].get("per_structure", {})},
+            "n_subjects": rows[0].get("n_subjects"),
+        }
+    if {"sasan", "cyclegan"} <= set(methods):
+        diff = [a - b for a, b in zip(out["methods"]["sasan"]["per_seed"], out["methods"]["cyclegan"]["per_seed"])]
+        out["sasan_minus_cyclegan"] = {"mean": mean_sd(diff)[0], "sd": mean_sd(diff)[1], "per_seed": diff}
+    if {"sasan", "no_adaptation", "upper_bound"} <= set(methods):
+        lo, hi = out["methods"]["no_adaptation"]["mean_dice"], out["methods"]["upper_bound"]["mean_dice"]
+        out["gap_closed"] = (out["methods"]["sasan"]["mean_dice"] - lo) / (hi - lo) if hi > lo else None
+    out["seconds_per_seed"] = [per_seed[s].get("_seconds") for s in seeds]
+    return out
+
+
+def markdown(res: dict) -> str:
+    lines = [f"Data: {res['data']} ({res['profile']}), seeds {res['seeds']}, "
+             f"{next(iter(res['methods'].values()))['n_subjects']} target test subjects; mean 3-D Dice "
+             "over structures and subjects, then mean +- sd over seeds.", "",
+             "| method | mean Dice | per seed | ASSD (vox) |", "|---|---|---|---|"]
+    for m, r in res["methods"].items():
+        seeds = ", ".join(f"{v:.3f}" for v in r["per_seed"])
+        lines.append(f"| {m} | {r['mean_dice']:.3f} +- {r['sd_dice']:.3f} | {seeds} | "
+                     f"{r['mean_assd_vox']:.1f} +- {r['sd_assd_vox']:.1f} |")
+    if "sasan_minus_cyclegan" in res:
+        d = res["sasan_minus_cyclegan"]
+        lines += ["", f"SASAN - CycleGAN, paired by seed: {d['mean']:+.3f} +- {d['sd']:.3f} "
+                      f"(per seed: {', '.join(f'{v:+.3f}' for v in d['per_seed'])})."]
+    if res.get("gap_closed") is not None:
+        lines.append(f"Gap closed by SASAN: {100 * res['gap_closed']:.0f}% of upper bound - no adaptation.")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", choices=sorted(DATA), default="phantom")
+    ap.add_argument("--params", type=Path, default=None, help="profile (default: the data set's)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="profile override")
+    ap.add_argument("--work", type=Path, default=None, help="working folder (default bench/work/<data>)")
+    ap.add_argument("--out", type=Path, default=None, help="default bench/results/adaptation_<data>.json")
+    args = ap.parse_args()
+    params = (args.params or Path(DATA[args.data][2])).resolve()
+    work = (args.work or HERE / "work" / args.data).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    sets = [x for kv in args.set for x in ("--set", kv)]
+    log = work / "log.txt"
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raw, shards = prepare(args.data, work, params, sets, log)
+    per_seed = {}
+    for seed in args.seeds:
+        per_seed[seed] = run_seed(seed, raw, shards, work, params, sets, args.methods, log)
+        print(f"seed {seed}: " + ", ".join(f"{m} {per_seed[seed][m]['mean']['dice']:.3f}" for m in args.methods),
+              flush=True)
+    res = summarise(args.data, params.relative_to(ROOT) if params.is_relative_to(ROOT) else params,
+                    args.seeds, per_seed, args.methods)
+    res["overrides"] = args.set
+    out = args.out or HERE / "results" / ("adaptation.json" if args.data == "phantom" else f"adaptation_{args.data}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
