@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/templates.txt
 
 venv: $(STAMP)
 
-# The whole pipeline on the embedded phantom (CPU demo profile in params.yaml).
+# The whole pipeline on the embedded phantom (CPU demo profile in params.yaml). It registers no
+# model unless params.yaml says register.enabled: true (reports/register/register.md then says
+# "skipped"); an interrupted run resumes training from its checkpoints (docs/kubeflow.md, README).
 run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	$(BIN)/sasan summary

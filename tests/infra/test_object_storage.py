@@ -24,7 +24,7 @@ BUCKETS = ("mlflow-artifacts", "dvc-remote", "sasan-data")
 # what each identity may do per bucket (the least privilege the template promises)
 ALLOWED = {"mlflow": {"mlflow-artifacts": "rw"},
            "pipeline": {"sasan-data": "rw", "dvc-remote": "r"},
-           "dvc": {"dvc-remote": "rw", "sasan-data": "r"}}
+           "dvc": {"dvc-remote": "rw", "sasan-data": "rw"}}
 
 pytestmark = pytest.mark.slow
 
