@@ -92,7 +92,9 @@ def test_dvc_repro_runs_every_stage_on_a_tiny_phantom(tmp_path):
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name(params["experiment"]["name"])
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 1
-    m = runs[0].data.metrics
-    assert any(k.startswith("sasan/joint/G/cycle") for k in m) and "sasan/mean/dice" in m
-    assert runs[0].data.params["model.k"] == "4"
+    # one parent run per execution, a child run per variant named by it (docs/mlflow.md)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == set(metrics) and len(runs) == 1 + len(children)
+    assert "sasan/mean/dice" in parent.data.metrics and parent.data.params["model.k"] == "4"
+    assert any(k.startswith("joint/G/cycle") for k in children["sasan"].data.metrics)
