@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", default=None,
-                   help="image of every step, immutable: REGISTRY/sasan:<git sha> or @sha256:... "
+                   help="CUDA image of the training steps, immutable: REGISTRY/sasan:<git sha> or @sha256:... "
                         "(default: $SASAN_IMAGE, else sasan:<HEAD commit> of this checkout)")
     p.add_argument("--cpu-image", default=None,
                    help="image of the CPU steps (default: the --image repository with -cpu, same tag)")

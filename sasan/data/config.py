@@ -17,7 +17,8 @@ class PhantomConfig(StrictModel):
 
     cases: int = Field(10, ge=2, description="volumes per domain")
     seed: int = 0
-    domains: tuple[str, str] = ("mr", "ct")
+    domains: tuple[str, ...] = Field(("mr", "ct"), min_length=1, max_length=2,
+                                     description="which domains to draw (mr, ct or both)")
     mr_contrast: Literal["bssfp", "black_blood"] = Field(
         "bssfp", description="MR appearance: bright-blood bSSFP (as MM-WHS) or black-blood turbo spin echo")
 

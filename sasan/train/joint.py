@@ -47,12 +47,16 @@ def set_requires_grad(modules: list[nn.Module], flag: bool) -> None:
 
 
 # ---------------------------------------------------------------------------- passes
-def translate(nets: SASANNetworks, x: Tensor, t: Tensor, train_source_attention: bool = False) -> dict[str, Tensor]:
+def translate(nets: SASANNetworks, x: Tensor, t: Tensor, train_att_s: bool = False) -> dict[str, Tensor]:
     """Every forward pass of the G step, one network call each, in METHOD.md's order.
-    The CycleGAN ablation runs the same passes with constant maps (``None``)."""
+    The CycleGAN ablation runs the same passes with constant maps (``None``).
+
+    ``A_s(x)`` is the frozen, pre-trained teacher and runs without gradient, except in paired
+    mode (``train_att_s``), where no labels pre-train it and it learns jointly with the
+    generators (METHOD.md §3, last paragraph)."""
     out: dict[str, Tensor] = {}
     if nets.attention:
-        with torch.set_grad_enabled(train_source_attention and torch.is_grad_enabled()):
+        with torch.set_grad_enabled(train_att_s and torch.is_grad_enabled()):
             out["att_s_x"], out["seg_s_x"] = nets.att_s(x)
         out["att_t_t"], out["seg_t_t"] = nets.att_t(t)
     att_s = (lambda img: nets.att_s(img)) if nets.attention else (lambda img: (None, None))
@@ -188,7 +192,7 @@ class JointTrainer:
         set_requires_grad(d_modules, False)
         self.opt_g.zero_grad(set_to_none=True)
         with self.rt.autocast():
-            out = translate(self.nets, x, t, train_source_attention=self.paired)
+            out = translate(self.nets, x, t, train_att_s=self.paired)
             g_terms = self.generator_terms(out, x, y_x, t)
             loss_g = weighted_sum(g_terms, self.w)
         loss_g.backward()

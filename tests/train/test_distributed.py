@@ -118,26 +118,26 @@ def test_two_ranks_equal_one_process_with_doubled_batch(tmp_path):
     RecordingTrainer.record = single_record
     RecordingTrainer(_config(4), tmp_path / "single", "cyclegan", progress=False).run(_data())
     ddp, single = _load(record / "joint_rank0.pt"), _load(single_record / "joint_rank0.pt")
-    diff = torch.cat([(ddp[k] - single[k]).abs().flatten() for k in ddp if ddp[k].is_floating_point()])
-    # The averaged gradient equals the doubled-batch gradient up to float rounding (the sum is
-    # split differently). Adam divides by sqrt(v): where a gradient is ~0 that rounding can
-    # change an element's update by up to one lr, so a few elements differ by <= lr per step
-    # and everything else agrees to 1e-6 (measured: 0.02% of 236k elements > 1e-6 with
-    # oneDNN's input gradients, 0.33% with the C kernel's for the few-input-channel convs,
-    # whose rounding differs; the median difference is 0 either way).
-    lr, steps = _config(4).train.joint.lr, 3
-    assert float((diff > 1e-6).float().mean()) < 1e-2, "more than rounding: the batches differ"
-    assert float(diff.max()) <= steps * lr * 1.01
-    assert float(diff.median()) < 1e-7
-    # the weights moved in those 3 steps by far more than the tolerance (not a vacuous check)
     from sasan.models import build_networks
     from sasan.train.recipe import seed_everything
     from sasan.train.variants import variant_config
     cfg = variant_config(_config(4), "cyclegan")
     seed_everything(cfg.experiment.seed)
     init = build_networks(cfg.model, seg_adversary=False).state_dict()
-    moved = max(float((single[k] - init[k]).abs().max()) for k in single if single[k].is_floating_point())
-    assert moved > 1e-4, moved
+    keys = [k for k in ddp if ddp[k].is_floating_point()]
+    diff = torch.cat([(ddp[k] - single[k]).flatten() for k in keys])
+    moved = torch.cat([(single[k] - init[k]).flatten() for k in keys])
+    # The averaged gradient equals the doubled-batch gradient up to float rounding (the sum is
+    # split differently). Adam divides by sqrt(v), so where a gradient is ~0 (InstanceNorm over
+    # the tiny maps of the deepest layers) the rounding can change an element's update by up
+    # to one lr per step; elsewhere it agrees. Measured: the two runs differ by 0.6% of how far
+    # the weights moved (median element 2e-8); with the wrong batch (one rank's half alone)
+    # they differ by 74% (median 7e-5).
+    lr, steps = _config(4).train.joint.lr, 3
+    assert float(moved.abs().max()) > 1e-4                 # the weights moved: not a vacuous check
+    assert float(diff.norm() / moved.norm()) < 0.05, "more than rounding: the batches differ"
+    assert float(diff.abs().max()) <= steps * lr * 1.01
+    assert float(diff.abs().median()) < 1e-7
 
 
 @pytest.mark.slow
