@@ -1,10 +1,15 @@
-"""Time one joint training iteration (G step + D step) of SASAN and of its CycleGAN ablation.
+"""Time one joint training iteration (G step + D step) of SASAN and of its CycleGAN ablation,
+at two scales:
 
-Batch 2, 256x256, 3-slice input, K = 8, 5 classes, every loss term on; fp32 on CPU, and on
-CUDA (bf16 autocast + channels_last) when a GPU is present. Each configuration runs in its
-own process so peak memory is its own. Writes bench/results/train_step.json.
+* ``demo``: the CPU demo of params.yaml (64x64, its narrow widths, batch 2);
+* ``paper``: 256x256 with the paper's widths, batch 2, K = 8, 5 classes, every loss term.
 
-    python bench/train_step.py [--iters 3] [--size 256] [--device cpu|cuda|all] [--profile]
+fp32 on CPU; on CUDA (when a GPU is present) bf16 autocast + channels_last. ``--compile``
+adds the same runs with the networks wrapped in ``torch.compile``; compile time is the
+extra time of the first iterations, recorded separately. Each configuration runs in its own
+process, so peak memory is its own. Writes bench/results/train_step.json.
+
+    python bench/train_step.py [--iters 5] [--scales demo paper] [--device cpu|cuda|all] [--compile]
 """
 
 from __future__ import annotations
@@ -21,33 +26,49 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# scale -> (image size, model overrides); "paper" keeps ModelConfig's defaults (METHOD.md)
+SCALES = {"demo": (None, "params.yaml"), "paper": (256, None)}
 
 
-def one(variant: str, device: str, size: int, batch: int, iters: int, profile: bool, winograd: bool) -> dict:
+def build(variant: str, device: str, scale: str):
     import torch
 
-    from sasan.config import config_from_dict
+    from sasan.config import Config, load_config
     from sasan.models import build_networks, count_parameters
-    from sasan.train.device import fast_cpu_convs, keep_freed_memory, resolve_runtime
-    from sasan.train.joint import JointOptions, JointTrainer, make_optimizers
+    from sasan.train.device import resolve_runtime
+    from sasan.train.joint import JointTrainer, make_optimizers
     from sasan.train.variants import variant_config
 
-    torch.manual_seed(0)
-    cfg = variant_config(config_from_dict({"train": {"device": device}}), variant)
+    size, params = SCALES[scale]
+    base = load_config(ROOT / params) if params else Config()
+    size = size or base.preprocess.image_size
+    cfg = variant_config(base, variant)
     rt = resolve_runtime(device, bf16=True, channels_last=True)
-    if rt.device.type == "cpu":
-        keep_freed_memory()
     nets = rt.prepare_module(build_networks(cfg.model))
-    swapped = fast_cpu_convs(nets, rt, winograd)
     j = cfg.train.joint
-    g, d, og, od = make_optimizers(nets, j.lr, j.betas, j.weight_decay, False, False)
-    trainer = JointTrainer(nets, JointOptions(cfg.train.losses), rt, g, d, og, od)
+    opt_g, opt_d = make_optimizers(nets, j.lr, j.betas, j.weight_decay, False)
+    trainer = JointTrainer(nets, cfg.train.losses, rt, opt_g, opt_d)
+    gen_params = sum(count_parameters(m) for m in nets.generator_modules())
+    return torch, cfg, rt, nets, trainer, size, gen_params
+
+
+def one(variant: str, device: str, scale: str, batch: int, iters: int, compiled: bool) -> dict:
+    torch, cfg, rt, nets, trainer, size, gen_params = build(variant, device, scale)
+    torch.manual_seed(0)
+    if compiled:
+        for name, module in list(nets.named_children()):
+            if module is not None and name != "seg_discs":
+                setattr(nets, name, torch.compile(module))
     c = cfg.model.num_classes
     batch_data = {"x": torch.rand(batch, 3, size, size) * 2 - 1, "t": torch.rand(batch, 3, size, size) * 2 - 1,
                   "y_x": torch.randint(0, c, (batch, size, size))}
     sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
-    logs = trainer.step(batch_data)          # warm-up (allocations, kernel selection)
+    tic = time.perf_counter()
+    logs = trainer.step(batch_data)          # warm-up: allocations, kernel selection, compilation
+    trainer.step(batch_data)
     sync()
+    warmup = time.perf_counter() - tic
     if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -56,77 +77,77 @@ def one(variant: str, device: str, size: int, batch: int, iters: int, profile: b
         trainer.step(batch_data)
         sync()
         times.append(time.perf_counter() - tic)
-    if profile:
-        from torch.profiler import ProfilerActivity, profile as prof
-
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if rt.device.type == "cuda" else [])
-        with prof(activities=acts) as p:
-            trainer.step(batch_data)
-            sync()
-        key = "self_cuda_time_total" if rt.device.type == "cuda" else "self_cpu_time_total"
-        print(p.key_averages().table(sort_by=key, row_limit=15), file=sys.stderr)
     if rt.device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"variant": variant, "device": str(rt.device), "s_per_it": min(times), "s_per_it_median": statistics.median(times),
-            "times": times, "peak_mem_mb": peak_mb, "loss_terms": sorted(k for k in logs if k.startswith("G/")),
-            "generator_params": sum(count_parameters(m) for m in nets.generator_modules()),
-            "fast_cpu_convs": swapped, "bf16": rt.bf16, "channels_last": rt.channels_last, "threads": torch.get_num_threads()}
+    return {"variant": variant, "device": str(rt.device), "scale": scale, "image_size": size, "batch_size": batch,
+            "compiled": compiled, "s_per_it": min(times), "s_per_it_median": statistics.median(times),
+            "times": times, "warmup_s_two_iters": warmup, "peak_mem_mb": peak_mb,
+            "loss_terms": sorted(k for k in logs if k.startswith("G/")), "generator_params": gen_params,
+            "bf16": rt.bf16, "channels_last": rt.channels_last, "threads": torch.get_num_threads()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--scales", nargs="+", default=["demo", "paper"], choices=sorted(SCALES))
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
-    ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--no-winograd", action="store_true", help="default CPU kernels for every conv")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "train_step.json")
-    ap.add_argument("--child", nargs=2, metavar=("VARIANT", "DEVICE"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=4, metavar=("VARIANT", "DEVICE", "SCALE", "COMPILED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(one(args.child[0], args.child[1], args.size, args.batch, args.iters, args.profile,
-                             not args.no_winograd)))
+        variant, device, scale, compiled = args.child
+        print(json.dumps(one(variant, device, scale, args.batch, args.iters, compiled == "1")))
         return
 
     import torch
 
-    from sasan.hugepages import tunables_env
-
     devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else (
         ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    report: dict = {"image_size": args.size, "batch_size": args.batch, "k": 8, "iters": args.iters,
+    report: dict = {"batch_size": args.batch, "k": 8, "iters": args.iters,
                     "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                                "torch": torch.__version__}, "runs": {}}
+                                "torch": torch.__version__, "threads": os.environ.get("OMP_NUM_THREADS")},
+                    "runs": {}}
     for device in devices:
-        for variant in ("sasan", "cyclegan"):
-            cmd = [sys.executable, __file__, "--child", variant, device, "--size", str(args.size),
-                   "--batch", str(args.batch), "--iters", str(args.iters)] + (["--profile"] if args.profile else []) + (
-                ["--no-winograd"] if args.no_winograd else [])
-            # the trainer's own environment: `sasan train` re-executes itself with it
-            env = tunables_env(os.environ) or dict(os.environ)
-            res = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent, env=env)
-            if res.returncode:
-                sys.exit(f"benchmark child failed:\n{res.stderr[-3000:]}")
-            if args.profile:
-                print(res.stderr, file=sys.stderr)
-            run = json.loads(res.stdout.strip().splitlines()[-1])
-            run["glibc_tunables"] = env.get("GLIBC_TUNABLES")
-            report["runs"][f"{device}/{variant}"] = run
-            print(f"{device:5s} {variant:9s} {run['s_per_it']:.2f} s/it (median {run['s_per_it_median']:.2f}), "
-                  f"peak {run['peak_mem_mb']:.0f} MB", flush=True)
+        for scale in args.scales:
+            for compiled in ([False, True] if args.compile else [False]):
+                for variant in ("sasan", "cyclegan"):
+                    cmd = [sys.executable, __file__, "--child", variant, device, scale, str(int(compiled)),
+                           "--batch", str(args.batch), "--iters", str(args.iters)]
+                    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                    if res.returncode:
+                        sys.exit(f"benchmark child failed:\n{res.stderr[-3000:]}")
+                    run = json.loads(res.stdout.strip().splitlines()[-1])
+                    key = f"{device}/{scale}/{variant}" + ("/compiled" if compiled else "")
+                    report["runs"][key] = run
+                    print(f"{key:32s} {run['s_per_it']:.3f} s/it (median {run['s_per_it_median']:.3f}), "
+                          f"warm-up {run['warmup_s_two_iters']:.1f} s, peak {run['peak_mem_mb']:.0f} MB", flush=True)
     main_dev = devices[-1]
-    sasan, cyc = report["runs"][f"{main_dev}/sasan"], report["runs"][f"{main_dev}/cyclegan"]
-    report.update({"device": main_dev, "sasan_s_per_it": sasan["s_per_it"], "cyclegan_s_per_it": cyc["s_per_it"],
-                   "ratio": sasan["s_per_it"] / cyc["s_per_it"], "peak_mem_mb": sasan["peak_mem_mb"],
-                   "sasan_it_per_s": 1 / sasan["s_per_it"], "cyclegan_it_per_s": 1 / cyc["s_per_it"]})
-    if "cpu/sasan" in report["runs"]:
-        report["cpu_sasan_s_per_it"] = report["runs"]["cpu/sasan"]["s_per_it"]
+    report["device"] = main_dev
+    report["scales"] = {}
+    for scale in args.scales:
+        sasan, cyc = report["runs"][f"{main_dev}/{scale}/sasan"], report["runs"][f"{main_dev}/{scale}/cyclegan"]
+        entry = {"scale": scale, "image_size": sasan["image_size"], "sasan_s_per_it": sasan["s_per_it"],
+                 "cyclegan_s_per_it": cyc["s_per_it"], "ratio": sasan["s_per_it"] / cyc["s_per_it"],
+                 "peak_mem_mb": sasan["peak_mem_mb"]}
+        if args.compile:
+            comp = report["runs"][f"{main_dev}/{scale}/sasan/compiled"]
+            entry["sasan_compiled_s_per_it"] = comp["s_per_it"]
+            entry["compile_overhead_s"] = comp["warmup_s_two_iters"] - sasan["warmup_s_two_iters"]
+        report["scales"][scale] = entry
+    # the keys earlier results used, for the paper scale
+    paper = report["scales"].get("paper") or next(iter(report["scales"].values()))
+    report.update({"scale": paper["scale"], "image_size": paper["image_size"],
+                   "sasan_s_per_it": paper["sasan_s_per_it"], "cyclegan_s_per_it": paper["cyclegan_s_per_it"],
+                   "ratio": paper["ratio"], "peak_mem_mb": paper["peak_mem_mb"]})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"ratio sasan/cyclegan = {report['ratio']:.2f}; written {args.out}")
+    for s in report["scales"].values():
+        print(f"{s['scale']}: sasan/cyclegan = {s['ratio']:.2f}")
+    print(f"written {args.out}")
 
 
 if __name__ == "__main__":
