@@ -117,6 +117,24 @@ def summarise(data: str, params: Path, seeds: list[int], per_seed: dict[int, dic
         lo, hi = out["methods"]["no_adaptation"]["mean_dice"], out["methods"]["upper_bound"]["mean_dice"]
         out["gap_closed"] = (out["methods"]["sasan"]["mean_dice"] - lo) / (hi - lo) if hi > lo else None
     out["seconds_per_seed"] = [per_seed[s].get("_seconds") for s in seeds]
+    # training diagnostics (A_s on source test; A_t and pseudo-labels on target: diagnosis only),
+    # mean over seeds of every number each variant's summary.json recorded
+    diag: dict = {}
+    for m in methods:
+        flat: dict[str, list[float]] = {}
+        for s in seeds:
+            stack = [("", per_seed[s].get("_diagnostics", {}).get(m, {}))]
+            while stack:
+                prefix, node = stack.pop()
+                for k, v in node.items():
+                    if isinstance(v, dict):
+                        stack.append((f"{prefix}{k}/", v))
+                    elif isinstance(v, (int, float)):
+                        flat.setdefault(prefix + k, []).append(float(v))
+        if flat:
+            diag[m] = {k: mean_sd(v)[0] for k, v in sorted(flat.items())}
+    if diag:
+        out["diagnostics"] = diag
     return out
 
 
@@ -135,6 +153,22 @@ def markdown(res: dict) -> str:
                       f"(per seed: {', '.join(f'{v:+.3f}' for v in d['per_seed'])})."]
     if res.get("gap_closed") is not None:
         lines.append(f"Gap closed by SASAN: {100 * res['gap_closed']:.0f}% of upper bound - no adaptation.")
+    structures = list(next(iter(res["methods"].values()))["per_structure"])
+    if structures:
+        lines += ["", "Per structure (mean Dice over seeds):", "",
+                  "| method | " + " | ".join(structures) + " |", "|---" * (len(structures) + 1) + "|"]
+        for m, r in res["methods"].items():
+            lines.append(f"| {m} | " + " | ".join(f"{r['per_structure'][k]:.3f}" for k in structures) + " |")
+    diag = res.get("diagnostics", {})
+    keys = [k for k in ("A_s_source_test/dice/mean", "diagnosis_only_A_t_target_test/dice/mean",
+                        "pseudo_labels/diagnosis_only_dice/mean") if any(k in d for d in diag.values())]
+    if keys:
+        lines += ["", "Training diagnostics (mean over seeds; target-side ones are diagnosis only, never used "
+                      "to select): pooled 2-D Dice of", "",
+                  "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for m, d in diag.items():
+            if any(k in d for k in keys):
+                lines.append(f"| {m} | " + " | ".join(f"{d[k]:.3f}" if k in d else "-" for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
