@@ -63,9 +63,15 @@ class LossWeights(StrictModel):
     dice_weight: float = Field(0.2, description="soft Dice weight inside seg_loss")
 
 
+def _lr_schedule() -> Any:
+    return Field("linear", description="constant | linear: lr constant for the first half of the steps, "
+                                         "then linearly to 0 (the joint phase's schedule)")
+
+
 class PretrainConfig(StrictModel):
     epochs: float = Field(2.0, ge=0.0)
     lr: float = 4e-4
+    lr_schedule: Literal["constant", "linear"] = _lr_schedule()
     batch_size: int = Field(16, ge=1)
 
 
@@ -85,6 +91,7 @@ class SegmenterConfig(StrictModel):
     epochs: float = Field(10.0, ge=0.0)
     max_steps: Optional[int] = Field(None, ge=1)
     lr: float = 4e-4
+    lr_schedule: Literal["constant", "linear"] = _lr_schedule()
     batch_size: int = Field(16, ge=1)
     fake_source: bool = Field(True, description="fake-source augmentation (ablation switch)")
 

@@ -27,7 +27,7 @@ from sasan.config import Config, save_config
 from sasan.models import build_networks, build_segmenter, count_parameters
 from sasan.train.data import ArraySliceDataset, ConcatSlices
 from sasan.train.device import Runtime, resolve_runtime
-from sasan.train.diagnostics import attention_dice, foreground_fraction, labels_of, pooled_dice
+from sasan.train.diagnostics import attention_dice, foreground_fraction, labels_of, pooled_dice, predict_labels
 from sasan.train.distributed import synchronizer
 from sasan.train.fake_source import translate_to_source
 from sasan.train.history import History
@@ -155,7 +155,7 @@ class Trainer:
             checkpoint=self._ckpt("pretrain_attention"), checkpoint_every=self.cfg.train.checkpoint_every,
             log_every=self.cfg.train.log_every, dice_weight=self.cfg.train.losses.dice_weight,
             orth_weight=self.cfg.train.losses.orthogonality, rank=self.rank, world_size=self.world_size,
-            num_workers=self.cfg.train.num_workers, sync=self.sync)
+            num_workers=self.cfg.train.num_workers, sync=self.sync, lr_schedule=c.lr_schedule)
         self.summary["pretrain_attention"] = {"steps": steps, **self._run(phase)}
         held_out = attention_dice(nets.att_s, data.source_test, self.rt, self.cfg.model.num_classes)
         if held_out is not None:
@@ -217,7 +217,9 @@ class Trainer:
             attention_grid(sample["x"][0], sample["att_s_x"][0], sample["seg_s_x"][0],
                            samples / "attention_source.png", f"A_s on a real {e.source} slice")
 
-    def segmenter(self, train_set: Any, name: str = "segmenter"):
+    def segmenter(self, train_set: Any, source_test: Any = None, name: str = "segmenter"):
+        """Train the detached U-Net; its pooled Dice on the labelled source test slices is a
+        diagnostic (source labels only) of whether its schedule converged."""
         c = self.cfg.train.segmenter
         unet = self.rt.prepare_module(build_segmenter(self.cfg.model))
         if self.sync is not None:
@@ -228,9 +230,15 @@ class Trainer:
             seed=self.cfg.experiment.seed + 31, runtime=self.rt, checkpoint=self._ckpt(name),
             checkpoint_every=self.cfg.train.checkpoint_every, log_every=self.cfg.train.log_every,
             dice_weight=self.cfg.train.losses.dice_weight, rank=self.rank, world_size=self.world_size,
-            num_workers=self.cfg.train.num_workers, sync=self.sync)
+            num_workers=self.cfg.train.num_workers, sync=self.sync, lr_schedule=c.lr_schedule)
         self.summary[name] = {"steps": steps, "train_slices": len(train_set), **self._run(phase)}
-        return unet.eval()
+        unet.eval()
+        if source_test is not None and len(source_test) and self.is_main:
+            dice = pooled_dice(predict_labels(unet, source_test, self.rt), labels_of(source_test),
+                               self.cfg.model.num_classes)
+            self._diagnose("U-Net_source_test", {"dice": dice})
+            log.info("U-Net: source test Dice %.3f", dice["mean"])
+        return unet
 
     # -------------------------------------------------------------- recipe
     def run(self, data: TrainData) -> dict[str, Any]:
@@ -242,7 +250,7 @@ class Trainer:
             train_set = data.target_labelled if self.variant == "upper_bound" else data.source
             if train_set is None:
                 raise ValueError("upper_bound needs labelled target training slices")
-            unet = self.segmenter(train_set)
+            unet = self.segmenter(train_set, data.source_test)
             return self._finish(ModelBundle(self.cfg, self.variant, unet))
 
         w = self.cfg.train.losses
@@ -275,7 +283,7 @@ class Trainer:
                 if data.target_plain_truth is not None and len(data.target_plain_truth) == len(labels):
                     pseudo["diagnosis_only_dice"] = pooled_dice(labels, labels_of(data.target_plain_truth), n_cls)
                 self._diagnose("pseudo_labels", pseudo)
-        unet = self.segmenter(ConcatSlices(parts)) if not paired else None
+        unet = self.segmenter(ConcatSlices(parts), data.source_test) if not paired else None
         if unet is None:  # paired mode evaluates translation, not segmentation
             unet = build_segmenter(self.cfg.model).eval()
         bundle = ModelBundle(self.cfg, self.variant, unet, nets.att_t, nets.syn_s)

@@ -15,6 +15,7 @@ from sasan.train.device import Runtime
 from sasan.train.loop import Phase
 from sasan.train.prefetch import Prefetcher
 from sasan.train.sampling import StreamSampler, collate
+from sasan.train.schedule import make_scheduler
 
 
 def steps_for(epochs: float, n_items: int, batch_size: int, world_size: int = 1,
@@ -43,13 +44,16 @@ def supervised_phase(name: str, model: nn.Module, loss_fn: Callable[..., Any], d
                      steps: int, batch_size: int, lr: float, seed: int, runtime: Runtime,
                      checkpoint: Path, checkpoint_every: int, log_every: int, dice_weight: float,
                      orth_weight: float = 0.0, rank: int = 0, world_size: int = 1,
-                     num_workers: int = 0, extra: dict | None = None, sync: Any = None) -> Phase:
-    """``sync``: a data-parallel :class:`sasan.train.distributed.Synchronizer` (gradients
+                     num_workers: int = 0, extra: dict | None = None, sync: Any = None,
+                     lr_schedule: str = "linear") -> Phase:
+    """``lr_schedule``: "constant", or "linear" (constant for the first half of ``steps``, then
+    linearly to 0, as the joint phase). ``sync``: a data-parallel :class:`sasan.train.distributed.Synchronizer` (gradients
     averaged over ranks before each step, buffers after), or None for one process."""
     sampler = StreamSampler(len(dataset), seed, batch_size, rank, world_size)
     batches = Prefetcher(lambda step: collate(dataset, sampler.draw(step)), steps, num_workers)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
+    scheduler = make_scheduler(optimizer, steps) if lr_schedule == "linear" else None
 
     def step_fn(step: int) -> dict[str, float]:
         model.train()
@@ -62,13 +66,17 @@ def supervised_phase(name: str, model: nn.Module, loss_fn: Callable[..., Any], d
         if sync is not None:
             sync.gradients(params)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         if sync is not None:
             sync.buffers(model)
         return {"loss": float(loss.detach()), **logs}
 
     return Phase(
         name=name, total_steps=steps, step_fn=step_fn,
-        get_state=lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict()},
-        set_state=lambda s: (model.load_state_dict(s["model"]), optimizer.load_state_dict(s["optimizer"])),
+        get_state=lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           **({"scheduler": scheduler.state_dict()} if scheduler is not None else {})},
+        set_state=lambda s: (model.load_state_dict(s["model"]), optimizer.load_state_dict(s["optimizer"]),
+                             scheduler.load_state_dict(s["scheduler"]) if scheduler is not None else None),
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, log_every=log_every, extra=extra,
     )

@@ -1,5 +1,6 @@
 """The segmenter and the attention pre-training really fit."""
 
+import pytest
 import torch
 
 from sasan.models import AttentionModule, UNet
@@ -37,3 +38,37 @@ def test_attention_pretraining_lowers_segmentation_and_orthogonality():
     assert losses[-1] < 0.35 * losses[0]
     maps, seg = model(x)
     assert (seg.argmax(1) == y).float().mean() > 0.85
+
+
+def _phase(tmp_path, schedule, steps=8):
+    from sasan.train.data import ArraySliceDataset
+    from sasan.train.device import resolve_runtime
+    from sasan.train.supervised import supervised_phase
+
+    xs, ys = blob_slices(4, seed=3)
+    torch.manual_seed(0)
+    return supervised_phase("seg", UNet(3, 3, width=4), segmenter_loss, ArraySliceDataset(xs, ys), steps=steps,
+                            batch_size=2, lr=1e-3, seed=0, runtime=resolve_runtime("cpu"),
+                            checkpoint=tmp_path / "c.pt", checkpoint_every=100, log_every=1, dice_weight=0.2,
+                            lr_schedule=schedule)
+
+
+def _lr(phase):
+    return phase.get_state()["optimizer"]["param_groups"][0]["lr"]
+
+
+def test_linear_schedule_holds_then_decays_to_zero_and_resumes(tmp_path):
+    constant, linear = _phase(tmp_path, "constant"), _phase(tmp_path, "linear")
+    lrs = []
+    for step in range(8):
+        constant.step_fn(step)
+        linear.step_fn(step)
+        lrs.append(_lr(linear))
+    assert _lr(constant) == 1e-3
+    assert lrs[:3] == [1e-3] * 3 and lrs[4] == pytest.approx(0.75e-3) and lrs[-1] == 0.0
+    resumed = _phase(tmp_path, "linear")                 # the schedule's position travels in the state
+    half = _phase(tmp_path, "linear")
+    for step in range(5):
+        half.step_fn(step)
+    resumed.set_state(half.get_state())
+    assert _lr(resumed) == _lr(half) == pytest.approx(0.75e-3)
