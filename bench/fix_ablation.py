@@ -19,7 +19,8 @@ and 400 GAN steps amplify that: the rerun's distance from the reference is the n
 against which a fix's gain is read.
 
 Writes ``bench/results/fix_ablation.json`` and ``.md``. Resumable: a finished (revert,
-seed) is read back from ``bench/work/phantom/fix_ablation/<revert>/seed<N>/metrics.json``.
+seed) is read back from ``bench/work/phantom/fix_ablation/<revert>/seed<N>/metrics.json``, and
+reverts recorded in the output by an earlier run and not asked for now are kept.
 Nothing here selects with target labels: every number is a final-checkpoint score.
 """
 
@@ -193,6 +194,17 @@ def summarise(reference: dict, per: dict[str, dict[int, dict]], seeds: list[int]
     return out
 
 
+def merge_recorded(res: dict, out: Path) -> dict:
+    """Keep the reverts recorded in ``out`` by an earlier run that this run does not redo
+    (their work folders may be gone: a fresh clone keeps only bench/results)."""
+    if out.is_file():
+        old = json.loads(out.read_text())
+        if old.get("seeds") == res["seeds"] and old.get("reference_sasan_per_seed") == res["reference_sasan_per_seed"]:
+            merged = {**old.get("reverts", {}), **res["reverts"]}
+            res["reverts"] = {k: merged[k] for k in REVERTS if k in merged}
+    return res
+
+
 def markdown(res: dict) -> str:
     ref = res["reference_sasan_per_seed"]
     lines = [f"SASAN on the phantom (params.yaml, 6 CT test subjects), one fix reverted at a time; seeds {res['seeds']}. "
@@ -237,7 +249,7 @@ def main() -> None:
         for revert in args.reverts:
             per.setdefault(revert, {})[seed] = run_one(revert, seed, work, params, log)
             print(f"seed {seed} {revert}: SASAN {per[revert][seed]['mean']['dice']:.3f}", flush=True)
-            res = summarise(reference, per, args.seeds)
+            res = merge_recorded(summarise(reference, per, args.seeds), args.out)
             args.out.write_text(json.dumps(res, indent=2) + "\n")
             args.out.with_suffix(".md").write_text(markdown(res))
     print(markdown(res))

@@ -1,0 +1,117 @@
+"""How long A_s must pre-train, read on held-out SOURCE volumes only (issue 13: A_s is the
+teacher of every SASAN term; target >= 0.85 Dice on the phantom's MR test subjects).
+
+    python bench/pretrain_schedule.py                       # epochs 8 16 32, seeds 0 1 2
+    python bench/pretrain_schedule.py --epochs 16 --seeds 0 --set model.attention_width=32
+
+Runs only SASAN's first phase (METHOD.md 4.1: seg loss + orthogonality on labelled MR
+slices, ``Trainer.pretrain_attention``) on the prepared phantom of ``bench/adaptation.py``
+(16 subjects per domain, 10 train / 6 test) and reports A_s's pooled Dice on the 6 MR test
+subjects (per class and mean), its predicted foreground fraction next to the true one, and
+the seconds it took. No target image or label is read: what this selects, it selects on the
+source side.
+
+Writes ``bench/results/pretrain_schedule.json`` and ``.md``; resumable per (setting, seed)
+from ``bench/work/phantom/pretrain_schedule/<setting>/seed<N>/result.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+
+def run_one(epochs: float, seed: int, sets: dict, shards: Path, out: Path) -> dict:
+    result_file = out / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    from sasan.config import load_config
+    from sasan.models import build_networks
+    from sasan.train.recipe import Trainer, open_shards, seed_everything
+
+    cfg = load_config(ROOT / "params.yaml", {**sets, "train.pretrain.epochs": float(epochs),
+                                             "experiment.seed": seed})
+    trainer = Trainer(cfg, out, "sasan", progress=False)
+    data = open_shards(shards, trainer.cfg, "sasan")
+    seed_everything(seed)
+    nets = trainer.rt.prepare_module(build_networks(trainer.cfg.model))
+    tic = time.time()
+    trainer.pretrain_attention(nets, data)
+    res = {"epochs": epochs, "seed": seed, "seconds": time.time() - tic,
+           "steps": trainer.summary["pretrain_attention"]["steps"],
+           "final_loss": trainer.summary["pretrain_attention"].get("loss"),
+           **trainer.summary["diagnostics"]["A_s_source_test"]}
+    out.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def markdown(res: dict, name: str) -> str:
+    lines = [f"# A_s pre-training schedule on the phantom (bench/results/{name})", "",
+             f"A_s alone (METHOD.md 4.1), `params.yaml` with {res['overrides'] or 'no overrides'}; pooled Dice "
+             "on the slices of the 6 held-out MR (source) test subjects; no target data read.", "",
+             "| epochs (steps) | mean Dice, mean +- sd | per seed | per class (mean over seeds) | "
+             "foreground predicted / true |", "|---|---|---|---|---|"]
+    for name, r in res["settings"].items():
+        lines.append(f"| {name} ({r['steps']}) | {r['mean_dice']:.3f} +- {r['sd_dice']:.3f} | "
+                     f"{', '.join(f'{v:.3f}' for v in r['per_seed'])} | "
+                     f"{', '.join(f'{k}: {v:.2f}' for k, v in r['per_class'].items())} | "
+                     f"{r['foreground_predicted']:.3f} / {r['foreground_true']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=float, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params.yaml override")
+    ap.add_argument("--work", type=Path, default=HERE / "work" / "phantom",
+                    help="the phantom work folder of bench/adaptation.py (its shards)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default bench/results/pretrain_schedule[_<overrides>].json")
+    args = ap.parse_args()
+    from sasan.cli.params import parse_overrides
+
+    sets = parse_overrides(args.set)
+    shards = args.work.resolve() / "shards"
+    if not (shards / "done").is_file():
+        sys.exit(f"{shards}: no prepared phantom; run bench/adaptation.py --data phantom first")
+    tag = "".join(f"_{k.split('.')[-1]}{v}" for k, v in sorted(sets.items()))
+    args.out = args.out or HERE / "results" / f"pretrain_schedule{tag}.json"
+    res = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if res.get("overrides") != args.set:
+        res = {"overrides": args.set, "seeds": args.seeds, "settings": {}}
+    for epochs in args.epochs:
+        name = f"{epochs:g}{tag}"
+        rows = [run_one(epochs, s, sets, shards, args.work.resolve() / "pretrain_schedule" / name / f"seed{s}")
+                for s in args.seeds]
+        dice = [r["dice"]["mean"] for r in rows]
+        classes = [k for k in rows[0]["dice"] if k != "mean"]
+        res["settings"][f"{epochs:g}"] = {
+            "seeds": args.seeds, "steps": rows[0]["steps"], "per_seed": dice,
+            "mean_dice": mean_sd(dice)[0], "sd_dice": mean_sd(dice)[1],
+            "per_class": {k: mean_sd([r["dice"][k] for r in rows])[0] for k in classes},
+            "foreground_predicted": mean_sd([r["foreground_fraction"]["all"] for r in rows])[0],
+            "foreground_true": rows[0]["true_foreground_fraction"]["all"],
+            "seconds": mean_sd([r["seconds"] for r in rows])[0]}
+        print(f"epochs {epochs:g}: A_s source-test Dice {mean_sd(dice)[0]:.3f} ({', '.join(f'{v:.3f}' for v in dice)})",
+              flush=True)
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(res, args.out.name))
+    print(markdown(res, args.out.name))
+
+
+if __name__ == "__main__":
+    main()
