@@ -62,6 +62,23 @@ def prepare(data: str, work: Path, params: Path, sets: list[str], log: Path) -> 
     return raw, shards
 
 
+def machine() -> dict:
+    """Where a run trained: CPU results differ between instruction sets and runs (docs/results.md)."""
+    import platform
+
+    import torch
+
+    cpu = platform.machine()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), cpu)
+        avx512 = " avx512f" in info
+    except OSError:
+        avx512 = None
+    return {"cpu": cpu, "avx512": avx512, "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": os.environ.get("OMP_NUM_THREADS")}
+
+
 def run_seed(seed: int, raw: Path, shards: Path, work: Path, params: Path, sets: list[str],
              methods: list[str], log: Path) -> dict:
     out = work / f"seed{seed}"
@@ -83,6 +100,7 @@ def run_seed(seed: int, raw: Path, shards: Path, work: Path, params: Path, sets:
           "--set", "evaluate.methods=[" + ",".join(methods) + "]", log=log)
     result = json.loads((out / "metrics.tmp.json").read_text())
     result["_seconds"] = time.time() - tic
+    result["_machine"] = machine()
     for method in methods:
         summary = out / method / "summary.json"
         if summary.is_file():
@@ -117,6 +135,7 @@ def summarise(data: str, params: Path, seeds: list[int], per_seed: dict[int, dic
         lo, hi = out["methods"]["no_adaptation"]["mean_dice"], out["methods"]["upper_bound"]["mean_dice"]
         out["gap_closed"] = (out["methods"]["sasan"]["mean_dice"] - lo) / (hi - lo) if hi > lo else None
     out["seconds_per_seed"] = [per_seed[s].get("_seconds") for s in seeds]
+    out["machine_per_seed"] = [per_seed[s].get("_machine") for s in seeds]
     # training diagnostics (A_s on source test; A_t and pseudo-labels on target: diagnosis only),
     # mean over seeds of every number each variant's summary.json recorded
     diag: dict = {}

@@ -13,10 +13,12 @@ release before the fixes (c9ba60f^). Reverts 1, 2 and 4 do not touch A_s's pre-t
 start from the same pre-trained A_s checkpoint as the reference run of that seed; 3 (the
 orthogonality scale also applies in pre-training) and 5 pre-train again.
 
-The revert ``none`` reruns the current code the same way. Two runs of the same code and seed
-are not bit-identical on CPU (the first logged losses already differ in the fourth digit),
-and 400 GAN steps amplify that: the rerun's distance from the reference is the noise floor
-against which a fix's gain is read.
+The revert ``none`` reruns the current code the same way. On one machine a rerun from the
+same pre-trained A_s is bit-identical to the first run (checked: same losses at every logged
+step, same Dice); across machines it is not (oneDNN picks kernels by CPU, the rounding
+differs from the first step, and 400 GAN steps amplify it). So compare a revert with the
+reference only when both ran on one machine, or read the gain against ``none`` run where the
+reverts ran. Each run records its machine (``_machine``).
 
 Writes ``bench/results/fix_ablation.json`` and ``.md``. Resumable: a finished (revert,
 seed) is read back from ``bench/work/phantom/fix_ablation/<revert>/seed<N>/metrics.json``, and
@@ -38,9 +40,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from adaptation import machine  # noqa: E402
 
 REVERTS = {
-    "none": "nothing (a rerun of the current code: the run-to-run noise)",
+    "none": "nothing: the current code rerun (on one machine identical to the reference; across machines, their spread)",
     "seg_real_labels": "1. segmentation discriminators' real samples = one-hot source labels "
                        "(now softmax(A_s(x)))",
     "pseudo_l1_trains_generator": "2. pseudo-label L1 = |A_s(fake_s) - sg(A_t(t))|: trains S_s through A_s "
@@ -155,6 +159,7 @@ def run_one(revert: str, seed: int, ref_work: Path, params: Path, log: Path) -> 
          "--report", str(out / "report"), "--no-predictions", *common, "--set", "evaluate.methods=[sasan]"], log)
     result = json.loads((out / "metrics.tmp.json").read_text())["sasan"]
     result["_seconds"] = time.time() - tic
+    result["_machine"] = machine()
     result["_diagnostics"] = json.loads((out / "sasan" / "summary.json").read_text()).get("diagnostics", {})
     metrics.write_text(json.dumps(result, indent=1))
     return result
@@ -190,6 +195,7 @@ def summarise(reference: dict, per: dict[str, dict[int, dict]], seeds: list[int]
             "A_s_source_test_dice": mean_sd([v for s in done if (v := diag(rows[s], "A_s_source_test", "dice", "mean")) is not None] or [float("nan")])[0],
             "diagnosis_only_A_t_target_dice": mean_sd([v for s in done if (v := diag(rows[s], "diagnosis_only_A_t_target_test", "dice", "mean")) is not None] or [float("nan")])[0],
             "seconds": [rows[s]["_seconds"] for s in done],
+            "machine": [rows[s].get("_machine") for s in done],
         }
     return out
 
@@ -235,6 +241,7 @@ def main() -> None:
                     help="the phantom work folder of bench/adaptation.py (data, pre-trained A_s)")
     ap.add_argument("--reference", type=Path, default=HERE / "results" / "adaptation.json")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "fix_ablation.json")
+    ap.add_argument("--no-run", action="store_true", help="only summarise the runs already finished")
     args = ap.parse_args()
     reference = json.loads(args.reference.read_text())
     params = (ROOT / reference["profile"]).resolve()
@@ -247,12 +254,16 @@ def main() -> None:
     per: dict[str, dict[int, dict]] = {}
     for seed in args.seeds:                    # seed-major: a cut-off leaves whole seeds
         for revert in args.reverts:
+            if args.no_run and not (work / "fix_ablation" / revert / f"seed{seed}" / "metrics.json").is_file():
+                continue
             per.setdefault(revert, {})[seed] = run_one(revert, seed, work, params, log)
             print(f"seed {seed} {revert}: SASAN {per[revert][seed]['mean']['dice']:.3f}", flush=True)
             res = merge_recorded(summarise(reference, per, args.seeds), args.out)
             args.out.write_text(json.dumps(res, indent=2) + "\n")
             args.out.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
+    if not per:
+        sys.exit("no finished run to summarise")
+    print(markdown(merge_recorded(summarise(reference, per, args.seeds), args.out)))
 
 
 if __name__ == "__main__":
