@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from adaptation import machine  # noqa: E402
+from adaptation import machine, mean_sd  # noqa: E402
 
 REVERTS = {
     "none": "nothing: the current code rerun (on one machine identical to the reference; across machines, their spread)",
@@ -163,10 +162,6 @@ def run_one(revert: str, seed: int, ref_work: Path, params: Path, log: Path) -> 
     result["_diagnostics"] = json.loads((out / "sasan" / "summary.json").read_text()).get("diagnostics", {})
     metrics.write_text(json.dumps(result, indent=1))
     return result
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def diag(result: dict, *path: str) -> float | None:

@@ -7,8 +7,9 @@ teacher of every SASAN term; target >= 0.85 Dice on the phantom's MR test subjec
 Runs only SASAN's first phase (METHOD.md 4.1: seg loss + orthogonality on labelled MR
 slices, ``Trainer.pretrain_attention``) on the prepared phantom of ``bench/adaptation.py``
 (16 subjects per domain, 10 train / 6 test) and reports A_s's pooled Dice on the 6 MR test
-subjects (per class and mean), its predicted foreground fraction next to the true one, and
-the seconds it took. No target image or label is read: what this selects, it selects on the
+subjects (per class 1-4 = MYO, LA, LV, AA, and mean) and its predicted foreground fraction
+next to the true one; the json also keeps each run's wall time (which includes whatever else
+the machine ran). No target image or label is read: what this selects, it selects on the
 source side.
 
 Writes ``bench/results/pretrain_schedule.json`` and ``.md``; resumable per (setting, seed)
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,6 +27,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+from adaptation import mean_sd  # noqa: E402
 
 
 def run_one(epochs: float, seed: int, sets: dict, shards: Path, out: Path) -> dict:
@@ -54,18 +56,14 @@ def run_one(epochs: float, seed: int, sets: dict, shards: Path, out: Path) -> di
     return res
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def markdown(res: dict, name: str) -> str:
     lines = [f"# A_s pre-training schedule on the phantom (bench/results/{name})", "",
              f"A_s alone (METHOD.md 4.1), `params.yaml` with {res['overrides'] or 'no overrides'}; pooled Dice "
              "on the slices of the 6 held-out MR (source) test subjects; no target data read.", "",
              "| epochs (steps) | mean Dice, mean +- sd | per seed | per class (mean over seeds) | "
              "foreground predicted / true |", "|---|---|---|---|---|"]
-    for name, r in res["settings"].items():
-        lines.append(f"| {name} ({r['steps']}) | {r['mean_dice']:.3f} +- {r['sd_dice']:.3f} | "
+    for epochs, r in res["settings"].items():
+        lines.append(f"| {epochs} ({r['steps']}) | {r['mean_dice']:.3f} +- {r['sd_dice']:.3f} | "
                      f"{', '.join(f'{v:.3f}' for v in r['per_seed'])} | "
                      f"{', '.join(f'{k}: {v:.2f}' for k, v in r['per_class'].items())} | "
                      f"{r['foreground_predicted']:.3f} / {r['foreground_true']:.3f} |")
