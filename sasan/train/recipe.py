@@ -221,20 +221,21 @@ class Trainer:
         """Train the detached U-Net; its pooled Dice on the labelled source test slices is a
         diagnostic (source labels only) of whether its schedule converged."""
         c = self.cfg.train.segmenter
-        unet = self.rt.prepare_module(build_segmenter(self.cfg.model))
+        rt = self.rt.for_unet()
+        unet = rt.prepare_module(build_segmenter(self.cfg.model))
         if self.sync is not None:
             self.sync.broadcast(unet)
         steps = steps_for(c.epochs, len(train_set), c.batch_size, self.world_size, c.max_steps)
         phase = supervised_phase(
             name, unet, segmenter_loss, train_set, steps=steps, batch_size=c.batch_size, lr=c.lr,
-            seed=self.cfg.experiment.seed + 31, runtime=self.rt, checkpoint=self._ckpt(name),
+            seed=self.cfg.experiment.seed + 31, runtime=rt, checkpoint=self._ckpt(name),
             checkpoint_every=self.cfg.train.checkpoint_every, log_every=self.cfg.train.log_every,
             dice_weight=self.cfg.train.losses.dice_weight, rank=self.rank, world_size=self.world_size,
             num_workers=self.cfg.train.num_workers, sync=self.sync, lr_schedule=c.lr_schedule)
         self.summary[name] = {"steps": steps, "train_slices": len(train_set), **self._run(phase)}
         unet.eval()
         if source_test is not None and len(source_test) and self.is_main:
-            dice = pooled_dice(predict_labels(unet, source_test, self.rt), labels_of(source_test),
+            dice = pooled_dice(predict_labels(unet, source_test, rt), labels_of(source_test),
                                self.cfg.model.num_classes)
             self._diagnose("U-Net_source_test", {"dice": dice})
             log.info("U-Net: source test Dice %.3f", dice["mean"])
@@ -250,7 +251,8 @@ class Trainer:
             train_set = data.target_labelled if self.variant == "upper_bound" else data.source
             if train_set is None:
                 raise ValueError("upper_bound needs labelled target training slices")
-            unet = self.segmenter(train_set, data.source_test)
+            # the upper bound learns the target: a source-test Dice would say nothing of its convergence
+            unet = self.segmenter(train_set, None if self.variant == "upper_bound" else data.source_test)
             return self._finish(ModelBundle(self.cfg, self.variant, unet))
 
         w = self.cfg.train.losses
