@@ -105,7 +105,8 @@ class AugmentConfig(StrictModel):
 class TrainConfig(StrictModel):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     bf16: bool = Field(True, description="bf16 autocast (CUDA only)")
-    channels_last: bool = Field(True, description="channels_last memory format (CUDA only)")
+    channels_last: bool = Field(True, description="channels_last memory format (CUDA: every phase; CPU: the U-Nets)")
+    jobs: int = Field(1, ge=1, description="CPU: variants trained side by side in this many processes")
     num_workers: int = Field(0, ge=0)
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     log_every: int = Field(10, ge=1)

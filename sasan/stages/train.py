@@ -71,12 +71,70 @@ def run(inputs: TrainInputs, outputs: TrainOutputs, cfg: Config, tracker: "Track
         raise DataError(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
     data = read_identity(shards)
     log_lineage(tracker, context, data)         # the parent run: the same in DVC and Kubeflow
+    jobs = min(cfg.train.jobs, len(variants))
+    if jobs > 1 and world_size == 1 and on_checkpoint is None and _on_cpu(cfg):
+        return _side_by_side(shards, out_dir, cfg, variants, tracker, context, data, jobs, progress)
     summaries: dict[str, Any] = {}
     with sigterm_raises():
         for variant in variants:
             summaries[variant] = _train_variant(shards, out_dir / variant, cfg, variant, tracker, context, data,
                                                 rank, world_size, progress, on_checkpoint)
     return summaries
+
+
+# Relative cost of a variant on the CPU demo (joint steps dominate): the longest start first.
+_COST = {"sasan": 4, "no_fake_source": 4, "cyclegan": 3}
+
+
+def _on_cpu(cfg: Config) -> bool:
+    from sasan.train.device import resolve_runtime
+
+    return resolve_runtime(cfg.train.device, cfg.train.bf16, cfg.train.channels_last).device.type == "cpu"
+
+
+def _side_by_side(shards: Path, out_dir: Path, cfg: Config, variants: Sequence[str], tracker: "Tracker",
+                  context: RunContext, data, jobs: int, progress: bool) -> dict[str, Any]:
+    """``train.jobs`` > 1 on CPU: variants in ``jobs`` worker processes, each on its share of
+    the cores (torch threads), longest first. Small convolutions use two threads poorly, so
+    two one-thread workers get more done than one two-thread process (docs/cpu-speed.md).
+    SIGTERM reaches the workers, which checkpoint as in the sequential path; a rerun resumes."""
+    import multiprocessing as mp
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    parent = (tracker.ref(), tracker.tracking_uri) if tracker.enabled else None
+    log.info("training %s side by side: %d workers x %d thread(s)", ", ".join(variants), jobs, threads)
+    pool = mp.get_context("spawn").Pool(jobs, initializer=_worker_init,
+                                        initargs=(threads, logging.getLogger().level), maxtasksperchild=1)
+    try:
+        with sigterm_raises():
+            pending = {v: pool.apply_async(_variant_job, (shards, out_dir / v, cfg, v, parent, context, data, progress))
+                       for v in sorted(variants, key=lambda v: -_COST.get(v, 1))}
+            summaries = {v: pending[v].get() for v in variants}
+    except BaseException:
+        pool.terminate()        # SIGTERM: each worker checkpoints and ends its child run KILLED
+        raise
+    finally:
+        pool.close()
+        pool.join()
+    return summaries
+
+
+def _worker_init(threads: int, level: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _variant_job(shards: Path, vdir: Path, cfg: Config, variant: str, parent, context: RunContext, data,
+                 progress: bool) -> dict[str, Any]:
+    from sasan.tracking.runs import Tracker
+
+    tracker = Tracker.reopen(parent[0], tracking_uri=parent[1]) if parent else Tracker.disabled()
+    with sigterm_raises():
+        return _train_variant(shards, vdir, cfg, variant, tracker, context, data, 0, 1, progress, None)
 
 
 def _train_variant(shards: Path, vdir: Path, cfg: Config, variant: str, tracker: "Tracker", context: RunContext,

@@ -40,11 +40,12 @@ def shards(tmp_path_factory):
     return root / "shards"
 
 
-def _train(work: Path, shards: Path, uri: str) -> subprocess.Popen:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "SASAN_IMAGE_REVISION": SHA, "OMP_NUM_THREADS": "1",
+def _train(work: Path, shards: Path, uri: str, variants: str = "no_adaptation",
+           threads: str = "1") -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "SASAN_IMAGE_REVISION": SHA, "OMP_NUM_THREADS": threads,
            "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "sasan", "train", str(shards), "out", "--params", "params.yaml",
-                             "--variants", "no_adaptation", "--no-progress"], cwd=work, env=env,
+                             "--variants", variants, "--no-progress"], cwd=work, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -102,3 +103,45 @@ def test_sigterm_checkpoints_ends_the_child_run_killed_and_the_rerun_resumes_it(
     identity = json.loads((shards / "data_identity.json").read_text())
     assert child.data.tags["sasan.data.digest"] == identity["digest"]
     assert [d.dataset.name for d in child.inputs.dataset_inputs] == ["phantom"]
+
+
+@pytest.mark.slow
+def test_variants_side_by_side_stop_together_on_sigterm_and_resume(shards, tmp_path):
+    """train.jobs = 2 on CPU: two worker processes of one thread each, one MLflow child run per
+    variant under the same parent. SIGTERM to the stage reaches both workers, which checkpoint
+    and end their child runs KILLED; the rerun resumes both and ends them FINISHED."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params(
+        train={"jobs": 2, "checkpoint_every": 10_000, "log_every": 1,
+               "segmenter": {"epochs": 10_000.0, "max_steps": STEPS, "batch_size": 4}})))
+    uri = f"sqlite:///{(work / 'mlflow.db').as_posix()}"
+    client = MlflowClient(uri)
+    variants = ("no_adaptation", "upper_bound")
+    refs = {v: work / "out" / v / "mlflow_run.json" for v in variants}
+    ckpts = {v: work / "out" / v / "checkpoints" / "segmenter.pt" for v in variants}
+
+    first = _train(work, shards, uri, ",".join(variants), threads="2")
+    for v in variants:
+        _wait_for_steps(client, refs[v], first, 3)
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "side by side: 2 workers x 1 thread(s)" in err
+    stopped = {v: torch.load(ckpts[v], weights_only=True)["step"] for v in variants}
+    assert all(3 <= s < STEPS for s in stopped.values()), stopped
+    children = {v: client.get_run(json.loads(refs[v].read_text())["run_id"]) for v in variants}
+    assert {c.info.status for c in children.values()} == {"KILLED"}
+    parents = {c.data.tags["mlflow.parentRunId"] for c in children.values()}
+    assert len(parents) == 1
+
+    second = _train(work, shards, uri, ",".join(variants), threads="2")
+    out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err[-2000:]
+    for v in variants:
+        assert f"resuming from step {stopped[v]} / {STEPS}" in err
+        child = client.get_run(children[v].info.run_id)       # the same child runs, re-opened
+        assert child.info.status == "FINISHED" and child.info.run_name == v
+        assert torch.load(ckpts[v], weights_only=True)["step"] == STEPS
+        assert (work / "out" / v / "model.pt").is_file()
+    assert client.get_run(parents.pop()).info.status == "FINISHED"
