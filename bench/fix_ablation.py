@@ -20,6 +20,11 @@ differs from the first step, and 400 GAN steps amplify it). So compare a revert 
 reference only when both ran on one machine, or read the gain against ``none`` run where the
 reverts ran. Each run records its machine (``_machine``).
 
+The recorded table was paired with bench/results/adaptation.json as of commit 3321e9a (its
+values are kept in the output, ``reference_sasan_per_seed``); the U-Nets have trained in
+channels_last on CPU since, so re-summarising (``--no-run``) against today's adaptation.json
+would pair runs of two code versions: rerun the reverts instead.
+
 Writes ``bench/results/fix_ablation.json`` and ``.md``. Resumable: a finished (revert,
 seed) is read back from ``bench/work/phantom/fix_ablation/<revert>/seed<N>/metrics.json``, and
 reverts recorded in the output by an earlier run and not asked for now are kept.
