@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -107,10 +106,10 @@ def main() -> None:
 
     devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else (
         ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    report: dict = {"batch_size": args.batch, "k": 8, "iters": args.iters,
-                    "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                                "torch": torch.__version__, "threads": os.environ.get("OMP_NUM_THREADS")},
-                    "runs": {}}
+    sys.path.insert(0, str(HERE))
+    from adaptation import machine
+
+    report: dict = {"batch_size": args.batch, "k": 8, "iters": args.iters, "machine": machine(), "runs": {}}
     for device in devices:
         for scale in args.scales:
             for compiled in ([False, True] if args.compile else [False]):
