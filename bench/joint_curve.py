@@ -16,7 +16,7 @@ Per method (sasan, cyclegan) and seed, on the adaptation benchmark's data and sp
 
 Also per point: A_t's pooled 2-D Dice on the target test slices (diagnosis only). Resumable:
 kept checkpoints, finished points and their metrics are read back. Writes
-bench/results/joint_curve.json and .md.
+bench/results/joint_curve.json and .md (``joint_curve_<data>.*`` for another data set).
 
     python bench/joint_curve.py --steps 2000 --every 400 --seeds 0
 """
@@ -122,10 +122,13 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=400, help="keep a joint checkpoint every N steps")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="profile override")
     ap.add_argument("--work", type=Path, default=None, help="default bench/work/curve-<data>")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "joint_curve.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default bench/results/joint_curve.json (phantom), joint_curve_<data>.json otherwise")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = args.params or ROOT / DATA[args.data][2]
+    if args.out is None:
+        args.out = HERE / "results" / ("joint_curve.json" if args.data == "phantom" else f"joint_curve_{args.data}.json")
     work = args.work or HERE / "work" / f"curve-{args.data}"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
