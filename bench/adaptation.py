@@ -62,6 +62,11 @@ def prepare(data: str, work: Path, params: Path, sets: list[str], log: Path) -> 
     return raw, shards
 
 
+def results_path(stem: str, data: str) -> Path:
+    """bench/results/<stem>.json for the phantom, <stem>_<data>.json for another data set."""
+    return HERE / "results" / (f"{stem}.json" if data == "phantom" else f"{stem}_{data}.json")
+
+
 def machine() -> dict:
     """Where a run trained: CPU results differ between instruction sets and runs (docs/results.md)."""
     import platform
@@ -216,7 +221,7 @@ def main() -> None:
     res = summarise(args.data, params.relative_to(ROOT) if params.is_relative_to(ROOT) else params,
                     args.seeds, per_seed, args.methods)
     res["overrides"] = args.set
-    out = args.out or HERE / "results" / ("adaptation.json" if args.data == "phantom" else f"adaptation_{args.data}.json")
+    out = args.out or results_path("adaptation", args.data)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(res))

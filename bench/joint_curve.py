@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from adaptation import DATA, machine, prepare, sasan  # noqa: E402
+from adaptation import DATA, machine, prepare, results_path, sasan  # noqa: E402
 
 METHODS = ("sasan", "cyclegan")
 
@@ -127,8 +127,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = args.params or ROOT / DATA[args.data][2]
-    if args.out is None:
-        args.out = HERE / "results" / ("joint_curve.json" if args.data == "phantom" else f"joint_curve_{args.data}.json")
+    args.out = args.out or results_path("joint_curve", args.data)
     work = args.work or HERE / "work" / f"curve-{args.data}"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
