@@ -32,7 +32,7 @@ def class_means(images: np.ndarray, labels: np.ndarray, classes: dict[str, int])
             for name, c in classes.items()}
 
 
-def translated_source(run_dir: Path, shard: Path, batch_size: int = 32) -> tuple[np.ndarray, dict]:
+def translated_source(run_dir: Path, shards: Path, batch_size: int = 32) -> tuple[np.ndarray, dict]:
     """Centre channel of G_t(x, A_s(x)) for every source test slice, (N, H, W), and the run's config."""
     from sasan.config import config_from_dict
     from sasan.data.dataset import SliceDataset
@@ -48,7 +48,7 @@ def translated_source(run_dir: Path, shard: Path, batch_size: int = 32) -> tuple
         raise SystemExit(f"{run_dir}/checkpoints/joint.pt: missing weights, e.g. {missing[0]}")
     nets.load_state_dict(keep, strict=False)
     nets.eval()
-    data = SliceDataset(shard, with_labels=False)
+    data = SliceDataset(shards / cfg.experiment.source / "test", with_labels=False)
     centre = cfg.preprocess.slices // 2
     out = []
     with torch.no_grad():
@@ -63,26 +63,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path, help="trained variant folders (config.yaml + checkpoints/joint.pt)")
     ap.add_argument("--shards", type=Path, required=True, help="preprocessed shards of the runs' data set")
-    ap.add_argument("--classes", default="csf=1,gm=2,wm=3", help="name=label pairs (default: the brain's)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    classes = {k: int(v) for k, v in (p.split("=") for p in args.classes.split(","))}
+    from sasan.data.brain import BRAIN_LABELS
+    from sasan.data.shards import open_shard
+
+    classes = {name: c for name, c in BRAIN_LABELS.items() if c}
 
     rows = []
     src = tgt = None
     for run in args.runs:
-        fake, cfg = translated_source(run, args.shards / cfg_domain(run, "source") / "test")
+        fake, cfg = translated_source(run, args.shards)
         if src is None:
-            src_dir = args.shards / cfg_domain(run, "source") / "test"
-            tgt_dir = args.shards / cfg_domain(run, "target") / "test"
-            src_labels = np.load(src_dir / "labels.npy")
             centre = cfg["preprocess"]["slices"] // 2
-            src = class_means(np.load(src_dir / "images.npy", mmap_mode="r")[:, centre].astype(np.float32),
-                              src_labels, classes)
-            tgt = class_means(np.load(tgt_dir / "images.npy", mmap_mode="r")[:, centre].astype(np.float32),
-                              np.load(tgt_dir / "labels.npy"), classes)
+            source = open_shard(args.shards / cfg["experiment"]["source"] / "test")
+            target = open_shard(args.shards / cfg["experiment"]["target"] / "test")
+            src_labels = np.asarray(source.labels)
+            src = class_means(np.asarray(source.images[:, centre], np.float32), src_labels, classes)
+            tgt = class_means(np.asarray(target.images[:, centre], np.float32), np.asarray(target.labels), classes)
         means = class_means(fake, src_labels, classes)
-        rows.append({"run": str(run), "variant": cfg["experiment"].get("variant", run.name),
+        rows.append({"run": str(run), "variant": run.name,
                      "seed": cfg["experiment"]["seed"], "joint_max_steps": cfg["train"]["joint"]["max_steps"],
                      "translated_source_test": means,
                      "order": " > ".join(sorted(means, key=means.get, reverse=True))})
@@ -105,10 +105,6 @@ def main() -> None:
                      + f" | {' > '.join(sorted(m, key=m.get, reverse=True))} |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"-> {args.out}")
-
-
-def cfg_domain(run: Path, which: str) -> str:
-    return yaml.safe_load((run / "config.yaml").read_text())["experiment"][which]
 
 
 if __name__ == "__main__":
