@@ -16,7 +16,8 @@ Per method (sasan, cyclegan) and seed, on the adaptation benchmark's data and sp
 
 Also per point: A_t's pooled 2-D Dice on the target test slices (diagnosis only). Resumable:
 kept checkpoints, finished points and their metrics are read back. Writes
-bench/results/joint_curve.json and .md (``joint_curve_<data>.*`` for another data set).
+bench/results/joint_curve.json, .md and .png (``joint_curve_<data>.*`` for another data set);
+``--plot-only`` redraws the picture of a recorded JSON.
 
     python bench/joint_curve.py --steps 2000 --every 400 --seeds 0
 """
@@ -112,6 +113,43 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(res: dict, png: Path) -> None:
+    """Target Dice (solid) and A_t's target Dice (dashed, diagnosis only) against joint steps."""
+    sys.path.insert(0, str(ROOT))
+    from sasan.figures import pyplot, save_png
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for m, seeds in res["curves"].items():
+        for seed, pts in seeds.items():
+            steps = sorted(int(k) for k in pts)
+            line, = ax.plot(steps, [pts[str(s)]["mean_dice"] for s in steps], "o-",
+                            label=f"{m}, seed {seed}: U-Net (3-D Dice)")
+            at = [pts[str(s)]["diagnostics"].get("diagnosis_only_A_t_target_test", {}).get("dice", {}).get("mean")
+                  for s in steps]
+            if all(a is not None for a in at):
+                ax.plot(steps, at, "s--", color=line.get_color(), alpha=0.6,
+                        label=f"{m}, seed {seed}: A_t (pooled 2-D Dice)")
+    table = results_path("adaptation", res["data"])     # reference rows: no joint phase, any schedule
+    if table.is_file():
+        ref = json.loads(table.read_text())["methods"]
+        if {"no_adaptation", "upper_bound"} <= set(ref):
+            lo, hi = ref["no_adaptation"]["mean_dice"], ref["upper_bound"]["mean_dice"]
+            for y, name in ((lo, "no adaptation"), ((lo + hi) / 2, "half the gap"), (hi, "upper bound")):
+                ax.axhline(y, color="0.5", ls=":", lw=0.8)
+                ax.text(res["steps"], y, f"{name} ", color="0.4", fontsize=7, ha="right", va="bottom")
+    ax.axvline(res["steps"] // 2, color="0.7", lw=0.8)
+    ax.text(res["steps"] // 2, ax.get_ylim()[0], " lr decay starts", color="0.5", fontsize=7, va="bottom")
+    ax.set_xlabel("joint steps (checkpoints of one long run)")
+    ax.set_ylabel("Dice on target test subjects")
+    ax.set_title(f"{res['data']}: target Dice against joint steps (diagnosis only)\n"
+                 f"reference rows: {table.name}, mean over its seeds", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    save_png(fig, png)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", choices=sorted(DATA), default="phantom")
@@ -124,10 +162,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="default bench/work/curve-<data>")
     ap.add_argument("--out", type=Path, default=None,
                     help="default bench/results/joint_curve.json (phantom), joint_curve_<data>.json otherwise")
+    ap.add_argument("--plot-only", action="store_true", help="only redraw the picture of the recorded --out JSON")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = args.params or ROOT / DATA[args.data][2]
     args.out = args.out or results_path("joint_curve", args.data)
+    if args.plot_only:
+        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        return
     work = args.work or HERE / "work" / f"curve-{args.data}"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
@@ -161,6 +203,7 @@ def main() -> None:
             res["n_subjects"] = pts[str(args.steps)]["n_subjects"]
             args.out.write_text(json.dumps(res, indent=1) + "\n")
             args.out.with_suffix(".md").write_text(markdown(res))
+            plot(res, args.out.with_suffix(".png"))
     print(markdown(res))
 
 
