@@ -115,7 +115,6 @@ def markdown(res: dict) -> str:
 
 def plot(res: dict, png: Path) -> None:
     """Target Dice (solid) and A_t's target Dice (dashed, diagnosis only) against joint steps."""
-    sys.path.insert(0, str(ROOT))
     from sasan.figures import pyplot, save_png
 
     plt = pyplot()
@@ -131,7 +130,9 @@ def plot(res: dict, png: Path) -> None:
                 ax.plot(steps, at, "s--", color=line.get_color(), alpha=0.6,
                         label=f"{m}, seed {seed}: A_t (pooled 2-D Dice)")
     table = results_path("adaptation", res["data"])     # reference rows: no joint phase, any schedule
+    title = f"{res['data']}: target Dice against joint steps (diagnosis only)"
     if table.is_file():
+        title += f"\nreference rows: {table.name}, mean over its seeds"
         ref = json.loads(table.read_text())["methods"]
         if {"no_adaptation", "upper_bound"} <= set(ref):
             lo, hi = ref["no_adaptation"]["mean_dice"], ref["upper_bound"]["mean_dice"]
@@ -142,8 +143,7 @@ def plot(res: dict, png: Path) -> None:
     ax.text(res["steps"] // 2, ax.get_ylim()[0], " lr decay starts", color="0.5", fontsize=7, va="bottom")
     ax.set_xlabel("joint steps (checkpoints of one long run)")
     ax.set_ylabel("Dice on target test subjects")
-    ax.set_title(f"{res['data']}: target Dice against joint steps (diagnosis only)\n"
-                 f"reference rows: {table.name}, mean over its seeds", fontsize=8)
+    ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
