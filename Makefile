@@ -34,6 +34,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/inference.py --scales demo
+	$(BIN)/python bench/inference.py --scales paper --repeats 0 --no-cli
 
 # Container images, tagged with the commit (Kubeflow caches by image reference: never :latest).
 REGISTRY  ?= localhost:5001

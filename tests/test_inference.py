@@ -68,6 +68,23 @@ def test_batching_does_not_change_the_result(bundle_path):
     assert ta.shape == (10, 32, 32)
 
 
+def test_prediction_is_the_plain_forward_of_the_three_networks(bundle_path):
+    """The U-Net runs in channels_last on CPU (as in training): same labels and translation as
+    the networks called one after the other in the default memory format."""
+    stacks = np.random.default_rng(2).uniform(-1, 1, (6, 3, 32, 32)).astype(np.float32)
+    labels, translated = predict_stacks(load_bundle(bundle_path), stacks, resolve_runtime("cpu"), batch_size=4)
+    plain = load_bundle(bundle_path)
+    with torch.no_grad():
+        x = torch.from_numpy(stacks)
+        fake = plain.syn_s(x, plain.att_t(x)[0])
+        logits = plain.segmenter(fake)
+    assert np.allclose(translated, fake[:, 1].numpy(), atol=1e-6)
+    margin = logits.topk(2, dim=1).values.diff(dim=1).abs().squeeze(1)
+    clear = (margin > 1e-4).numpy()                  # ties may break either way between formats
+    assert clear.mean() > 0.99
+    assert np.array_equal(labels[clear], logits.argmax(1).numpy()[clear])
+
+
 def test_translate_cli_writes_both_volumes(bundle_path, ct_volume, tmp_path, capsys):
     path, img = ct_volume
     out, labels = tmp_path / "out" / "fake_mr.nii.gz", tmp_path / "out" / "labels.nii.gz"
