@@ -47,8 +47,10 @@ class SasanSegmenterModel(mlflow.pyfunc.PythonModel):
 
 
 def predict_labels(bundle, stacks: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-    """(N, S, H, W) float32 in [-1, 1] -> (N, H, W) int64 labels, on CPU, in batches."""
-    import torch
+    """(N, S, H, W) float32 in [-1, 1] -> (N, H, W) int64 labels, on CPU, in batches: the
+    forward pass of ``sasan evaluate`` and ``sasan translate`` (:func:`sasan.bundle.predict_stacks`)."""
+    from sasan.bundle import predict_stacks
+    from sasan.train.device import resolve_runtime
 
     stacks = np.asarray(stacks, dtype=np.float32)
     channels = bundle.cfg.model.in_channels
@@ -56,17 +58,8 @@ def predict_labels(bundle, stacks: np.ndarray, batch_size: int = DEFAULT_BATCH_S
         raise ValueError(f"expected (N, {channels}, H, W) slice stacks, got shape {stacks.shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(stacks), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(stacks[start:start + batch_size]))
-            if bundle.translates:
-                att_t = bundle.att_t(x)[0] if bundle.att_t is not None else None
-                x = bundle.syn_s(x, att_t)           # fake_s: the target slice in the source modality
-            out.append(bundle.segmenter(x).argmax(1).to(torch.int64).numpy())
-    if not out:
-        return np.zeros((0, *stacks.shape[2:]), np.int64)
-    return np.concatenate(out)
+    labels, _ = predict_stacks(bundle, stacks, resolve_runtime("cpu"), batch_size)
+    return labels.astype(np.int64)
 
 
 def model_signature(in_channels: int) -> ModelSignature:
