@@ -13,7 +13,7 @@ The weights are random: a forward pass costs the same whatever they are. Each sc
 its own process (its peak RSS is its own): a first, cold pass (what one ``sasan translate``
 call pays after start-up), then ``--repeats`` warm passes (min and median), then the whole
 ``sasan translate`` command as a user runs it (Python start-up and imports included). On CUDA
-the runtime is ``sasan translate``'s: bf16 autocast, channels_last batches. Writes
+the runtime is ``sasan translate``'s: bf16 autocast and channels_last. Writes
 ``bench/results/inference.json``.
 
     python bench/inference.py [--repeats 3] [--scales demo paper] [--device cpu|cuda] [--no-cli]
