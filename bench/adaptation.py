@@ -134,8 +134,8 @@ def run_seed(seed: int, raw: Path, shards: Path, work: Path, params: Path, sets:
 
 def side_by_side(seeds: list[int], jobs: int, raw: Path, shards: Path, work: Path, params: Path, sets: list[str],
                  methods: list[str], log: Path) -> dict[int, dict]:
-    """``--jobs``: seeds in ``jobs`` threads, each waiting on its own one-thread-per-core-share
-    ``sasan`` subprocesses. A failing seed stops the others (SIGTERM: they checkpoint)."""
+    """``--jobs``: seeds in ``jobs`` threads, each waiting on its own ``sasan`` subprocesses,
+    which get cores // jobs threads. A failing seed stops the others (SIGTERM: they checkpoint)."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     per_seed: dict[int, dict] = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:

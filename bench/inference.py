@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -67,6 +68,7 @@ def bundle_file(scale: str, path: Path) -> None:
 
 
 def one(scale: str, device: str, repeats: int, work: Path) -> dict:
+    import nibabel as nib
     import torch
 
     from sasan.bundle import load_bundle
@@ -82,7 +84,7 @@ def one(scale: str, device: str, repeats: int, work: Path) -> dict:
     bundle_path = tmp / "model.pt"
     bundle_file(scale, bundle_path)
 
-    def timed_pass() -> dict:
+    def timed_pass() -> tuple[dict, Any]:
         t = {}
         tic = time.perf_counter()
         bundle = load_bundle(bundle_path, map_location=rt.device).to(rt.device)
@@ -111,8 +113,6 @@ def one(scale: str, device: str, repeats: int, work: Path) -> dict:
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     stages = [k for k in first if k not in ("total", "slices")]
     slices = first["slices"]
-    import nibabel as nib
-
     run = {"scale": scale, "profile": SCALES[scale][0], "device": str(rt.device), "bf16": rt.bf16,
            "channels_last": rt.channels_last, "threads": torch.get_num_threads(), "repeats": repeats,
            "volume_shape": list(nib.load(image).shape), "slices": slices,

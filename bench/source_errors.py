@@ -2,8 +2,8 @@
 each labelled pixel is called, and which tissue lies under each false-positive pixel.
 
 The phantom keeps no tissue map on disk, but every case is a pure function of (seed, domain,
-index): this script draws each MR test subject again, checks that its labels equal the
-stored ones, and carries its tissue map through the volume's own preprocessing geometry
+index): this script draws each MR test subject's anatomy again
+(``sasan.data.phantom.phantom_anatomy``), checks that its labels equal the stored ones, and carries its tissue map through the volume's own preprocessing geometry
 (``PreparedVolume.forward_label``). A_s is read from ``bench/pretrain_schedule.py``'s
 checkpoints. Only source (MR) images and labels are read.
 
@@ -24,19 +24,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def tissue_map(case_id: str, seed: int = 0, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """(tissue, label) of phantom MR case ``mr_NNN`` as ``phantom_case`` draws them."""
-    from sasan.data import phantom as P
-
-    index = int(case_id.split("_")[-1]) - 1
-    rng = np.random.default_rng([seed, P.PHANTOM_DOMAINS.index("mr"), index])
-    subject = P.sample_subject(rng)
-    center = np.asarray(subject.heart_center) + np.array(
-        [rng.uniform(-8, 8), rng.uniform(-8, 8), 14 + rng.uniform(-6, 6)])
-    grid = P._grid(P.PROTOCOLS["mr"], size, center, rng)
-    return P.rasterise(subject, grid, rng)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=HERE / "work" / "phantom")
@@ -49,6 +36,7 @@ def main() -> None:
     import torch
 
     from sasan.config import load_config
+    from sasan.data.phantom import phantom_anatomy
     from sasan.data.phantom_shapes import CARDIAC_LABELS, TISSUES
     from sasan.data.preprocess import prepare_volume
     from sasan.models import AttentionModule
@@ -62,7 +50,8 @@ def main() -> None:
              if c["domain"] == "mr" and c["split"] == "test"]
     volumes, medians = [], {}
     for case in cases:
-        tissue, label = tissue_map(case["case_id"])
+        index = int(case["case_id"].split("_")[-1]) - 1       # mr_NNN: the generator's case index + 1
+        tissue, label = phantom_anatomy("mr", index)[:2]      # bench/adaptation.py's data: seed 0, size 128
         stored = np.asarray(nib.load(raw / case["label"]).dataobj)
         if not np.array_equal(label, stored):
             raise SystemExit(f"{case['case_id']}: regenerated labels differ from {raw / case['label']}")

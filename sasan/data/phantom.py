@@ -136,19 +136,27 @@ def render_mr(tissue: np.ndarray, grid: Grid, rng: np.random.Generator, contrast
     return np.sqrt(real * real + imag * imag).astype(np.float32, copy=False)
 
 
-def phantom_case(domain: str, index: int, seed: int = 0, size: int = 128, mr_contrast: str = "bssfp"):
-    """One subject of ``domain``: (image, label uint8, affine 4x4 RAS mm).
-
-    Deterministic from (seed, domain, index); the MR contrast changes intensities only."""
+def phantom_anatomy(domain: str, index: int, seed: int = 0, size: int = 128):
+    """The anatomy of one subject of ``domain`` before imaging: (tissue map uint8 indexing
+    ``TISSUES``, label uint8, grid, the case's random stream, positioned where rendering
+    continues). :func:`phantom_case` renders it; diagnostics read the tissue map."""
     if domain not in PROTOCOLS:
         raise ConfigError(f"unknown phantom domain {domain!r}; choose from {sorted(PROTOCOLS)}")
-    _check_contrast(mr_contrast)
     rng = np.random.default_rng([seed, PHANTOM_DOMAINS.index(domain), index])
     subject = sample_subject(rng)
     # Volume centred just above the LV centre, with a random offset (position variation).
     center = np.asarray(subject.heart_center) + np.array([rng.uniform(-8, 8), rng.uniform(-8, 8), 14 + rng.uniform(-6, 6)])
     grid = _grid(PROTOCOLS[domain], size, center, rng)
     tissue, label = rasterise(subject, grid, rng)
+    return tissue, label, grid, rng
+
+
+def phantom_case(domain: str, index: int, seed: int = 0, size: int = 128, mr_contrast: str = "bssfp"):
+    """One subject of ``domain``: (image, label uint8, affine 4x4 RAS mm).
+
+    Deterministic from (seed, domain, index); the MR contrast changes intensities only."""
+    _check_contrast(mr_contrast)
+    tissue, label, grid, rng = phantom_anatomy(domain, index, seed, size)
     image = render_ct(tissue, grid, rng) if domain == "ct" else render_mr(tissue, grid, rng, mr_contrast)
     return image, label, grid.affine
 

@@ -8,7 +8,8 @@ import pytest
 
 from sasan.cli import main
 from sasan.data import layout, phantom
-from sasan.data.phantom import PROTOCOLS, generate_phantom, phantom_case
+from sasan.data.phantom import PROTOCOLS, generate_phantom, phantom_anatomy, phantom_case
+from sasan.data.phantom_shapes import TISSUES
 from sasan.errors import ConfigError, DataError
 
 SIZE = 40  # small grids keep the tests fast; the field of view stays the same
@@ -85,6 +86,19 @@ def test_black_blood_mr_inverts_blood_and_myocardium():
         assert _median(bssfp, lbl, 3) > _median(img, lbl, 3) * 5
     with pytest.raises(ConfigError, match="MR contrast"):
         phantom_case("mr", 0, mr_contrast="t1")
+
+
+def test_anatomy_is_the_imaged_subject_with_its_tissue_map():
+    """phantom_anatomy is the step before imaging: the same labels as the rendered case, and a
+    tissue map whose labelled structures lie on the tissues they are made of."""
+    tissue, label, grid, _ = phantom_anatomy("ct", 1, seed=2, size=SIZE)
+    img, lbl, aff = phantom_case("ct", 1, seed=2, size=SIZE)
+    assert np.array_equal(label, lbl) and np.allclose(grid.affine, aff)
+    assert tissue.shape == img.shape and tissue.max() < len(TISSUES)
+    assert np.all(tissue[label == 1] == TISSUES.index("myocardium"))
+    assert np.all(tissue[label == 3] == TISSUES.index("blood"))
+    with pytest.raises(ConfigError, match="phantom domain"):
+        phantom_anatomy("pet", 0)
 
 
 def test_generate_writes_canonical_layout(tmp_path):
