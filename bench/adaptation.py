@@ -7,7 +7,8 @@ target test subjects that evaluation noise is small next to the differences clai
 Per data set: generate the embedded data once (fixed data seed), ingest with a subject
 split that leaves >= 6 test subjects per domain, preprocess. Per seed: ``sasan train`` of
 every method, ``sasan evaluate`` on the target test volumes. Resumable: a finished seed is
-read back from its metrics file, an interrupted one resumes from its checkpoints. ``--jobs 2``
+read back from its metrics file (kept beside the table as ``<out>_seed<N>.json``, so a fresh
+checkout skips it too), an interrupted one resumes from its checkpoints. ``--jobs 2``
 trains two seeds side by side with one thread each: on 2 cores that gets about 1.25x the
 work done of one two-thread run at the brain's 96 px (a CycleGAN joint step: 1.2 s each side by
 side, 0.75 s alone), at the cost of one-thread float rounding (recorded per seed). The GAN of
@@ -99,12 +100,33 @@ def machine() -> dict:
             "threads": os.environ.get("OMP_NUM_THREADS")}
 
 
+def seed_record(out: Path, seed: int) -> Path:
+    """Where a finished seed's metrics are kept next to the table (``<out>_seed<N>.json``): a
+    fresh checkout, whose ``bench/work`` is empty, reads finished seeds back from there."""
+    return out.with_name(f"{out.stem}_seed{seed}.json")
+
+
+def read_back(done: Path, seed: int, methods: list[str], config: dict) -> dict:
+    """A finished seed's metrics, if they are of these methods and this profile and overrides
+    (files written before the check have no ``_config`` and are taken as they are)."""
+    result = json.loads(done.read_text())
+    missing = [m for m in methods if m not in result]
+    if missing:
+        sys.exit(f"{done}: seed {seed} has no result for {', '.join(missing)}; remove the file to rerun the seed")
+    if result.get("_config", config) != config:
+        sys.exit(f"{done}: seed {seed} was run with {result['_config']}, not {config}; "
+                 "use another --out/--work or remove the file")
+    return result
+
+
 def run_seed(seed: int, raw: Path, shards: Path, work: Path, params: Path, sets: list[str],
-             methods: list[str], log: Path, threads: Optional[int] = None) -> dict:
+             methods: list[str], log: Path, threads: Optional[int] = None, record: Optional[Path] = None) -> dict:
     out = work / f"seed{seed}"
     metrics = out / "metrics.json"
-    if metrics.is_file():
-        return json.loads(metrics.read_text())
+    config = {"profile": params.name, "overrides": sets[1::2]}
+    for done in (metrics, record):
+        if done is not None and done.is_file():
+            return read_back(done, seed, methods, config)
     common = ["--params", str(params), *sets, "--set", f"experiment.seed={seed}", "--no-progress"]
     tic = time.time()
     for method in methods:
@@ -121,6 +143,7 @@ def run_seed(seed: int, raw: Path, shards: Path, work: Path, params: Path, sets:
           "--set", "evaluate.methods=[" + ",".join(methods) + "]", log=log, threads=threads)
     result = json.loads((out / "metrics.tmp.json").read_text())
     result["_seconds"] = time.time() - tic
+    result["_config"] = config
     result["_machine"] = machine()
     if threads:
         result["_machine"]["threads"] = f"{threads} (seeds side by side)"
@@ -129,17 +152,21 @@ def run_seed(seed: int, raw: Path, shards: Path, work: Path, params: Path, sets:
         if summary.is_file():
             result.setdefault("_diagnostics", {})[method] = json.loads(summary.read_text()).get("diagnostics", {})
     metrics.write_text(json.dumps(result, indent=1))
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(result, indent=1))
     return result
 
 
 def side_by_side(seeds: list[int], jobs: int, raw: Path, shards: Path, work: Path, params: Path, sets: list[str],
-                 methods: list[str], log: Path) -> dict[int, dict]:
+                 methods: list[str], log: Path, out: Path) -> dict[int, dict]:
     """``--jobs``: seeds in ``jobs`` threads, each waiting on its own ``sasan`` subprocesses,
     which get cores // jobs threads. A failing seed stops the others (SIGTERM: they checkpoint)."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     per_seed: dict[int, dict] = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_seed, s, raw, shards, work, params, sets, methods, log, threads): s for s in seeds}
+        futures = {pool.submit(run_seed, s, raw, shards, work, params, sets, methods, log, threads,
+                               seed_record(out, s)): s for s in seeds}
         try:
             for future in as_completed(futures):
                 seed = futures[future]
@@ -255,19 +282,20 @@ def main() -> None:
     sets = [x for kv in args.set for x in ("--set", kv)]
     log = work / "log.txt"
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    out = (args.out or results_path("adaptation", args.data)).resolve()
     raw, shards = prepare(args.data, work, params, sets, log)
     per_seed = {}
     if args.jobs > 1:
-        per_seed = side_by_side(args.seeds, args.jobs, raw, shards, work, params, sets, args.methods, log)
+        per_seed = side_by_side(args.seeds, args.jobs, raw, shards, work, params, sets, args.methods, log, out)
     else:
         for seed in args.seeds:
-            per_seed[seed] = run_seed(seed, raw, shards, work, params, sets, args.methods, log)
+            per_seed[seed] = run_seed(seed, raw, shards, work, params, sets, args.methods, log,
+                                      record=seed_record(out, seed))
             print(f"seed {seed}: " + ", ".join(f"{m} {per_seed[seed][m]['mean']['dice']:.3f}" for m in args.methods),
                   flush=True)
     res = summarise(args.data, params.relative_to(ROOT) if params.is_relative_to(ROOT) else params,
                     args.seeds, per_seed, args.methods)
     res["overrides"] = args.set
-    out = args.out or results_path("adaptation", args.data)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(res))

@@ -1,0 +1,68 @@
+"""bench/adaptation.py: the numbers its tables rest on (paired differences, gap closed) and
+its resumption from recorded per-seed results, without training anything."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("bench_adaptation", ROOT / "bench" / "adaptation.py")
+adaptation = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(adaptation)
+
+METHODS = ["no_adaptation", "cyclegan", "sasan", "upper_bound"]
+
+
+def seed_result(dice: dict[str, float]) -> dict:
+    return {m: {"mean": {"dice": d, "assd_vox": 10 * (1 - d), "dice_std": 0.01},
+                "per_structure": {"wm": {"dice": d}}, "n_subjects": 6} for m, d in dice.items()}
+
+
+def test_summary_pairs_seeds_and_computes_gap_closed() -> None:
+    per_seed = {0: seed_result({"no_adaptation": 0.3, "cyclegan": 0.4, "sasan": 0.6, "upper_bound": 0.8}),
+                1: seed_result({"no_adaptation": 0.2, "cyclegan": 0.5, "sasan": 0.5, "upper_bound": 0.8})}
+    res = adaptation.summarise("brain", Path("profiles/brain-t2t1.yaml"), [0, 1], per_seed, METHODS)
+    assert res["methods"]["sasan"]["mean_dice"] == pytest.approx(0.55)
+    assert res["methods"]["sasan"]["sd_dice"] == pytest.approx(0.0707107, abs=1e-6)   # stdev of (0.6, 0.5)
+    assert res["sasan_minus_cyclegan"]["per_seed"] == pytest.approx([0.2, 0.0])
+    assert res["sasan_minus_cyclegan"]["mean"] == pytest.approx(0.1)
+    # (0.55 - 0.25) / (0.8 - 0.25)
+    assert res["gap_closed"] == pytest.approx(0.3 / 0.55)
+    table = adaptation.markdown(res)
+    assert "| sasan | 0.550 +- 0.071 | 0.600, 0.500 |" in table
+    assert "+0.100 +- 0.141 (per seed: +0.200, +0.000)" in table
+
+
+def test_recorded_seed_is_read_back_in_a_fresh_work_folder(tmp_path: Path) -> None:
+    out = tmp_path / "results" / "adaptation_brain_4000.json"
+    record = adaptation.seed_record(out, 1)
+    assert record.name == "adaptation_brain_4000_seed1.json"
+    params = tmp_path / "brain-t2t1.yaml"
+    result = seed_result({"no_adaptation": 0.3, "cyclegan": 0.4, "sasan": 0.6, "upper_bound": 0.8})
+    result["_config"] = {"profile": params.name, "overrides": ["train.joint.max_steps=4000"]}
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps(result))
+    # nothing trains: the raw and shard folders do not even exist
+    got = adaptation.run_seed(1, tmp_path / "raw", tmp_path / "shards", tmp_path / "work", params,
+                              ["--set", "train.joint.max_steps=4000"], METHODS, tmp_path / "log.txt", record=record)
+    assert got == result
+    assert not (tmp_path / "log.txt").exists()
+
+
+def test_recorded_seed_of_other_settings_or_methods_is_refused(tmp_path: Path) -> None:
+    done = tmp_path / "metrics.json"
+    result = seed_result({"no_adaptation": 0.3, "sasan": 0.6})
+    result["_config"] = {"profile": "brain-t2t1.yaml", "overrides": ["train.joint.max_steps=2000"]}
+    done.write_text(json.dumps(result))
+    config = {"profile": "brain-t2t1.yaml", "overrides": ["train.joint.max_steps=4000"]}
+    with pytest.raises(SystemExit, match="max_steps=2000"):
+        adaptation.read_back(done, 0, ["no_adaptation", "sasan"], config)
+    with pytest.raises(SystemExit, match="no result for cyclegan"):
+        adaptation.read_back(done, 0, ["cyclegan", "sasan"], result["_config"])
+    del result["_config"]                       # recorded before the check: taken as it is
+    done.write_text(json.dumps(result))
+    assert adaptation.read_back(done, 0, ["sasan"], config)["sasan"]["mean"]["dice"] == 0.6
