@@ -7,8 +7,9 @@ target test subjects that evaluation noise is small next to the differences clai
 Per data set: generate the embedded data once (fixed data seed), ingest with a subject
 split that leaves >= 6 test subjects per domain, preprocess. Per seed: ``sasan train`` of
 every method, ``sasan evaluate`` on the target test volumes. Resumable: a finished seed is
-read back from its metrics file (kept beside the table as ``<out>_seed<N>.json``, so a fresh
-checkout skips it too), an interrupted one resumes from its checkpoints. ``--jobs 2``
+read back from its metrics file, which each method joins as soon as it is evaluated (kept beside
+the table as ``<out>_seed<N>.json``, so a fresh checkout skips what is recorded there too); an
+interrupted method resumes from its checkpoints. ``--jobs 2``
 trains two seeds side by side with one thread each: on 2 cores that gets about 1.25x the
 work done of one two-thread run at the brain's 96 px (a CycleGAN joint step: 1.2 s each side by
 side, 0.75 s alone), at the cost of one-thread float rounding (recorded per seed). The GAN of
@@ -106,30 +107,38 @@ def seed_record(out: Path, seed: int) -> Path:
     return out.with_name(f"{out.stem}_seed{seed}.json")
 
 
-def read_back(done: Path, seed: int, methods: list[str], config: dict) -> dict:
-    """A finished seed's metrics, if they are of these methods and this profile and overrides
+def read_back(done: Path, seed: int, config: dict) -> dict:
+    """The methods of a seed recorded so far, if they ran with this profile and overrides
     (files written before the check have no ``_config`` and are taken as they are)."""
     result = json.loads(done.read_text())
-    missing = [m for m in methods if m not in result]
-    if missing:
-        sys.exit(f"{done}: seed {seed} has no result for {', '.join(missing)}; remove the file to rerun the seed")
     if result.get("_config", config) != config:
         sys.exit(f"{done}: seed {seed} was run with {result['_config']}, not {config}; "
                  "use another --out/--work or remove the file")
+    if not isinstance(result.get("_seconds", {}), dict):     # recorded as one block of methods
+        present = [m for m in METHODS if m in result]
+        result["_seconds"] = {"+".join(present): result["_seconds"]}
+        result["_machine"] = {m: result["_machine"] for m in present}
     return result
 
 
 def run_seed(seed: int, raw: Path, shards: Path, work: Path, params: Path, sets: list[str],
              methods: list[str], log: Path, threads: Optional[int] = None, record: Optional[Path] = None) -> dict:
+    """Train and evaluate each method of one seed. A method's scores are recorded (in the work
+    folder and in ``record``) as soon as it is evaluated, so a rerun, in this checkout or a
+    fresh one, trains only the methods not yet recorded."""
     out = work / f"seed{seed}"
     metrics = out / "metrics.json"
     config = {"profile": params.name, "overrides": sets[1::2]}
+    result: dict = {}
     for done in (metrics, record):
         if done is not None and done.is_file():
-            return read_back(done, seed, methods, config)
+            result = read_back(done, seed, config)
+            break
     common = ["--params", str(params), *sets, "--set", f"experiment.seed={seed}", "--no-progress"]
-    tic = time.time()
     for method in methods:
+        if method in result:
+            continue
+        tic = time.time()
         if method == "no_fake_source" and (out / "sasan" / "checkpoints").is_dir():
             ckpt = out / "no_fake_source" / "checkpoints"       # reuse SASAN's pre-training + GAN
             ckpt.mkdir(parents=True, exist_ok=True)
@@ -138,23 +147,22 @@ def run_seed(seed: int, raw: Path, shards: Path, work: Path, params: Path, sets:
                     shutil.copy2(out / "sasan" / "checkpoints" / phase, ckpt / phase)
         sasan("train", str(shards), str(out), "--variants", method, "--no-tracking", *common, log=log,
               threads=threads)
-    sasan("evaluate", str(raw), str(out), "--metrics", str(out / "metrics.tmp.json"), "--report",
-          str(out / "report"), "--no-predictions", *common,
-          "--set", "evaluate.methods=[" + ",".join(methods) + "]", log=log, threads=threads)
-    result = json.loads((out / "metrics.tmp.json").read_text())
-    result["_seconds"] = time.time() - tic
-    result["_config"] = config
-    result["_machine"] = machine()
-    if threads:
-        result["_machine"]["threads"] = f"{threads} (seeds side by side)"
-    for method in methods:
+        sasan("evaluate", str(raw), str(out), "--metrics", str(out / "metrics.tmp.json"), "--report",
+              str(out / "report" / method), "--no-predictions", *common,
+              "--set", f"evaluate.methods=[{method}]", log=log, threads=threads)
+        result[method] = json.loads((out / "metrics.tmp.json").read_text())[method]
+        result.setdefault("_seconds", {})[method] = time.time() - tic
+        result.setdefault("_machine", {})[method] = machine()
+        if threads:
+            result["_machine"][method]["threads"] = f"{threads} (seeds side by side)"
         summary = out / method / "summary.json"
         if summary.is_file():
             result.setdefault("_diagnostics", {})[method] = json.loads(summary.read_text()).get("diagnostics", {})
-    metrics.write_text(json.dumps(result, indent=1))
-    if record is not None:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(result, indent=1))
+        result["_config"] = config
+        for path in (metrics, record):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -207,7 +215,7 @@ def summarise(data: str, params: Path, seeds: list[int], per_seed: dict[int, dic
     if {"sasan", "no_adaptation", "upper_bound"} <= set(methods):
         lo, hi = out["methods"]["no_adaptation"]["mean_dice"], out["methods"]["upper_bound"]["mean_dice"]
         out["gap_closed"] = (out["methods"]["sasan"]["mean_dice"] - lo) / (hi - lo) if hi > lo else None
-    out["seconds_per_seed"] = [per_seed[s].get("_seconds") for s in seeds]
+    out["seconds_per_seed"] = [sum(per_seed[s].get("_seconds", {}).values()) for s in seeds]
     out["machine_per_seed"] = [per_seed[s].get("_machine") for s in seeds]
     # training diagnostics (A_s on source test; A_t and pseudo-labels on target: diagnosis only),
     # mean over seeds of every number each variant's summary.json recorded
