@@ -75,6 +75,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, nargs="+", default=[8, 16, 32])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params.yaml override")
+    ap.add_argument("--plain-ce", action="store_true",
+                    help="diagnosis: every class weight 1 in seg_loss's cross-entropy (METHOD.md weighs "
+                         "class c by 1 - its pixel fraction); patched in this process only")
     ap.add_argument("--work", type=Path, default=HERE / "work" / "phantom",
                     help="the phantom work folder of bench/adaptation.py (its shards)")
     ap.add_argument("--out", type=Path, default=None,
@@ -87,10 +90,18 @@ def main() -> None:
     if not (shards / "done").is_file():
         sys.exit(f"{shards}: no prepared phantom; run bench/adaptation.py --data phantom first")
     tag = "".join(f"_{k.split('.')[-1]}{v}" for k, v in sorted(sets.items()))
+    if args.plain_ce:
+        import torch
+
+        import sasan.losses.segmentation as seg
+
+        seg.class_weights = lambda labels, num_classes: torch.ones(num_classes, device=labels.device)
+        tag += "_plainCE"
     args.out = args.out or HERE / "results" / f"pretrain_schedule{tag}.json"
     res = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    if res.get("overrides") != args.set:
-        res = {"overrides": args.set, "seeds": args.seeds, "settings": {}}
+    overrides = args.set + (["plain cross-entropy (--plain-ce)"] if args.plain_ce else [])
+    if res.get("overrides") != overrides:
+        res = {"overrides": overrides, "seeds": args.seeds, "settings": {}}
     for epochs in args.epochs:
         name = f"{epochs:g}{tag}"
         rows = [run_one(epochs, s, sets, shards, args.work.resolve() / "pretrain_schedule" / name / f"seed{s}")
