@@ -56,6 +56,17 @@ def run_one(epochs: float, seed: int, sets: dict, shards: Path, out: Path) -> di
     return res
 
 
+def use_plain_cross_entropy() -> None:
+    """Diagnosis (``--plain-ce``): every class weight 1 in ``seg_loss``'s cross-entropy, for the
+    rest of this process (METHOD.md weighs class c by 1 - its pixel fraction). Not a training
+    option: it answers whether the weighting is why A_s over-segments."""
+    import torch
+
+    import sasan.losses.segmentation as seg
+
+    seg.class_weights = lambda labels, num_classes: torch.ones(num_classes, device=labels.device)
+
+
 def markdown(res: dict, name: str) -> str:
     lines = [f"# A_s pre-training schedule on the phantom (bench/results/{name})", "",
              f"A_s alone (METHOD.md 4.1), `params.yaml` with {res['overrides'] or 'no overrides'}; pooled Dice "
@@ -91,11 +102,7 @@ def main() -> None:
         sys.exit(f"{shards}: no prepared phantom; run bench/adaptation.py --data phantom first")
     tag = "".join(f"_{k.split('.')[-1]}{v}" for k, v in sorted(sets.items()))
     if args.plain_ce:
-        import torch
-
-        import sasan.losses.segmentation as seg
-
-        seg.class_weights = lambda labels, num_classes: torch.ones(num_classes, device=labels.device)
+        use_plain_cross_entropy()
         tag += "_plainCE"
     args.out = args.out or HERE / "results" / f"pretrain_schedule{tag}.json"
     res = json.loads(args.out.read_text()) if args.out.is_file() else {}
