@@ -204,6 +204,15 @@ def sample_subject(rng: np.random.Generator) -> Subject:
     )
 
 
+# Atrial wall thickness (mm): the LA and RA walls are 1.5-3 mm thick in adults. Without a wall
+# the LA's blood would touch epicardial fat directly, which bSSFP renders about as bright.
+ATRIAL_WALL_MM = 2.0
+
+
+def _grown(semi, mm: float) -> tuple[float, ...]:
+    return tuple(x + mm for x in semi)
+
+
 def _unit(v) -> np.ndarray:
     v = np.asarray(v, float)
     return v / np.linalg.norm(v)
@@ -297,7 +306,7 @@ def _paint_heart(c: Canvas, s: Subject) -> None:
     f = s.epi_fat_mm
     for center, axes, semi in (
         (ctr, fr, (a + t + f, b + t + f, b2 + t + f)), (rv_c, fr, tuple(x + 3 + f for x in rv_semi)),
-        (la_c, body_axes, tuple(x + f for x in s.la_semi)), (ra_c, body_axes, tuple(x + f for x in s.ra_semi)),
+        (la_c, body_axes, _grown(s.la_semi, ATRIAL_WALL_MM + f)), (ra_c, body_axes, _grown(s.ra_semi, ATRIAL_WALL_MM + f)),
     ):
         sl = c.grid.box(center, max(semi), c.margin)
         if sl is not None:
@@ -318,8 +327,9 @@ def _paint_heart(c: Canvas, s: Subject) -> None:
         q_rv, u_rv = ellipsoid_q(c, sl, rv_c, fr, rv_semi)
         c.paint(sl, q_wall < 1, "myocardium")
         c.paint(sl, q_rv < 1, "blood_right")
-    sl = c.grid.box(ra_c, max(s.ra_semi), c.margin)
+    sl = c.grid.box(ra_c, max(s.ra_semi) + ATRIAL_WALL_MM, c.margin)
     if sl is not None:
+        c.paint(sl, ellipsoid_q(c, sl, ra_c, body_axes, _grown(s.ra_semi, ATRIAL_WALL_MM))[0] < 1, "myocardium")
         c.paint(sl, ellipsoid_q(c, sl, ra_c, body_axes, s.ra_semi)[0] < 1, "blood_right")
     sl = polyline_box(c, pa, s.pa_radius + 1.5)
     if sl is not None:
@@ -328,8 +338,11 @@ def _paint_heart(c: Canvas, s: Subject) -> None:
         c.paint(sl, d < s.pa_radius, "blood_right")
 
     # Labelled structures last: LA, AA, then MYO and LV (the LV outflow owns the aortic root).
-    sl = c.grid.box(la_c, max(s.la_semi), c.margin)
+    # The LA label is the cavity (MM-WHS); its wall, like the RA's, is unlabelled myocardium
+    # and forms the interatrial septum where the two atria meet.
+    sl = c.grid.box(la_c, max(s.la_semi) + ATRIAL_WALL_MM, c.margin)
     if sl is not None:
+        c.paint(sl, ellipsoid_q(c, sl, la_c, body_axes, _grown(s.la_semi, ATRIAL_WALL_MM))[0] < 1, "myocardium")
         c.paint(sl, ellipsoid_q(c, sl, la_c, body_axes, s.la_semi)[0] < 1, "blood", CARDIAC_LABELS["LA"])
     sl = polyline_box(c, aa, s.aa_radius + 1.5)
     if sl is not None:

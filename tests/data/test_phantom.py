@@ -101,6 +101,23 @@ def test_anatomy_is_the_imaged_subject_with_its_tissue_map():
         phantom_anatomy("pet", 0)
 
 
+def test_atria_have_walls_between_their_blood_and_the_epicardial_fat():
+    """The LA cavity (label 2) and the RA are wrapped in a thin unlabelled muscle wall: at full
+    resolution the voxels just outside the LA are myocardium, not fat (bSSFP renders fat about
+    as bright as blood, so without the wall the cavity's edge would not be in the image)."""
+    from scipy.ndimage import binary_dilation
+
+    tissue, label, _, _ = phantom_anatomy("mr", 0, seed=2, size=128)
+    la = label == 2
+    ring = tissue[binary_dilation(la) & ~la]
+    assert ring.size > 500
+    assert np.mean(ring == TISSUES.index("myocardium")) > 0.9
+    assert np.mean(ring == TISSUES.index("fat")) < 0.05
+    ra = (tissue == TISSUES.index("blood_right")) & (label == 0)
+    ra_ring = tissue[binary_dilation(ra) & ~ra & (label == 0)]
+    assert np.mean(ra_ring == TISSUES.index("myocardium")) > np.mean(ra_ring == TISSUES.index("fat"))
+
+
 def test_generate_writes_canonical_layout(tmp_path):
     summary = generate_phantom(tmp_path / "ph", cases=2, seed=0, size=24)
     assert summary["domains"]["mr"]["cases"] == 2 and summary["dataset"] == "phantom"
