@@ -42,10 +42,11 @@ ROOT = HERE.parent
 METHODS = ("no_adaptation", "cyclegan", "sasan", "no_fake_source", "upper_bound")
 _RUNNING: set[subprocess.Popen] = set()   # sasan subprocesses now running (--jobs)
 _STOP = threading.Event()                 # set when a seed failed: start no more
-DATA = {   # data set -> (generator command, ingest test fraction, default profile)
-    "phantom": (["data", "phantom", "--cases", "16", "--seed", "0"], 0.375, "params.yaml"),
-    "brain": (["data", "brain", "--cases", "20", "--seed", "0"], 0.3, "profiles/brain-t2t1.yaml"),
+DATA = {   # data set -> (generator command, subjects per domain, default profile)
+    "phantom": (["data", "phantom", "--seed", "0"], 32, "params.yaml"),               # 26 train / 6 test
+    "brain": (["data", "brain", "--seed", "0"], 20, "profiles/brain-t2t1.yaml"),     # 14 train / 6 test
 }
+TEST_SUBJECTS = 6   # per domain, whatever the number of subjects
 
 
 def sasan(*args: str, log: Path, threads: Optional[int] = None) -> None:
@@ -67,15 +68,25 @@ def sasan(*args: str, log: Path, threads: Optional[int] = None) -> None:
         sys.exit(f"failed ({returncode}): {' '.join(args)}; see {log}")
 
 
-def prepare(data: str, work: Path, params: Path, sets: list[str], log: Path) -> tuple[Path, Path]:
-    gen, test_fraction, _ = DATA[data]
-    raw, shards = work / "raw", work / "shards"
-    if not (shards / "done").is_file():
-        sasan(*gen[:2], str(work / "source"), *gen[2:], log=log)
-        sasan("ingest", str(work / "source"), str(raw), "--test-fraction", str(test_fraction), "--seed", "0", log=log)
-        sasan("validate", str(raw), "--report", str(work / "validation"), "--params", str(params), *sets, log=log)
-        sasan("preprocess", str(raw), str(shards), "--params", str(params), *sets, log=log)
-        (shards / "done").write_text("ok\n")
+def prepare(data: str, work: Path, params: Path, sets: list[str], log: Path,
+            cases: Optional[int] = None) -> tuple[Path, Path]:
+    """Generate, split (``TEST_SUBJECTS`` test subjects per domain), validate and preprocess
+    ``cases`` subjects per domain (default: the data set's) into ``work``, once."""
+    gen, default_cases, _ = DATA[data]
+    cases = cases or default_cases
+    raw, shards, done = work / "raw", work / "shards", work / "shards" / "done"
+    if done.is_file():
+        prepared = done.read_text().split()
+        if len(prepared) == 2 and prepared[0] == "cases" and int(prepared[1]) != cases:
+            sys.exit(f"{work}: prepared with {prepared[1]} subjects per domain, not {cases}; use another --work")
+        return raw, shards
+    if cases <= TEST_SUBJECTS + 1:
+        sys.exit(f"--cases {cases}: need more than {TEST_SUBJECTS + 1} subjects per domain ({TEST_SUBJECTS} are test)")
+    sasan(*gen[:2], str(work / "source"), "--cases", str(cases), *gen[2:], log=log)
+    sasan("ingest", str(work / "source"), str(raw), "--test-fraction", str(TEST_SUBJECTS / cases), "--seed", "0", log=log)
+    sasan("validate", str(raw), "--report", str(work / "validation"), "--params", str(params), *sets, log=log)
+    sasan("preprocess", str(raw), str(shards), "--params", str(params), *sets, log=log)
+    done.write_text(f"cases {cases}\n")
     return raw, shards
 
 
@@ -281,6 +292,9 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="profile override")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default bench/work/<data>)")
     ap.add_argument("--out", type=Path, default=None, help="default bench/results/adaptation_<data>.json")
+    ap.add_argument("--cases", type=int, default=None,
+                    help=f"subjects per domain to generate ({TEST_SUBJECTS} of them test; default: phantom "
+                         f"{DATA['phantom'][1]}, brain {DATA['brain'][1]})")
     ap.add_argument("--jobs", type=int, default=1,
                     help="seeds trained side by side, cores/jobs threads each (default 1: one seed at a time)")
     args = ap.parse_args()
@@ -291,7 +305,7 @@ def main() -> None:
     log = work / "log.txt"
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     out = (args.out or results_path("adaptation", args.data)).resolve()
-    raw, shards = prepare(args.data, work, params, sets, log)
+    raw, shards = prepare(args.data, work, params, sets, log, args.cases)
     per_seed = {}
     if args.jobs > 1:
         per_seed = side_by_side(args.seeds, args.jobs, raw, shards, work, params, sets, args.methods, log, out)

@@ -3,14 +3,16 @@ teacher of every SASAN term; target >= 0.85 Dice on the phantom's MR test subjec
 
     python bench/pretrain_schedule.py                       # epochs 8 16 32, seeds 0 1 2
     python bench/pretrain_schedule.py --epochs 16 --seeds 0 --set model.attention_width=32
+    python bench/pretrain_schedule.py --cases 16 --work bench/work/phantom_cases16 --epochs 8 --seeds 0
 
 Runs only SASAN's first phase (METHOD.md 4.1: seg loss + orthogonality on labelled MR
 slices, ``Trainer.pretrain_attention``) on the prepared phantom of ``bench/adaptation.py``
-(16 subjects per domain, 10 train / 6 test) and reports A_s's pooled Dice on the 6 MR test
+(32 subjects per domain, 26 train / 6 test; ``--cases N`` with its own ``--work`` prepares
+N subjects, 6 of them test) and reports A_s's pooled Dice on the 6 MR test
 subjects (per class 1-4 = MYO, LA, LV, AA, and mean) and its predicted foreground fraction
 next to the true one; the json also keeps each run's wall time (which includes whatever else
-the machine ran). No target image or label is read: what this selects, it selects on the
-source side.
+the machine ran) and the number of MR training subjects. No target image or label is read:
+what this selects, it selects on the source side.
 
 Writes ``bench/results/pretrain_schedule.json`` and ``.md``; resumable per (setting, seed)
 from ``bench/work/phantom/pretrain_schedule/<setting>/seed<N>/result.json``.
@@ -28,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
-from adaptation import mean_sd  # noqa: E402
+from adaptation import mean_sd, prepare  # noqa: E402
 
 
 def run_one(epochs: float, seed: int, sets: dict, shards: Path, out: Path) -> dict:
@@ -69,12 +71,14 @@ def use_plain_cross_entropy() -> None:
 
 def markdown(res: dict, name: str) -> str:
     lines = [f"# A_s pre-training schedule on the phantom (bench/results/{name})", "",
-             f"A_s alone (METHOD.md 4.1), `params.yaml` with {res['overrides'] or 'no overrides'}; pooled Dice "
+             f"A_s alone (METHOD.md 4.1), `params.yaml` with {res['overrides'] or 'no overrides'}, "
+             f"{res.get('train_subjects', 10)} MR training subjects; pooled Dice "
              "on the slices of the 6 held-out MR (source) test subjects; no target data read.", "",
              "| epochs (steps) | mean Dice, mean +- sd | per seed | per class (mean over seeds) | "
              "foreground predicted / true |", "|---|---|---|---|---|"]
     for epochs, r in res["settings"].items():
-        lines.append(f"| {epochs} ({r['steps']}) | {r['mean_dice']:.3f} +- {r['sd_dice']:.3f} | "
+        spread = f"+- {r['sd_dice']:.3f}" if len(r["per_seed"]) > 1 else "(one seed)"
+        lines.append(f"| {epochs} ({r['steps']}) | {r['mean_dice']:.3f} {spread} | "
                      f"{', '.join(f'{v:.3f}' for v in r['per_seed'])} | "
                      f"{', '.join(f'{k}: {v:.2f}' for k, v in r['per_class'].items())} | "
                      f"{r['foreground_predicted']:.3f} / {r['foreground_true']:.3f} |")
@@ -91,15 +95,19 @@ def main() -> None:
                          "class c by 1 - its pixel fraction); patched in this process only")
     ap.add_argument("--work", type=Path, default=HERE / "work" / "phantom",
                     help="the phantom work folder of bench/adaptation.py (its shards)")
+    ap.add_argument("--cases", type=int, default=None,
+                    help="subjects per domain when --work is not prepared yet (default: bench/adaptation.py's)")
     ap.add_argument("--out", type=Path, default=None,
                     help="default bench/results/pretrain_schedule[_<overrides>].json")
     args = ap.parse_args()
     from sasan.cli.params import parse_overrides
 
     sets = parse_overrides(args.set)
-    shards = args.work.resolve() / "shards"
-    if not (shards / "done").is_file():
-        sys.exit(f"{shards}: no prepared phantom; run bench/adaptation.py --data phantom first")
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    raw, shards = prepare("phantom", work, ROOT / "params.yaml", [], work / "log.txt", args.cases)
+    manifest = json.loads((raw / "manifest.json").read_text())
+    train_subjects = sum(c["domain"] == "mr" and c["split"] == "train" for c in manifest["cases"])
     tag = "".join(f"_{k.split('.')[-1]}{v}" for k, v in sorted(sets.items()))
     if args.plain_ce:
         use_plain_cross_entropy()
@@ -107,8 +115,9 @@ def main() -> None:
     args.out = args.out or HERE / "results" / f"pretrain_schedule{tag}.json"
     res = json.loads(args.out.read_text()) if args.out.is_file() else {}
     overrides = args.set + (["plain cross-entropy (--plain-ce)"] if args.plain_ce else [])
-    if res.get("overrides") != overrides:
+    if res.get("overrides") != overrides or res.get("train_subjects", 10) != train_subjects:
         res = {"overrides": overrides, "seeds": args.seeds, "settings": {}}
+    res["train_subjects"] = train_subjects
     for epochs in args.epochs:
         name = f"{epochs:g}{tag}"
         rows = [run_one(epochs, s, sets, shards, args.work.resolve() / "pretrain_schedule" / name / f"seed{s}")

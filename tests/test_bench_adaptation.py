@@ -92,3 +92,25 @@ def test_recorded_seed_of_other_settings_is_refused(tmp_path: Path) -> None:
     del result["_config"]                       # recorded before the check: taken as it is
     done.write_text(json.dumps(result))
     assert adaptation.read_back(done, 0, config)["sasan"]["mean"]["dice"] == 0.6
+
+
+def test_prepare_keeps_six_test_subjects_and_refuses_a_folder_of_another_size(tmp_path, monkeypatch) -> None:
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(adaptation, "sasan", lambda *args, log, threads=None: calls.append(args))
+    work = tmp_path / "w"
+    (work / "shards").mkdir(parents=True)
+    adaptation.prepare("phantom", work, tmp_path / "p.yaml", [], tmp_path / "log.txt", cases=22)
+    generate, ingest = calls[0], calls[1]
+    assert generate[:2] == ("data", "phantom") and generate[generate.index("--cases") + 1] == "22"
+    fraction = float(ingest[ingest.index("--test-fraction") + 1])
+    assert round(fraction * 22) == 6 and [c[0] for c in calls] == ["data", "ingest", "validate", "preprocess"]
+    assert (work / "shards" / "done").read_text() == "cases 22\n"
+    calls.clear()
+    adaptation.prepare("phantom", work, tmp_path / "p.yaml", [], tmp_path / "log.txt", cases=22)
+    assert calls == []                                       # prepared once
+    with pytest.raises(SystemExit, match="prepared with 22 subjects per domain, not 32"):
+        adaptation.prepare("phantom", work, tmp_path / "p.yaml", [], tmp_path / "log.txt")
+    default = adaptation.DATA["brain"][1]
+    (tmp_path / "b" / "shards").mkdir(parents=True)     # sasan preprocess makes it
+    adaptation.prepare("brain", tmp_path / "b", tmp_path / "p.yaml", [], tmp_path / "log.txt")
+    assert float(calls[1][calls[1].index("--test-fraction") + 1]) * default == pytest.approx(6)
