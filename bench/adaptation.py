@@ -75,7 +75,7 @@ def prepare(data: str, work: Path, params: Path, sets: list[str], log: Path,
     gen, default_cases, _ = DATA[data]
     cases = cases or default_cases
     raw, shards, done = work / "raw", work / "shards", work / "shards" / "done"
-    if done.is_file():
+    if done.is_file():   # folders prepared before the size was recorded hold "ok": taken as they are
         prepared = done.read_text().split()
         if len(prepared) == 2 and prepared[0] == "cases" and int(prepared[1]) != cases:
             sys.exit(f"{work}: prepared with {prepared[1]} subjects per domain, not {cases}; use another --work")

@@ -105,7 +105,9 @@ def main() -> None:
     sets = parse_overrides(args.set)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    raw, shards = prepare("phantom", work, ROOT / "params.yaml", [], work / "log.txt", args.cases)
+    # the overrides reach validate/preprocess too (data.image_size shapes the shards)
+    raw, shards = prepare("phantom", work, ROOT / "params.yaml", [x for kv in args.set for x in ("--set", kv)],
+                          work / "log.txt", args.cases)
     manifest = json.loads((raw / "manifest.json").read_text())
     train_subjects = sum(c["domain"] == "mr" and c["split"] == "train" for c in manifest["cases"])
     tag = "".join(f"_{k.split('.')[-1]}{v}" for k, v in sorted(sets.items()))
@@ -120,7 +122,7 @@ def main() -> None:
     res["train_subjects"] = train_subjects
     for epochs in args.epochs:
         name = f"{epochs:g}{tag}"
-        rows = [run_one(epochs, s, sets, shards, args.work.resolve() / "pretrain_schedule" / name / f"seed{s}")
+        rows = [run_one(epochs, s, sets, shards, work / "pretrain_schedule" / name / f"seed{s}")
                 for s in args.seeds]
         dice = [r["dice"]["mean"] for r in rows]
         classes = [k for k in rows[0]["dice"] if k != "mean"]
