@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/templates.txt
 	$(BIN)/pip install --quiet --no-compile -c requirements/constraints.txt -e ".[dev]"
 	$(BIN)/pip install --quiet --no-compile --no-deps --require-hashes -r requirements/templates.txt
 	@# byte-compile on every core (pip does it one file at a time: 84 s -> 57 s for the whole
-	@# install on 2 cores); like pip, files written for a newer Python are skipped
-	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
+	@# install on 2 cores), skipping the packages' own test suites (a fifth of the files, never
+	@# imported: 44 s -> 31 s); like pip, files written for a newer Python are skipped
+	$(BIN)/python -m compileall -qq -j 0 -x 'site-packages/.*/tests?/' $(VENV)/lib || true
 	touch $(STAMP)
 
 venv: $(STAMP)
