@@ -209,4 +209,23 @@ def summary_table(results: dict[str, Any], order: Optional[list[str]] = None,
         cells.append(f"{r['mean']['dice']:.3f}/{r['mean']['assd_vox']:.1f}")
         lines.append(f"{m:<16}" + "".join(f"{c:>14}" for c in cells))
     lines.append("cells: Dice / ASSD (voxels); mean over structures and subjects")
+    gaps = gap_closed(results)
+    shown = [m for m in methods if m in gaps]
+    if shown:
+        n = results["upper_bound"].get("n_subjects")
+        lines.append("gap closed (no adaptation -> upper bound, mean Dice): "
+                     + ", ".join(f"{m} {100 * gaps[m]:.0f}%" for m in shown)
+                     + (f"; one run on {n} test subject(s)" if n else ""))
     return "\n".join(lines)
+
+
+def gap_closed(results: dict[str, Any]) -> dict[str, float]:
+    """(method - no adaptation) / (upper bound - no adaptation) in mean Dice, for each adapted
+    method; empty without both reference rows or when the upper bound is not above no adaptation."""
+    if "no_adaptation" not in results or "upper_bound" not in results:
+        return {}
+    lo, hi = results["no_adaptation"]["mean"]["dice"], results["upper_bound"]["mean"]["dice"]
+    if hi <= lo:
+        return {}
+    return {m: (r["mean"]["dice"] - lo) / (hi - lo) for m, r in results.items()
+            if m not in ("no_adaptation", "upper_bound")}

@@ -1,6 +1,8 @@
 """`sasan summary`'s table: methods and structures in the order asked for."""
 
-from sasan.stages.evaluate import summary_table
+import pytest
+
+from sasan.stages.evaluate import gap_closed, summary_table
 
 
 def _result(dice: float) -> dict:
@@ -16,3 +18,20 @@ def test_summary_table_orders_methods_and_structures():
     assert [line.split()[0] for line in lines[2:4]] == ["no_adaptation", "sasan"]
     assert lines[3].split()[1:] == ["0.500/2.0", "0.500/2.0", "0.500/2.0"]
     assert summary_table(results).splitlines()[0].split() == ["method", "AA", "MYO", "mean"]  # as stored
+
+
+def test_gap_closed_against_hand_computed_values():
+    results = {"no_adaptation": _result(0.1), "sasan": _result(0.6), "cyclegan": _result(0.2),
+               "upper_bound": _result(0.85)}
+    results["upper_bound"]["n_subjects"] = 2
+    gaps = gap_closed(results)
+    assert gaps == {"sasan": pytest.approx(0.5 / 0.75), "cyclegan": pytest.approx(0.1 / 0.75)}
+    last = summary_table(results, ["no_adaptation", "cyclegan", "sasan", "upper_bound"]).splitlines()[-1]
+    assert last == ("gap closed (no adaptation -> upper bound, mean Dice): cyclegan 13%, sasan 67%; "
+                    "one run on 2 test subject(s)")
+
+
+def test_no_gap_line_without_both_reference_rows_or_a_gap():
+    assert gap_closed({"sasan": _result(0.5), "no_adaptation": _result(0.0)}) == {}
+    assert gap_closed({"no_adaptation": _result(0.5), "sasan": _result(0.4), "upper_bound": _result(0.5)}) == {}
+    assert "gap closed" not in summary_table({"sasan": _result(0.5), "no_adaptation": _result(0.0)})
