@@ -37,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Optional
 
+from sasan.metrics import gap_closed
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 METHODS = ("no_adaptation", "cyclegan", "sasan", "no_fake_source", "upper_bound")
@@ -66,6 +68,11 @@ def sasan(*args: str, log: Path, threads: Optional[int] = None) -> None:
         _RUNNING.discard(proc)
     if returncode:
         sys.exit(f"failed ({returncode}): {' '.join(args)}; see {log}")
+
+
+def set_flags(overrides: list[str]) -> list[str]:
+    """``["k=v", ...]`` -> ``["--set", "k=v", ...]`` for the ``sasan`` commands."""
+    return [x for kv in overrides for x in ("--set", kv)]
 
 
 def prepare(data: str, work: Path, params: Path, sets: list[str], log: Path,
@@ -224,8 +231,7 @@ def summarise(data: str, params: Path, seeds: list[int], per_seed: dict[int, dic
         diff = [a - b for a, b in zip(out["methods"]["sasan"]["per_seed"], out["methods"]["cyclegan"]["per_seed"])]
         out["sasan_minus_cyclegan"] = {"mean": mean_sd(diff)[0], "sd": mean_sd(diff)[1], "per_seed": diff}
     if {"sasan", "no_adaptation", "upper_bound"} <= set(methods):
-        lo, hi = out["methods"]["no_adaptation"]["mean_dice"], out["methods"]["upper_bound"]["mean_dice"]
-        out["gap_closed"] = (out["methods"]["sasan"]["mean_dice"] - lo) / (hi - lo) if hi > lo else None
+        out["gap_closed"] = gap_closed({m: v["mean_dice"] for m, v in out["methods"].items()}).get("sasan")
     out["seconds_per_seed"] = [sum(per_seed[s].get("_seconds", {}).values()) for s in seeds]
     out["machine_per_seed"] = [per_seed[s].get("_machine") for s in seeds]
     # training diagnostics (A_s on source test; A_t and pseudo-labels on target: diagnosis only),
@@ -301,7 +307,7 @@ def main() -> None:
     params = (args.params or Path(DATA[args.data][2])).resolve()
     work = (args.work or HERE / "work" / args.data).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    sets = [x for kv in args.set for x in ("--set", kv)]
+    sets = set_flags(args.set)
     log = work / "log.txt"
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     out = (args.out or results_path("adaptation", args.data)).resolve()

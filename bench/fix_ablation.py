@@ -45,7 +45,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from adaptation import machine, mean_sd  # noqa: E402
+from adaptation import machine, mean_sd, set_flags  # noqa: E402
 
 REVERTS = {
     "none": "nothing: the current code rerun (on one machine identical to the reference; across machines, their spread)",
@@ -154,7 +154,7 @@ def run_one(revert: str, seed: int, ref_work: Path, params: Path, log: Path) -> 
         target = out / "sasan" / "checkpoints" / "pretrain_attention.pt"
         if not target.exists():
             shutil.copy2(ref_ckpt, target)
-    sets = [x for kv in OVERRIDES.get(revert, []) for x in ("--set", kv)]
+    sets = set_flags(OVERRIDES.get(revert, []))
     common = ["--params", str(params), *sets, "--set", f"experiment.seed={seed}", "--no-progress"]
     tic = time.time()
     run(["train", str(ref_work / "shards"), str(out), "--variants", "sasan", "--no-tracking", *common],

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from adaptation import DATA, machine, prepare, results_path, sasan  # noqa: E402
+from adaptation import DATA, machine, prepare, results_path, sasan, set_flags  # noqa: E402
 
 METHODS = ("sasan", "cyclegan")
 
@@ -173,7 +173,7 @@ def main() -> None:
     work = args.work or HERE / "work" / f"curve-{args.data}"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
-    sets = [x for kv in args.set for x in ("--set", kv)]
+    sets = set_flags(args.set)
     sets += ["--set", "train.joint.epochs=100", "--set", f"train.joint.max_steps={args.steps}",
              "--set", f"train.checkpoint_every={args.every}"]
     raw, shards = prepare(args.data, work, params, sets, log)

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
-from adaptation import mean_sd, prepare  # noqa: E402
+from adaptation import mean_sd, prepare, set_flags  # noqa: E402
 
 
 def run_one(epochs: float, seed: int, sets: dict, shards: Path, out: Path) -> dict:
@@ -106,7 +106,7 @@ def main() -> None:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     # the overrides reach validate/preprocess too (data.image_size shapes the shards)
-    raw, shards = prepare("phantom", work, ROOT / "params.yaml", [x for kv in args.set for x in ("--set", kv)],
+    raw, shards = prepare("phantom", work, ROOT / "params.yaml", set_flags(args.set),
                           work / "log.txt", args.cases)
     manifest = json.loads((raw / "manifest.json").read_text())
     train_subjects = sum(c["domain"] == "mr" and c["split"] == "train" for c in manifest["cases"])

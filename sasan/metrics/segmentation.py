@@ -157,3 +157,15 @@ def aggregate_subjects(scores: Sequence[Mapping]) -> dict:
         rows = [s["per_structure"][name] for s in scores]
         per_structure[name] = stats(rows) | {"n_missing": int(sum(bool(r.get("missing", False)) for r in rows))}
     return {"per_structure": per_structure, "mean": stats([s["mean"] for s in scores]), "n_subjects": len(scores)}
+
+
+def gap_closed(mean_dice: Mapping[str, float]) -> dict[str, float]:
+    """Share of the gap between the reference rows that each adapted method closes:
+    (method - no_adaptation) / (upper_bound - no_adaptation), from ``{method: mean Dice}``.
+    Empty without both reference rows or when the upper bound is not above no adaptation."""
+    if "no_adaptation" not in mean_dice or "upper_bound" not in mean_dice:
+        return {}
+    lo, hi = mean_dice["no_adaptation"], mean_dice["upper_bound"]
+    if hi <= lo:
+        return {}
+    return {m: (v - lo) / (hi - lo) for m, v in mean_dice.items() if m not in ("no_adaptation", "upper_bound")}

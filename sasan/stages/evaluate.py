@@ -27,7 +27,7 @@ from sasan.bundle import load_bundle
 from sasan.config import Config
 from sasan.errors import DataError
 from sasan.inference import infer_volume, save_nifti
-from sasan.metrics import aggregate_subjects, segmentation_scores
+from sasan.metrics import aggregate_subjects, gap_closed, segmentation_scores
 from sasan.stages.evaluation_pictures import dice_bars, segmentation_montage
 from sasan.tracking.lineage import data_identity, split_digest
 from sasan.train.device import resolve_runtime
@@ -209,7 +209,7 @@ def summary_table(results: dict[str, Any], order: Optional[list[str]] = None,
         cells.append(f"{r['mean']['dice']:.3f}/{r['mean']['assd_vox']:.1f}")
         lines.append(f"{m:<16}" + "".join(f"{c:>14}" for c in cells))
     lines.append("cells: Dice / ASSD (voxels); mean over structures and subjects")
-    gaps = gap_closed(results)
+    gaps = gap_closed({m: r["mean"]["dice"] for m, r in results.items()})
     shown = [m for m in methods if m in gaps]
     if shown:
         n = results["upper_bound"].get("n_subjects")
@@ -218,14 +218,3 @@ def summary_table(results: dict[str, Any], order: Optional[list[str]] = None,
                      + (f"; one run on {n} test subject(s)" if n else ""))
     return "\n".join(lines)
 
-
-def gap_closed(results: dict[str, Any]) -> dict[str, float]:
-    """(method - no adaptation) / (upper bound - no adaptation) in mean Dice, for each adapted
-    method; empty without both reference rows or when the upper bound is not above no adaptation."""
-    if "no_adaptation" not in results or "upper_bound" not in results:
-        return {}
-    lo, hi = results["no_adaptation"]["mean"]["dice"], results["upper_bound"]["mean"]["dice"]
-    if hi <= lo:
-        return {}
-    return {m: (r["mean"]["dice"] - lo) / (hi - lo) for m, r in results.items()
-            if m not in ("no_adaptation", "upper_bound")}

@@ -2,7 +2,8 @@
 
 import pytest
 
-from sasan.stages.evaluate import gap_closed, summary_table
+from sasan.metrics import gap_closed
+from sasan.stages.evaluate import summary_table
 
 
 def _result(dice: float) -> dict:
@@ -24,7 +25,7 @@ def test_gap_closed_against_hand_computed_values():
     results = {"no_adaptation": _result(0.1), "sasan": _result(0.6), "cyclegan": _result(0.2),
                "upper_bound": _result(0.85)}
     results["upper_bound"]["n_subjects"] = 2
-    gaps = gap_closed(results)
+    gaps = gap_closed({m: r["mean"]["dice"] for m, r in results.items()})
     assert gaps == {"sasan": pytest.approx(0.5 / 0.75), "cyclegan": pytest.approx(0.1 / 0.75)}
     last = summary_table(results, ["no_adaptation", "cyclegan", "sasan", "upper_bound"]).splitlines()[-1]
     assert last == ("gap closed (no adaptation -> upper bound, mean Dice): cyclegan 13%, sasan 67%; "
@@ -32,6 +33,8 @@ def test_gap_closed_against_hand_computed_values():
 
 
 def test_no_gap_line_without_both_reference_rows_or_a_gap():
-    assert gap_closed({"sasan": _result(0.5), "no_adaptation": _result(0.0)}) == {}
-    assert gap_closed({"no_adaptation": _result(0.5), "sasan": _result(0.4), "upper_bound": _result(0.5)}) == {}
+    assert gap_closed({"sasan": 0.5, "no_adaptation": 0.0}) == {}
+    assert gap_closed({"no_adaptation": 0.5, "sasan": 0.4, "upper_bound": 0.5}) == {}
+    assert "gap closed" not in summary_table({"no_adaptation": _result(0.5), "sasan": _result(0.4),
+                                              "upper_bound": _result(0.5)})
     assert "gap closed" not in summary_table({"sasan": _result(0.5), "no_adaptation": _result(0.0)})
