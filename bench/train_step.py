@@ -7,9 +7,12 @@ at two scales:
 fp32 on CPU; on CUDA (when a GPU is present) bf16 autocast + channels_last. ``--compile``
 adds the same runs with the networks wrapped in ``torch.compile``; compile time is the
 extra time of the first iterations, recorded separately. Each configuration runs in its own
-process, so peak memory is its own. Writes bench/results/train_step.json.
+process, so peak memory is its own. ``--split`` profiles a few more iterations after the timed
+ones (``torch.profiler``) and records where an iteration's time goes: convolutions (forward and
+backward) and everything else, with the number of operator calls. Writes
+bench/results/train_step.json.
 
-    python bench/train_step.py [--iters 5] [--scales demo paper] [--device cpu|cuda|all] [--compile]
+    python bench/train_step.py [--iters 5] [--scales demo paper] [--device cpu|cuda|all] [--compile] [--split]
 """
 
 from __future__ import annotations
@@ -51,7 +54,29 @@ def build(variant: str, device: str, scale: str):
     return torch, cfg, rt, nets, trainer, size, gen_params
 
 
-def one(variant: str, device: str, scale: str, batch: int, iters: int, compiled: bool) -> dict:
+CONV_OPS = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d_forward",
+            "aten::_slow_conv2d_backward", "aten::cudnn_convolution"}
+
+
+def time_split(torch, trainer, batch_data: dict, iters: int) -> dict:
+    """Profiler self time (CPU) per iteration: convolutions against everything else. The
+    profiler adds overhead per call, so the totals run above the timed s_per_it; the split is
+    what it is for."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            trainer.step(batch_data)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / iters / 1000
+    conv = sum(e.self_cpu_time_total for e in events if e.key in CONV_OPS) / iters / 1000
+    return {"iters": iters, "conv_ms": conv, "other_ms": total - conv,
+            "op_calls": sum(e.count for e in events) // iters,
+            "conv_calls": sum(e.count for e in events if e.key in CONV_OPS) // iters}
+
+
+def one(variant: str, device: str, scale: str, batch: int, iters: int, compiled: bool,
+        split: bool = False) -> dict:
     torch, cfg, rt, nets, trainer, size, gen_params = build(variant, device, scale)
     torch.manual_seed(0)
     if compiled:
@@ -79,7 +104,8 @@ def one(variant: str, device: str, scale: str, batch: int, iters: int, compiled:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"variant": variant, "device": str(rt.device), "scale": scale, "image_size": size, "batch_size": batch,
+    extra = {"split": time_split(torch, trainer, batch_data, max(3, iters // 2))} if split else {}
+    return {**extra, "variant": variant, "device": str(rt.device), "scale": scale, "image_size": size, "batch_size": batch,
             "compiled": compiled, "s_per_it": min(times), "s_per_it_median": statistics.median(times),
             "times": times, "warmup_s_two_iters": warmup, "peak_mem_mb": peak_mb,
             "loss_terms": sorted(k for k in logs if k.startswith("G/")), "generator_params": gen_params,
@@ -93,12 +119,13 @@ def main() -> None:
     ap.add_argument("--scales", nargs="+", default=["demo", "paper"], choices=sorted(SCALES))
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
+    ap.add_argument("--split", action="store_true", help="also record convolution vs other time (profiler)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "train_step.json")
     ap.add_argument("--child", nargs=4, metavar=("VARIANT", "DEVICE", "SCALE", "COMPILED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         variant, device, scale, compiled = args.child
-        print(json.dumps(one(variant, device, scale, args.batch, args.iters, compiled == "1")))
+        print(json.dumps(one(variant, device, scale, args.batch, args.iters, compiled == "1", args.split)))
         return
 
     import torch
@@ -114,7 +141,7 @@ def main() -> None:
             for compiled in ([False, True] if args.compile else [False]):
                 for variant in ("sasan", "cyclegan"):
                     cmd = [sys.executable, __file__, "--child", variant, device, scale, str(int(compiled)),
-                           "--batch", str(args.batch), "--iters", str(args.iters)]
+                           "--batch", str(args.batch), "--iters", str(args.iters)] + (["--split"] if args.split else [])
                     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
                     if res.returncode:
                         sys.exit(f"benchmark child failed:\n{res.stderr[-3000:]}")
@@ -135,6 +162,10 @@ def main() -> None:
             comp = report["runs"][f"{main_dev}/{scale}/sasan/compiled"]
             entry["sasan_compiled_s_per_it"] = comp["s_per_it"]
             entry["compile_overhead_s"] = comp["warmup_s_two_iters"] - sasan["warmup_s_two_iters"]
+        if args.split:
+            ss, cs = sasan["split"], cyc["split"]
+            entry["split_ratio"] = {"conv": ss["conv_ms"] / cs["conv_ms"], "other": ss["other_ms"] / cs["other_ms"],
+                                    "op_calls": ss["op_calls"] / cs["op_calls"]}
         report["scales"][scale] = entry
     # the keys earlier results used, for the paper scale
     paper = report["scales"].get("paper") or next(iter(report["scales"].values()))
@@ -144,7 +175,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for s in report["scales"].values():
-        print(f"{s['scale']}: sasan/cyclegan = {s['ratio']:.2f}")
+        split = s.get("split_ratio")
+        print(f"{s['scale']}: sasan/cyclegan = {s['ratio']:.2f}" + (
+            f" (convolutions {split['conv']:.2f}, the rest {split['other']:.2f}, "
+            f"operator calls {split['op_calls']:.2f})" if split else ""))
     print(f"written {args.out}")
 
 
