@@ -9,10 +9,12 @@ adds the same runs with the networks wrapped in ``torch.compile``; compile time 
 extra time of the first iterations, recorded separately. Each configuration runs in its own
 process, so peak memory is its own. ``--split`` profiles a few more iterations after the timed
 ones (``torch.profiler``) and records where an iteration's time goes: convolutions (forward and
-backward) and everything else, with the number of operator calls. Writes
-bench/results/train_step.json.
+backward) and everything else, with the number of operator calls. ``--paired`` adds, per scale,
+a process that builds both trainers and alternates their steps (S C, C S, ...): the median of
+the per-pair ratios is what the machine's drift (other processes, clock changes) cannot bias,
+as it can bias two mins measured minutes apart. Writes bench/results/train_step.json.
 
-    python bench/train_step.py [--iters 5] [--scales demo paper] [--device cpu|cuda|all] [--compile] [--split]
+    python bench/train_step.py [--iters 5] [--scales demo paper] [--device cpu|cuda|all] [--compile] [--split] [--paired]
 """
 
 from __future__ import annotations
@@ -75,6 +77,44 @@ def time_split(torch, trainer, batch_data: dict, iters: int) -> dict:
             "conv_calls": sum(e.count for e in events if e.key in CONV_OPS) // iters}
 
 
+def random_batch(torch, cfg, size: int, batch: int) -> dict:
+    c = cfg.model.num_classes
+    return {"x": torch.rand(batch, 3, size, size) * 2 - 1, "t": torch.rand(batch, 3, size, size) * 2 - 1,
+            "y_x": torch.randint(0, c, (batch, size, size))}
+
+
+def paired(device: str, scale: str, batch: int, iters: int) -> dict:
+    """Both trainers in one process, steps alternated (the order flipped every pair so neither
+    always runs second); per-pair SASAN / CycleGAN ratios."""
+    import torch
+
+    trainers, sync = {}, (lambda: None)
+    for variant in ("sasan", "cyclegan"):
+        torch_, cfg, rt, nets, trainer, size, _ = build(variant, device, scale)
+        torch.manual_seed(0)
+        trainers[variant] = (trainer, random_batch(torch, cfg, size, batch))
+        if rt.device.type == "cuda":
+            sync = torch.cuda.synchronize
+    for trainer, data in trainers.values():          # warm-up
+        trainer.step(data)
+        trainer.step(data)
+    sync()
+    times: dict[str, list[float]] = {"sasan": [], "cyclegan": []}
+    for i in range(iters):
+        for variant in (("sasan", "cyclegan") if i % 2 == 0 else ("cyclegan", "sasan")):
+            trainer, data = trainers[variant]
+            tic = time.perf_counter()
+            trainer.step(data)
+            sync()
+            times[variant].append(time.perf_counter() - tic)
+    ratios = [s / c for s, c in zip(times["sasan"], times["cyclegan"])]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return {"device": device, "scale": scale, "batch_size": batch, "pairs": iters, "times": times,
+            "ratios": ratios, "ratio_median": statistics.median(ratios), "ratio_quartiles": [q[0], q[2]],
+            "ratio_of_medians": statistics.median(times["sasan"]) / statistics.median(times["cyclegan"]),
+            "threads": torch.get_num_threads()}
+
+
 def one(variant: str, device: str, scale: str, batch: int, iters: int, compiled: bool,
         split: bool = False) -> dict:
     torch, cfg, rt, nets, trainer, size, gen_params = build(variant, device, scale)
@@ -83,9 +123,7 @@ def one(variant: str, device: str, scale: str, batch: int, iters: int, compiled:
         for name, module in list(nets.named_children()):
             if module is not None and name != "seg_discs":
                 setattr(nets, name, torch.compile(module))
-    c = cfg.model.num_classes
-    batch_data = {"x": torch.rand(batch, 3, size, size) * 2 - 1, "t": torch.rand(batch, 3, size, size) * 2 - 1,
-                  "y_x": torch.randint(0, c, (batch, size, size))}
+    batch_data = random_batch(torch, cfg, size, batch)
     sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
     tic = time.perf_counter()
     logs = trainer.step(batch_data)          # warm-up: allocations, kernel selection, compilation
@@ -120,9 +158,15 @@ def main() -> None:
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
     ap.add_argument("--split", action="store_true", help="also record convolution vs other time (profiler)")
+    ap.add_argument("--paired", action="store_true",
+                    help="also time both variants alternately in one process (per-pair ratios)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "train_step.json")
     ap.add_argument("--child", nargs=4, metavar=("VARIANT", "DEVICE", "SCALE", "COMPILED"), help=argparse.SUPPRESS)
+    ap.add_argument("--pair-child", nargs=2, metavar=("DEVICE", "SCALE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.pair_child:
+        print(json.dumps(paired(*args.pair_child, args.batch, args.iters)))
+        return
     if args.child:
         variant, device, scale, compiled = args.child
         print(json.dumps(one(variant, device, scale, args.batch, args.iters, compiled == "1", args.split)))
@@ -135,21 +179,29 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from adaptation import machine
 
+    def child(flags: list[str]) -> dict:
+        cmd = [sys.executable, __file__, *flags, "--batch", str(args.batch), "--iters", str(args.iters)]
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if res.returncode:
+            sys.exit(f"benchmark child failed:\n{res.stderr[-3000:]}")
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
     report: dict = {"batch_size": args.batch, "k": 8, "iters": args.iters, "machine": machine(), "runs": {}}
     for device in devices:
         for scale in args.scales:
             for compiled in ([False, True] if args.compile else [False]):
                 for variant in ("sasan", "cyclegan"):
-                    cmd = [sys.executable, __file__, "--child", variant, device, scale, str(int(compiled)),
-                           "--batch", str(args.batch), "--iters", str(args.iters)] + (["--split"] if args.split else [])
-                    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-                    if res.returncode:
-                        sys.exit(f"benchmark child failed:\n{res.stderr[-3000:]}")
-                    run = json.loads(res.stdout.strip().splitlines()[-1])
+                    run = child(["--child", variant, device, scale, str(int(compiled))]
+                                + (["--split"] if args.split else []))
                     key = f"{device}/{scale}/{variant}" + ("/compiled" if compiled else "")
                     report["runs"][key] = run
                     print(f"{key:32s} {run['s_per_it']:.3f} s/it (median {run['s_per_it_median']:.3f}), "
                           f"warm-up {run['warmup_s_two_iters']:.1f} s, peak {run['peak_mem_mb']:.0f} MB", flush=True)
+            if args.paired:
+                pair = report["runs"][f"{device}/{scale}/paired"] = child(["--pair-child", device, scale])
+                lo, hi = pair["ratio_quartiles"]
+                print(f"{device}/{scale}/paired: sasan/cyclegan per pair, median {pair['ratio_median']:.2f} "
+                      f"(quartiles {lo:.2f}-{hi:.2f}, {pair['pairs']} pairs)", flush=True)
     main_dev = devices[-1]
     report["device"] = main_dev
     report["scales"] = {}
@@ -162,6 +214,10 @@ def main() -> None:
             comp = report["runs"][f"{main_dev}/{scale}/sasan/compiled"]
             entry["sasan_compiled_s_per_it"] = comp["s_per_it"]
             entry["compile_overhead_s"] = comp["warmup_s_two_iters"] - sasan["warmup_s_two_iters"]
+        if args.paired:
+            pair = report["runs"][f"{main_dev}/{scale}/paired"]
+            entry["paired_ratio_median"] = pair["ratio_median"]
+            entry["paired_ratio_quartiles"] = pair["ratio_quartiles"]
         if args.split:
             ss, cs = sasan["split"], cyc["split"]
             entry["split_ratio"] = {"conv": ss["conv_ms"] / cs["conv_ms"], "other": ss["other_ms"] / cs["other_ms"],
@@ -178,7 +234,9 @@ def main() -> None:
         split = s.get("split_ratio")
         print(f"{s['scale']}: sasan/cyclegan = {s['ratio']:.2f}" + (
             f" (convolutions {split['conv']:.2f}, the rest {split['other']:.2f}, "
-            f"operator calls {split['op_calls']:.2f})" if split else ""))
+            f"operator calls {split['op_calls']:.2f})" if split else "") + (
+            f"; alternated in one process, median per pair {s['paired_ratio_median']:.2f}"
+            if "paired_ratio_median" in s else ""))
     print(f"written {args.out}")
 
 

@@ -1,5 +1,6 @@
-"""bench/train_step.py end to end at the demo scale (one timed iteration, batch 1): the report's
-keys, the SASAN/CycleGAN ratio and the ``--split`` record of where an iteration's time goes."""
+"""bench/train_step.py end to end at the demo scale (two timed iterations, batch 1): the report's
+keys, the SASAN/CycleGAN ratio, the ``--split`` record of where an iteration's time goes and
+the ``--paired`` per-pair ratios."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def test_train_step_bench_records_ratio_and_split(tmp_path: Path) -> None:
     out = tmp_path / "train_step.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(ROOT / "bench" / "train_step.py"), "--scales", "demo", "--device", "cpu",
-                    "--iters", "1", "--batch", "1", "--split", "--out", str(out)],
+                    "--iters", "2", "--batch", "1", "--split", "--paired", "--out", str(out)],
                    cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600)
     report = json.loads(out.read_text())
     sasan, cyc = report["runs"]["cpu/demo/sasan"], report["runs"]["cpu/demo/cyclegan"]
@@ -35,3 +36,9 @@ def test_train_step_bench_records_ratio_and_split(tmp_path: Path) -> None:
     # the ablation's passes: more convolutions and more operator calls per iteration
     assert sasan["split"]["conv_calls"] > cyc["split"]["conv_calls"]
     assert demo["split_ratio"]["op_calls"] > 1.2
+    pair = report["runs"]["cpu/demo/paired"]
+    assert len(pair["times"]["sasan"]) == len(pair["times"]["cyclegan"]) == len(pair["ratios"]) == 2
+    assert pair["ratios"] == pytest.approx([s / c for s, c in zip(pair["times"]["sasan"], pair["times"]["cyclegan"])])
+    assert demo["paired_ratio_median"] == pytest.approx(sum(pair["ratios"]) / 2)     # median of two
+    lo, hi = demo["paired_ratio_quartiles"]
+    assert lo <= hi
