@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: venv run test test-fast bench clean image image-cpu image-mlflow image-push
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/templates.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "$(PYTHON) is Python " + sys.version.split()[0] + ": the pinned dependencies need Python >= 3.11 (make PYTHON=python3.11 ...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --no-compile -c requirements/constraints.txt -e ".[dev]"
@@ -44,11 +45,15 @@ GIT_SHA   := $(shell git rev-parse HEAD 2>/dev/null)
 IMAGE_TAG := $(shell git rev-parse --short HEAD 2>/dev/null)
 DOCKER_BUILD = docker build --build-arg GIT_SHA=$(GIT_SHA) --build-arg BUILD_DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
+# `sasan pipeline compile/submit --image $(REGISTRY)/sasan:$(IMAGE_TAG)` names what these build.
+CLEAN_TREE = @git diff --quiet HEAD || { echo "uncommitted changes: the tag would not name the image's commit" >&2; exit 1; }
+
 image:
-	@git diff --quiet HEAD || { echo "uncommitted changes: the tag would not name the image's commit" >&2; exit 1; }
+	$(CLEAN_TREE)
 	$(DOCKER_BUILD) -f infra/docker/Dockerfile.cuda -t $(REGISTRY)/sasan:$(IMAGE_TAG) .
 
 image-cpu:
+	$(CLEAN_TREE)
 	$(DOCKER_BUILD) -f infra/docker/Dockerfile.cpu -t $(REGISTRY)/sasan-cpu:$(IMAGE_TAG) .
 
 image-mlflow:

@@ -18,7 +18,9 @@ def configure(params: str, overrides: dict, source: str, target: str, experiment
     ``params``: a YAML text, or the path of a profile inside the image (empty: built-in
     defaults); ``overrides``: dotted keys -> values (``{"train.joint.max_steps": 10}``);
     non-empty ``source``/``target``/``experiment``/``data_source``/``layout`` override
-    ``experiment.*`` and ``ingest.*``."""
+    ``experiment.*`` and ``ingest.*``; empty ones keep the params' values. With no params at
+    all the built-in defaults are the phantom demo, whose ``data/phantom`` folder is not in
+    the image: ``data_source`` then defaults to ``phantom`` (generated in the ingest step)."""
     import tempfile
     from pathlib import Path
 
@@ -34,6 +36,8 @@ def configure(params: str, overrides: dict, source: str, target: str, experiment
         return {k: exact(v) for k, v in value.items()} if isinstance(value, dict) else value
 
     extra = {key: exact(value) for key, value in (overrides or {}).items()}
+    if not params and not data_source and "ingest.source" not in extra:
+        data_source = "phantom"
     for key, value in (("experiment.source", source), ("experiment.target", target),
                        ("experiment.name", experiment), ("ingest.source", data_source),
                        ("ingest.layout", layout)):

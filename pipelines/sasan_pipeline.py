@@ -10,6 +10,8 @@ Failure safety: every step runs inside a ``dsl.ExitHandler`` whose exit task
 (:func:`components.lifecycle.finish_run`) ends the MLflow parent run FINISHED, or FAILED /
 KILLED with the failing step named, whatever happened. Every step has a pod deadline
 (``activeDeadlineSeconds``): a hung NCCL job gives its GPUs back after ``train_timeout_s``.
+A step with retries gets a retry window (Argo's ``backoff.maxDuration``, counted from the
+first attempt) long enough for every attempt to run to its deadline (:func:`retry_window_s`).
 
 Per-step policy (why):
 
@@ -34,6 +36,8 @@ Data on a cluster moves by reference: ``data_root`` defaults to ``s3://sasan-dat
 (each step writes its output folder there and passes only a pointer artifact). A mounted
 volume (``--pvc``) must be ReadWriteMany: the baselines train in parallel pods on different
 nodes (docs/kubeflow.md). Each data step's scratch (``/tmp``) is an emptyDir with a size limit.
+Only the steps that read or write data (ingest, validate, preprocess, train, evaluate) get the
+S3 credentials; MLflow proxies its artifacts, so the others need none.
 """
 
 # no `from __future__ import annotations`: kfp reads the pipeline signature's types at runtime
@@ -41,6 +45,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from kfp import dsl, kubernetes
+
+from sasan.tracking.lineage import IMAGE_ENV   # SASAN_IMAGE: the runs' `sasan.image` tag
 
 PIPELINE_NAME = "sasan"
 
@@ -60,12 +66,28 @@ DEFAULT_DATA_ROOT = "s3://sasan-data/runs"
 DEFAULT_BASELINES = ["no_adaptation", "cyclegan", "upper_bound"]
 DEFAULT_BASELINE_PARALLELISM = 2     # GPUs the baselines may hold at once (SASAN trains beside them)
 DEFAULT_TRAIN_TIMEOUT_S = 24 * 3600  # one attempt; retries get their own deadline
-DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
+# No node selector by default: the GPU resource request and the toleration of the GPU taint
+# already put training on GPU nodes. (`nvidia.com/gpu.present=true` is set only by NVIDIA GPU
+# Feature Discovery / the GPU operator: stock GKE/EKS GPU nodes do not carry it.)
+DEFAULT_GPU_NODE_SELECTOR: dict = {}
 DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+DEFAULT_TRAIN_MEMORY = "18Gi"        # 16Gi for the processes + SHM_SIZE (tmpfs pages count against the limit)
+SHM_MOUNT = "/dev/shm"
+SHM_SIZE = "2Gi"                     # DataLoader workers' batches, NCCL's shared-memory transport
+
+# Retries back off 1, 2, 4 min. Argo's retry window (backoff.maxDuration) counts from the first
+# attempt and includes scheduling (a preempted GPU node takes a while to come back), image pulls
+# and the back-off waits, so it must hold every attempt at its full deadline.
+BACKOFF_S = 60
+BACKOFF_FACTOR = 2.0
+START_SLACK_S = 3600                 # per attempt: pending pod, node scale-up, image pull
 
 
-RETRY_WINDOW = {"train": "259200s"}   # 3 days; others: 1 h
-RETRY_WINDOW.update({step: "3600s" for step in ("start_run", "ingest", "evaluate", "finish_run")})
+def retry_window_s(retries: int, timeout_s: int) -> int:
+    """The retry window that lets ``retries`` retries happen when every attempt runs to its
+    ``timeout_s`` deadline: all attempts, each with ``START_SLACK_S`` to start, plus the back-offs."""
+    backoff = sum(BACKOFF_S * BACKOFF_FACTOR ** i for i in range(retries))
+    return int((retries + 1) * (timeout_s + START_SLACK_S) + backoff)
 
 
 @dataclass(frozen=True)
@@ -77,17 +99,18 @@ class StepPolicy:
     memory: tuple = ("1Gi", "1Gi")   # request = limit: no OOM kill for memory the node promised
     scratch: Optional[str] = None    # size of the /tmp emptyDir where the step's data lands
     gpu: bool = False                # CUDA image, GPU node; else the CPU image
+    s3: bool = False                 # reads/writes data (data_root, sources, checkpoints): S3 credentials
 
 
 POLICY = {
     "configure": StepPolicy(True, 0, 600),
     "start_run": StepPolicy(False, 1, 600),
-    "ingest": StepPolicy(True, 2, 4 * 3600, ("1", "2"), ("4Gi", "4Gi"), scratch="100Gi"),
-    "validate": StepPolicy(True, 0, 3600, ("1", "2"), ("4Gi", "4Gi"), scratch="100Gi"),
-    "preprocess": StepPolicy(True, 0, 4 * 3600, ("2", "4"), ("8Gi", "8Gi"), scratch="200Gi"),
+    "ingest": StepPolicy(True, 2, 4 * 3600, ("1", "2"), ("4Gi", "4Gi"), scratch="100Gi", s3=True),
+    "validate": StepPolicy(True, 0, 3600, ("1", "2"), ("4Gi", "4Gi"), scratch="100Gi", s3=True),
+    "preprocess": StepPolicy(True, 0, 4 * 3600, ("2", "4"), ("8Gi", "8Gi"), scratch="200Gi", s3=True),
     # resources and timeout: pipeline parameters / compile-time setting (build_pipeline)
-    "train": StepPolicy(False, 3, DEFAULT_TRAIN_TIMEOUT_S, scratch="100Gi", gpu=True),
-    "evaluate": StepPolicy(False, 1, 4 * 3600, ("2", "4"), ("8Gi", "8Gi"), scratch="100Gi"),
+    "train": StepPolicy(False, 3, DEFAULT_TRAIN_TIMEOUT_S, scratch="100Gi", gpu=True, s3=True),
+    "evaluate": StepPolicy(False, 1, 4 * 3600, ("2", "4"), ("8Gi", "8Gi"), scratch="100Gi", s3=True),
     "register": StepPolicy(False, 0, 1800, ("500m", "1"), ("2Gi", "2Gi")),
     "finish_run": StepPolicy(False, 2, 600),
 }
@@ -117,24 +140,25 @@ def _schedule(task: dsl.PipelineTask, step: str, image: str, *, mlflow: bool = T
               cpu=None, memory=None, timeout_s: Optional[int] = None,
               config_env: tuple = CONFIG_MAP_ENV) -> dsl.PipelineTask:
     policy = POLICY[step]
+    timeout_s = timeout_s or policy.timeout_s
     task.set_caching_options(policy.caching)
     task.set_container_image(image)
+    task.set_env_variable(IMAGE_ENV, image)      # lineage: the run's `sasan.image` tag
     if policy.retries:
-        # exponential backoff 1, 2, 4 min (a preempted GPU node takes a while to come back);
-        # the retry window counts from the first attempt, so it must outlast a long training
-        task.set_retry(policy.retries, backoff_duration="60s", backoff_factor=2.0,
-                       backoff_max_duration=RETRY_WINDOW[step])
+        task.set_retry(policy.retries, backoff_duration=f"{BACKOFF_S}s", backoff_factor=BACKOFF_FACTOR,
+                       backoff_max_duration=f"{retry_window_s(policy.retries, timeout_s)}s")
     cpu_request, cpu_limit = (cpu, cpu) if cpu is not None else policy.cpu
     memory_request, memory_limit = (memory, memory) if memory is not None else policy.memory
     task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
     task.set_memory_request(memory_request).set_memory_limit(memory_limit)
-    kubernetes.set_timeout(task, timeout_s or policy.timeout_s)
+    kubernetes.set_timeout(task, timeout_s)
     if policy.scratch:
         # node-local scratch, world-writable (the image runs as uid 1000); a step that fills
         # more than the limit is evicted instead of filling the node's disk
         kubernetes.empty_dir_mount(task, "scratch", SCRATCH_MOUNT, size_limit=policy.scratch)
     kubernetes.use_config_map_as_env(task, CLUSTER_CONFIG_MAP, {k: k for k in config_env})
-    kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in S3_SECRET_ENV})
+    if policy.s3:
+        kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in S3_SECRET_ENV})
     if mlflow:
         kubernetes.use_secret_as_env(task, MLFLOW_SECRET, {k: k for k in MLFLOW_SECRET_ENV})
     if pvc:
@@ -160,16 +184,18 @@ def build_pipeline(image: str, pvc: Optional[str] = None, cpu_image: Optional[st
     cpu_image = check_image(cpu_image or cpu_image_for(image))
     if baseline_parallelism < 1:
         raise ValueError(f"baseline_parallelism must be >= 1, got {baseline_parallelism}")
+    if train_timeout_s < 1:
+        raise ValueError(f"train_timeout_s must be >= 1, got {train_timeout_s}")
     c = make_components(image)
     finish = dsl.component(finish_run, base_image=cpu_image, install_kfp_package=False)
 
     @dsl.pipeline(name=PIPELINE_NAME, description="SASAN cross-modality domain adaptation: ingest, validate, "
                   "preprocess, train SASAN and baselines, evaluate, register in MLflow.")
     def sasan_pipeline(
-        data_source: str = "phantom",
+        data_source: str = "",
         layout: str = "",
-        source: str = "mr",
-        target: str = "ct",
+        source: str = "",
+        target: str = "",
         params: str = "",
         overrides: dict = {},
         experiment: str = "",
@@ -179,19 +205,22 @@ def build_pipeline(image: str, pvc: Optional[str] = None, cpu_image: Optional[st
         gpu_node_selector: dict = DEFAULT_GPU_NODE_SELECTOR,
         gpu_tolerations: list = DEFAULT_GPU_TOLERATIONS,
         train_cpu: str = "4",
-        train_memory: str = "16Gi",
+        train_memory: str = DEFAULT_TRAIN_MEMORY,
         data_root: str = DEFAULT_DATA_ROOT,
         checkpoint_root: str = "",
     ):
-        """data_source: phantom | local path | s3://BUCKET/PREFIX | dvc://REPO@REV/PATH; layout:
-        nnunet|mmwhs|brats|paired (empty: params' ingest.layout); source/target: domain folders
-        (direction); params: YAML text or a profile path inside the image (empty: defaults);
-        overrides: {"dotted.key": value}; experiment: MLflow experiment (empty: params');
-        baselines: variants trained in parallel with SASAN; gpus: GPUs of each training task
-        (> 1: torchrun, data-parallel); train_cpu/train_memory: request = limit of each
-        training task; data_root: s3://... (default) or a path on the mounted ReadWriteMany PVC
-        where steps put big data, "" = data in KFP artifacts (kfp.local); checkpoint_root:
-        s3://... for checkpoints that survive a preempted pod."""
+        """Empty data_source/layout/source/target/experiment: the params' values. data_source:
+        phantom | local path | s3://BUCKET/PREFIX | dvc://REPO@REV/PATH (empty: params'
+        ingest.source; phantom when no params are given); layout: nnunet|mmwhs|brats|paired;
+        source/target: domain folders (direction); params: YAML text or a profile path inside
+        the image (empty: defaults); overrides: {"dotted.key": value}; experiment: MLflow
+        experiment; baselines: variants trained in parallel with SASAN; gpus: GPUs of each
+        training task (> 1: torchrun, data-parallel); gpu_node_selector: extra node labels of
+        the training tasks (default none); train_cpu/train_memory: request = limit of each
+        training task (train_memory includes the /dev/shm tmpfs); data_root: s3://... (default)
+        or a path on the mounted ReadWriteMany PVC where steps put big data, "" = data in KFP
+        artifacts (kfp.local); checkpoint_root: s3://... for checkpoints that survive a
+        preempted pod (empty: a retried attempt starts training over)."""
         # whatever happens inside, the exit task ends the parent run with the outcome (an exit
         # task may not consume other tasks' outputs: it finds the run by this job's id)
         exit_task = _schedule(finish(pipeline_job=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "finish_run", cpu_image,
@@ -225,6 +254,9 @@ def build_pipeline(image: str, pvc: Optional[str] = None, cpu_image: Optional[st
                                gpus=gpus, accelerator_type=accelerator_type, cpu=train_cpu, memory=train_memory,
                                checkpoint_root=checkpoint_root, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
                 _schedule(task, "train", image, pvc=pvc, cpu=train_cpu, memory=train_memory, timeout_s=train_timeout_s)
+                # memory-backed /dev/shm (the container default is 64 MiB): DataLoader workers pass
+                # batches through it, NCCL's shared-memory transport needs it with gpus > 1
+                kubernetes.empty_dir_mount(task, "shm", SHM_MOUNT, medium="Memory", size_limit=SHM_SIZE)
                 task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus)
                 kubernetes.add_node_selector_json(task, gpu_node_selector)
                 kubernetes.add_toleration_json(task, gpu_tolerations)

@@ -121,3 +121,40 @@ def test_s3_source(phantom, s3_env, tmp_path):
     lock = source_lock("s3://dvc-source-test/heart")
     assert lock["kind"] == "s3" and all(o["etag"] for o in lock["objects"].values())
     check_status_and_repro(make_repo(tmp_path / "repo", "s3://dvc-source-test/heart"))
+
+
+def test_dvc_repository_on_s3_remote_takes_the_endpoint_from_the_environment(phantom, s3_env, tmp_path,
+                                                                            monkeypatch):
+    """docs/cluster.md section 9: the remote's bucket is committed, its endpoint only in
+    .dvc/config.local. A dvc:// source read elsewhere (a pipeline pod) has neither that file
+    nor the data repository's cache and reaches the store through AWS_ENDPOINT_URL_S3."""
+    from sasan.data.sources import download_dvc
+    from sasan.errors import DataError
+
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    s3_env.create_bucket(Bucket="dvc-remote-test")
+    where = tmp_path / "data-repo"
+    where.mkdir()
+    dvc = str(BIN / "dvc")
+    run(["git", "init", "-q"], where)
+    run([dvc, "init", "-q"], where)
+    run([dvc, "remote", "add", "-d", "s3remote", "s3://dvc-remote-test/store"], where)
+    run([dvc, "remote", "modify", "--local", "s3remote", "endpointurl", endpoint], where)
+    shutil.copytree(phantom, where / "data" / "heart")
+    run([dvc, "add", "-q", "data/heart"], where)
+    run([dvc, "push", "-q"], where)
+    run([*GIT, "add", "-A"], where)
+    run([*GIT, "commit", "-qm", "data v1"], where)
+    run([*GIT, "tag", "v1"], where)
+    assert "endpointurl" not in (where / ".dvc" / "config").read_text()
+    (where / ".dvc" / "config.local").unlink()
+    shutil.rmtree(where / ".dvc" / "cache")
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")     # nothing listens: the data is not local
+    with pytest.raises(DataError, match="DVC download failed"):
+        download_dvc(str(where), "v1", "data/heart", tmp_path / "nowhere")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)     # what the cluster ConfigMap sets
+    got = download_dvc(str(where), "v1", "data/heart", tmp_path / "download")
+    assert sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file()) == \
+        sorted(p.relative_to(phantom).as_posix() for p in phantom.rglob("*") if p.is_file())

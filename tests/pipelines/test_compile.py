@@ -3,6 +3,8 @@ caching and retries, the exit handler, timeouts, resources, scratch, parallelism
 `sasan pipeline submit` against a stand-in kfp.Client."""
 
 import re
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -17,6 +19,8 @@ MLFLOW_STEPS = {"exec-start-run", "exec-train", "exec-train-2", "exec-evaluate",
 EXECUTORS = {"exec-configure", "exec-start-run", "exec-ingest", "exec-validate", "exec-preprocess", "exec-train",
              "exec-train-2", "exec-evaluate", "exec-register", "exec-finish-run"}
 DATA_STEPS = {"exec-ingest", "exec-validate", "exec-preprocess", "exec-train", "exec-train-2", "exec-evaluate"}
+S3_STEPS = DATA_STEPS                     # MLflow proxies artifacts: only the data steps talk to S3
+BRAIN_PROFILE = Path(__file__).resolve().parents[2] / "profiles" / "brain-t2t1.yaml"
 # planted in the compiling process's environment: none of it may reach the YAML
 PLANTED = {"AWS_ACCESS_KEY_ID": "AKIAPLANTEDKEY123456", "AWS_SECRET_ACCESS_KEY": "planted-s3-secret-value",
            "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-password", "MLFLOW_TRACKING_USERNAME": "planted-user",
@@ -55,7 +59,7 @@ def test_training_runs_the_cuda_image_every_other_step_the_cpu_image_without_pip
         assert "pip install" not in " ".join(ex["container"]["command"]), name
 
 
-def test_images_are_compile_time_settings_and_immutable(tmp_path):
+def test_images_are_compile_time_settings_and_immutable(tmp_path, capsys):
     out = tmp_path / "p.yaml"
     cpu = "registry.example.com/sasan-cpu@sha256:" + "a" * 64
     assert main(["pipeline", "compile", str(out), "--image", IMAGE, "--cpu-image", cpu]) == 0
@@ -64,6 +68,11 @@ def test_images_are_compile_time_settings_and_immutable(tmp_path):
     assert {images[n] for n in TRAIN_EXECUTORS} == {IMAGE} and set(images.values()) == {IMAGE, cpu}
     for moving in ("registry.example.com/sasan:latest", "registry.example.com/sasan"):
         assert main(["pipeline", "compile", str(out), "--image", moving]) != 0
+        # submit compiles the same way: a clean one-line error, not a traceback
+        capsys.readouterr()
+        assert main(["pipeline", "submit", "--host", "http://h", "--image", moving]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "moving tag" in err and "Traceback" not in err
     assert main(["pipeline", "compile", str(out), "--image", IMAGE, "--cpu-image", "sasan-cpu:latest"]) != 0
 
 
@@ -99,14 +108,19 @@ def test_every_step_has_a_deadline(compiled):
 
 
 def test_a_training_deadline_is_a_compile_time_setting(tmp_path):
-    from pipelines.sasan_pipeline import compile_pipeline
-
-    out = compile_pipeline(str(tmp_path / "p.yaml"), IMAGE, train_timeout_s=3600, baseline_parallelism=1)
-    spec, platform = yaml.safe_load_all(open(out))
+    out = tmp_path / "p.yaml"
+    assert main(["pipeline", "compile", str(out), "--image", IMAGE, "--train-timeout-s", "3600",
+                 "--baseline-parallelism", "1"]) == 0
+    spec, platform = yaml.safe_load_all(out.read_text())
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert _seconds(executors["exec-train-2"]["activeDeadlineSeconds"]) == 3600
     loop = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]["for-loop-2"]
     assert loop["iteratorPolicy"]["parallelismLimit"] == 1
+    # the retry window follows the deadline: 4 attempts of 1 h fit, far less than the default's
+    window = _seconds(_tasks(spec)["train"]["retryPolicy"]["backoffMaxDuration"])
+    assert 4 * 3600 < window < 4 * 24 * 3600
+    for bad in (["--train-timeout-s", "0"], ["--baseline-parallelism", "0"]):
+        assert main(["pipeline", "compile", str(out), "--image", IMAGE, *bad]) == 1
 
 
 def _quantity(text: str) -> float:
@@ -134,12 +148,40 @@ def test_every_step_requests_and_limits_cpu_and_memory(compiled):
 def test_steps_where_data_lands_have_sized_scratch(compiled):
     _, _, platform = compiled
     for name, cfg in platform.items():
-        mounts = cfg.get("emptyDirMounts", [])
+        mounts = [m for m in cfg.get("emptyDirMounts", []) if m["mountPath"] != "/dev/shm"]
         if name in DATA_STEPS:
             (mount,) = mounts
             assert mount["mountPath"] == "/tmp" and _quantity(mount["sizeLimit"]) >= 50 * 2**30, name
+            assert "medium" not in mount, name
         else:
             assert not mounts, name
+
+
+def test_training_gets_a_memory_backed_dev_shm_within_its_memory(compiled):
+    """64 MiB of /dev/shm (the container default) breaks DataLoader workers and NCCL's
+    shared-memory transport; tmpfs pages count against the memory limit."""
+    from pipelines.sasan_pipeline import DEFAULT_TRAIN_MEMORY, SHM_SIZE
+
+    _, spec, platform = compiled
+    for name, cfg in platform.items():
+        shm = [m for m in cfg.get("emptyDirMounts", []) if m["mountPath"] == "/dev/shm"]
+        if name in TRAIN_EXECUTORS:
+            (mount,) = shm
+            assert mount["medium"] == "Memory" and _quantity(mount["sizeLimit"]) >= 2**30, name
+        else:
+            assert not shm, name
+    default = spec["root"]["inputDefinitions"]["parameters"]["train_memory"]["defaultValue"]
+    assert default == DEFAULT_TRAIN_MEMORY and _quantity(default) >= _quantity(SHM_SIZE) + 16 * 2**30
+
+
+def test_every_step_records_its_image_for_lineage(compiled):
+    from sasan.tracking.lineage import IMAGE_ENV, RunContext
+
+    _, spec, _ = compiled
+    for name, ex in spec["deploymentSpec"]["executors"].items():
+        env = {e["name"]: e["value"] for e in ex["container"].get("env", [])}
+        assert env[IMAGE_ENV] == ex["container"]["image"], name
+        assert RunContext.from_environ(env, "kubeflow").tags()["sasan.image"] == ex["container"]["image"]
 
 
 def test_data_moves_by_reference_on_a_cluster_by_default(compiled):
@@ -156,6 +198,7 @@ def test_gpus_are_requested_by_the_training_tasks_only(compiled):
             assert "pipelinechannel--accelerator_type" in accel["resourceType"]
             assert "pipelinechannel--train_memory" in ex["container"]["resources"]["resourceMemoryRequest"]
             # the pipeline parameters (inside the ParallelFor body under their channel name)
+            # settable per run (a parameter), empty by default
             selector = platform[name]["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
             assert selector in ("gpu_node_selector", "pipelinechannel--gpu_node_selector")
             (toleration,) = platform[name]["tolerations"]
@@ -165,16 +208,21 @@ def test_gpus_are_requested_by_the_training_tasks_only(compiled):
             assert "nodeSelector" not in platform[name] and "tolerations" not in platform[name], name
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert inputs["gpus"]["defaultValue"] == 1 and inputs["accelerator_type"]["defaultValue"] == "nvidia.com/gpu"
-    assert inputs["gpu_node_selector"]["defaultValue"] == {"nvidia.com/gpu.present": "true"}
+    # no label only NVIDIA's GPU Feature Discovery sets: the GPU request and toleration pin GPU nodes
+    assert inputs["gpu_node_selector"]["defaultValue"] == {}
     assert inputs["gpu_tolerations"]["defaultValue"][0]["key"] == "nvidia.com/gpu"
 
 
 def test_credentials_come_from_secrets_as_env(compiled):
     _, _, platform = compiled
     for name, cfg in platform.items():
-        secrets = {s["secretName"]: {k["secretKey"]: k["envVar"] for k in s["keyToEnv"]} for s in cfg["secretAsEnv"]}
-        assert secrets["s3-credentials"] == {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-                                             "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}, name
+        secrets = {s["secretName"]: {k["secretKey"]: k["envVar"] for k in s["keyToEnv"]}
+                   for s in cfg.get("secretAsEnv", [])}
+        if name in S3_STEPS:
+            assert secrets["s3-credentials"] == {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+                                                 "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}, name
+        else:
+            assert "s3-credentials" not in secrets, name
         if name in MLFLOW_STEPS:
             assert secrets["mlflow-credentials"] == {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
                                                      "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}, name
@@ -211,8 +259,16 @@ def test_caching_and_retries_are_set_per_step(compiled):
                if not name.startswith(("for-loop", "exit-handler"))}
     assert retries == {"configure": 0, "start-run": 1, "ingest": 2, "validate": 0, "preprocess": 0,
                        "train": 3, "train-2": 3, "evaluate": 1, "register": 0, "finish-run": 2}
-    # a preempted training is retried for long enough to finish: the window counts from attempt 1
-    assert int(tasks["train"]["retryPolicy"]["backoffMaxDuration"].rstrip("s")) >= 24 * 3600
+    # the retry window counts from attempt 1: every attempt may run to its deadline, plus back-offs
+    _, _, platform = compiled
+    for name, task in tasks.items():
+        policy = task.get("retryPolicy")
+        if not policy or name.startswith(("for-loop", "exit-handler")):
+            continue
+        retries = policy["maxRetryCount"]
+        deadline = _seconds(platform[task["componentRef"]["name"].replace("comp-", "exec-", 1)]["activeDeadlineSeconds"])
+        backoff = sum(_seconds(policy["backoffDuration"]) * policy["backoffFactor"] ** i for i in range(retries))
+        assert _seconds(policy["backoffMaxDuration"]) >= (retries + 1) * deadline + backoff, name
 
 
 def test_baselines_train_in_a_capped_parallel_for_and_evaluate_collects_them(compiled):
@@ -298,5 +354,110 @@ def test_submit_errors_are_one_line(monkeypatch, capsys):
     assert main(["pipeline", "submit", "--host", "http://nowhere", "--image", IMAGE]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "connection refused" in err
-    assert pipeline_cmds.parse_params(["a=1", "b=x", "c="]) == {"a": 1, "b": "x", "c": ""}
+    assert pipeline_cmds.parse_params(["a=1", "b=x", "c="]) == {"a": "1", "b": "x", "c": ""}
     assert main(["pipeline", "submit", "--host", "h", "--image", IMAGE, "--param", "novalue"]) == 2
+
+
+def test_submit_converts_parameters_to_their_declared_types_and_rejects_unknown_names(monkeypatch, capsys):
+    import kfp
+
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    FakeClient.created.clear()
+    submit = ["pipeline", "submit", "--host", "http://h", "--image", IMAGE]
+    assert main([*submit, "--param", "train_cpu=8", "--param", "gpus=2", "--param", "train_memory=32Gi",
+                 "--param", "gpu_node_selector={cloud.google.com/gke-accelerator: nvidia-l4}",
+                 "--param", "experiment=123", "--param", "overrides={train.joint.max_steps: 5}"]) == 0
+    (call,) = FakeClient.created
+    assert call["arguments"] == {"train_cpu": "8", "gpus": 2, "train_memory": "32Gi", "experiment": "123",
+                                 "gpu_node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+                                 "overrides": {"train.joint.max_steps": 5}}
+    capsys.readouterr()
+    for bad in ("gpu=2", "gpus=two", "gpus=true", "baselines=cyclegan", "gpu_tolerations={a: b}", "gpus="):
+        assert main([*submit, "--param", bad]) == 2, bad
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and bad.split("=")[0] in err, err
+    assert main([*submit, "--param", "gpu=2"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown pipeline parameter gpu" in err and "valid: " in err and "gpus" in err
+    assert len(FakeClient.created) == 1
+
+
+def test_submit_takes_a_compiled_package_and_refuses_compile_options_with_it(tmp_path, monkeypatch, capsys):
+    import kfp
+
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    monkeypatch.delenv("SASAN_IMAGE", raising=False)
+    FakeClient.created.clear()
+    package = tmp_path / "pipeline.yaml"
+    assert main(["pipeline", "compile", str(package), "--image", IMAGE]) == 0
+    assert main(["pipeline", "submit", "--host", "http://h", "--package", str(package), "--param", "gpus=2"]) == 0
+    (call,) = FakeClient.created
+    assert call["spec"]["deploymentSpec"]["executors"]["exec-train"]["container"]["image"] == IMAGE
+    assert main(["pipeline", "submit", "--host", "http://h", "--package", str(package), "--image", IMAGE]) == 2
+    # without --package there is no registry-less default image to guess
+    capsys.readouterr()
+    assert main(["pipeline", "submit", "--host", "http://h"]) == 2
+    assert "--image" in capsys.readouterr().err
+    assert main(["pipeline", "compile", str(package)]) == 2
+
+
+def _configure(tmp_path, **arguments) -> dict:
+    """The configure component's body with the compiled pipeline's defaults and ``arguments``:
+    the metadata it records (source, target, data_source)."""
+    from components.data import configure
+
+    out = tmp_path / "compiled.yaml"
+    assert main(["pipeline", "compile", str(out), "--image", IMAGE]) == 0
+    declared = next(yaml.safe_load_all(out.read_text()))["components"]["comp-configure"]["inputDefinitions"]
+    root = next(yaml.safe_load_all(out.read_text()))["root"]["inputDefinitions"]["parameters"]
+    values = {k: root[k]["defaultValue"] for k in declared["parameters"]}
+    values.update(arguments)
+    artifact = SimpleNamespace(path=str(tmp_path / "config.yaml"), metadata={})
+    configure(config=artifact, **values)
+    return artifact.metadata
+
+
+def test_empty_direction_and_source_parameters_keep_the_params_file_values(tmp_path, monkeypatch, capsys):
+    import kfp
+
+    # the brain profile says t2 -> t1 on data/brain: the pipeline's defaults must not override it
+    meta = _configure(tmp_path, params=BRAIN_PROFILE.read_text())
+    assert (meta["source"], meta["target"], meta["data_source"]) == ("t2", "t1", "data/brain")
+    # a parameter given still wins; no params at all is the phantom demo
+    assert _configure(tmp_path, params=BRAIN_PROFILE.read_text(), data_source="s3://b/brain")["data_source"] \
+        == "s3://b/brain"
+    meta = _configure(tmp_path)
+    assert (meta["source"], meta["target"], meta["data_source"]) == ("mr", "ct", "phantom")
+    # and the run is named after the direction it resolves to
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    FakeClient.created.clear()
+    assert main(["pipeline", "submit", "--host", "http://h", "--image", IMAGE, "--params-file", str(BRAIN_PROFILE)]) == 0
+    assert main(["pipeline", "submit", "--host", "http://h", "--image", IMAGE, "--params-file", str(BRAIN_PROFILE),
+                 "--param", "target=flair"]) == 0
+    assert [c["run_name"].split()[1] for c in FakeClient.created] == ["t2->t1", "t2->flair"]
+    assert "params" in FakeClient.created[0]["arguments"] and "source" not in FakeClient.created[0]["arguments"]
+
+
+def test_finish_run_ends_a_parent_run_left_running(tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.delenv("KFP_API_URL", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["pipeline", "finish-run", "job-1"]) == 2          # no tracking server named
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(exp, tags={"kfp.run_id": "job-1"}).info.run_id
+    assert main(["pipeline", "finish-run", "job-1"]) == 0
+    run = client.get_run(parent)
+    assert run.info.status == "KILLED" and run.data.tags["kfp.final_state"] == "CANCELLED"
+    capsys.readouterr()
+    assert main(["pipeline", "finish-run", "job-1", "--status", "FINISHED"]) == 1   # already ended: kept
+    assert "already ended (KILLED)" in capsys.readouterr().err
+    assert client.get_run(parent).info.status == "KILLED"
+    assert main(["pipeline", "finish-run", "job-1", "--status", "FINISHED", "--force"]) == 0
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert main(["pipeline", "finish-run", "job-unknown"]) == 1
+    assert "no MLflow parent run" in capsys.readouterr().err
