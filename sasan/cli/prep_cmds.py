@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Validate a canonical raw data set; write validation.json and "
                                    "validation.html; exit non-zero on any error-level failure.")
     p.add_argument("raw", type=Path, help="canonical raw data set (folder with manifest.json or <domain>/)")
-    p.add_argument("--report", type=Path, default=Path("reports/validation"), help="report folder")
+    p.add_argument("--report", type=Path, default=Path("reports/validation"),
+                   help="report folder (default reports/validation)")
     p.add_argument("--run-ref", type=Path, default=None, help="log to this MLflow parent run (default: none)")
     add_params_args(p)
     p.set_defaults(func=_validate)
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "OUT/<domain>/<split>/{images.npy,labels.npy,index.json}.")
     p.add_argument("raw", type=Path, help="canonical raw data set")
     p.add_argument("out", type=Path, help="shard folder")
-    p.add_argument("--domains", nargs="+", default=None, help="only these domains (default: all)")
+    p.add_argument("--domains", nargs="+", default=None, help="these domains (default: experiment.source and experiment.target)")
     p.add_argument("--run-ref", type=Path, default=None, help="log to this MLflow parent run (default: none)")
     add_params_args(p)
     p.set_defaults(func=_preprocess)

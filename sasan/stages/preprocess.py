@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class PreprocessInputs:
     raw: Path
-    domains: Optional[tuple[str, ...]] = None     # default: every domain of the data set
+    domains: Optional[tuple[str, ...]] = None     # default: experiment.source and experiment.target
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,14 @@ class PreprocessOutputs:
 def run(inputs: PreprocessInputs, outputs: PreprocessOutputs, cfg: Config, tracker: "Tracker",
         code_dir: Optional[Path] = None) -> dict[str, Any]:
     """Write the shards and ``stats.json``; returns the stats. ``code_dir``: the checkout
-    whose ``dvc.lock`` may record the raw data's DVC hash."""
-    stats = write_dataset_shards(Path(inputs.raw), Path(outputs.shards), cfg.preprocess,
-                                 list(inputs.domains) if inputs.domains else None)
+    whose ``dvc.lock`` may record the raw data's DVC hash.
+
+    Only the domains training reads are cut (by default the experiment's source and target):
+    a BraTS case also carries T1ce and FLAIR, which a T2 -> T1 run never reads and which
+    ``preprocess.bounds`` need not cover."""
+    domains = list(inputs.domains) if inputs.domains else list(dict.fromkeys(
+        (cfg.experiment.source, cfg.experiment.target)))
+    stats = write_dataset_shards(Path(inputs.raw), Path(outputs.shards), cfg.preprocess, domains)
     identity = data_identity(inputs.raw, code_dir)
     write_identity(outputs.shards, identity)
     tracker.log_metrics({"slices": stats["counts"]}, prefix="preprocess")

@@ -200,6 +200,25 @@ def test_domains_subset_and_unknown(raw_tree, tmp_path):
         run_preprocess(raw_tree, tmp_path / "out", cfg, domains=["pet"])
 
 
+def test_stage_cuts_only_the_experiment_domains(make_raw, tmp_path):
+    """A BraTS-like set with a sequence that has no bounds: the stage cuts source and target
+    only; asking for that sequence explicitly names the missing bounds."""
+    from sasan.config import config_from_dict
+    from sasan.errors import ConfigError
+    from sasan.stages import preprocess
+    from sasan.tracking.runs import Tracker
+
+    raw = make_raw(tmp_path / "raw", domains=(("t2", "T2"), ("t1", "T1"), ("flair", "FLAIR")))
+    cfg = config_from_dict({"experiment": {"source": "t2", "target": "t1"},
+                            "preprocess": {**SMALL, "bounds": {"t1": [-1.8, 4.4], "t2": [-1.8, 4.4]}}})
+    stats = preprocess.run(preprocess.PreprocessInputs(raw), preprocess.PreprocessOutputs(tmp_path / "out"), cfg,
+                           Tracker.disabled())
+    assert sorted(stats["counts"]) == ["t1", "t2"] and not (tmp_path / "out" / "flair").exists()
+    with pytest.raises(ConfigError, match="no entry for modality 'FLAIR'"):
+        preprocess.run(preprocess.PreprocessInputs(raw, ("flair",)), preprocess.PreprocessOutputs(tmp_path / "o2"),
+                       cfg, Tracker.disabled())
+
+
 def test_cli_preprocess(raw_tree, tmp_path, capsys, monkeypatch):
     import sasan.cli
 
