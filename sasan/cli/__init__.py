@@ -18,9 +18,9 @@ from sasan.errors import SasanError
 
 # Explicit registry: subcommand group -> module exposing ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
-    "sasan.cli.data_cmds",      # data phantom, ingest
+    "sasan.cli.data_cmds",      # data phantom, data brain, ingest
     "sasan.cli.prep_cmds",      # validate, preprocess
-    "sasan.cli.model_cmds",     # train, evaluate, translate
+    "sasan.cli.model_cmds",     # train, evaluate, summary, translate
     "sasan.cli.registry_cmds",  # register
     "sasan.cli.pipeline_cmds",  # pipeline compile / submit (Kubeflow)
 )

@@ -20,7 +20,8 @@ SOURCE is one of:
 --layout: nnunet  <domain>/dataset.json + imagesTr/labelsTr/imagesTs/labelsTs (or one nnU-Net
                   v1/v2 folder; each channel becomes a domain)
           mmwhs   MM-WHS 2017 {mr,ct}_{train,test}_<n>_image.nii.gz / _label.nii.gz
-          brats   <case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz case folders
+          brats   <case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz case folders (or the BraTS 2023
+                  names <case>-{t1n,t1c,t2w,t2f,seg}.nii.gz)
           paired  <case>/{ct,mr}.nii.gz per subject (optional <case>/<mod>_label.nii.gz)
 
 OUT receives the canonical layout and manifest.json; it is replaced only when ingest
@@ -59,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          epilog=INGEST_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     ing.add_argument("source", help="local folder/archive, s3://BUCKET/PREFIX or dvc://REPO@REV/PATH")
     ing.add_argument("out", type=Path, help="output folder")
-    ing.add_argument("--layout", default="nnunet", choices=["nnunet", "mmwhs", "brats", "paired"])
+    ing.add_argument("--layout", default="nnunet", choices=["nnunet", "mmwhs", "brats", "paired"],
+                     help="how SOURCE is organised (default nnunet; see below)")
     ing.add_argument("--test-fraction", type=float, default=0.2, help="fraction of subjects held out (default 0.2)")
     ing.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     ing.set_defaults(func=_ingest)

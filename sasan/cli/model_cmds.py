@@ -1,4 +1,4 @@
-"""CLI: ``sasan train``, ``sasan evaluate``, ``sasan translate`` (thin adapters over
+"""CLI: ``sasan train``, ``sasan evaluate``, ``sasan summary``, ``sasan translate`` (thin adapters over
 sasan.stages and sasan.inference). The tracking store and the run context are read here,
 at the edge (:mod:`sasan.cli.edge`)."""
 
@@ -46,17 +46,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "volumes, for every variant listed in evaluate.methods.")
     ev.add_argument("raw", type=Path, help="ingested data set (canonical layout + manifest.json)")
     ev.add_argument("models", type=Path, help="training output folder (OUT of `sasan train`)")
-    ev.add_argument("--metrics", type=Path, default=Path("metrics/evaluation.json"))
-    ev.add_argument("--report", type=Path, default=Path("reports/evaluation"))
+    ev.add_argument("--metrics", type=Path, default=Path("metrics/evaluation.json"),
+                    help="metrics JSON to write (default metrics/evaluation.json)")
+    ev.add_argument("--report", type=Path, default=Path("reports/evaluation"),
+                    help="report folder to write (default reports/evaluation)")
     ev.add_argument("--run-ref", type=Path, default=None, help="MLflow run reference (default MODELS/mlflow_run.json)")
     ev.add_argument("--no-predictions", action="store_true", help="do not write predicted NIfTI volumes")
     _common(ev)
     ev.set_defaults(func=_evaluate)
 
     sm = sub.add_parser("summary", help="print the results table of the last evaluation and where to look")
-    sm.add_argument("--metrics", type=Path, default=Path("metrics/evaluation.json"))
+    sm.add_argument("--metrics", type=Path, default=Path("metrics/evaluation.json"),
+                    help="metrics JSON written by `sasan evaluate` (default metrics/evaluation.json)")
     sm.add_argument("--report", type=Path, default=Path("reports/evaluation"),
-                    help="evaluation report folder; its per_structure.json gives the label order of the columns")
+                    help="evaluation report folder; its per_structure.json gives the label order of the columns "
+                         "(default reports/evaluation)")
     sm.set_defaults(func=_summary)
 
     tl = sub.add_parser("translate", help="translate and segment one target-modality NIfTI volume",

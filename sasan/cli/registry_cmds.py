@@ -17,8 +17,9 @@ move the alias register.alias ("champion") to it only when the target mean Dice 
 the evaluation metrics is >= register.min_dice AND beats the current champion's, compared
 only when both were evaluated on the same identity (data set digest, test split, image
 size, profile: EVALUATION_REPORT/identity.json; a version without one is never promoted).
-Concurrent registrations are serialised by a lock. With register.enabled false (the
-default) nothing is registered and the report says "skipped". The decision and its numbers are
+Concurrent registrations are serialised by a lock. With register.enabled false (as in
+params.yaml and the profiles; the built-in default, used with no params file, is true)
+nothing is registered and the report says "skipped". The decision and its numbers are
 written to REPORT/register.json and REPORT/register.md.
 
 Tracking store: $MLFLOW_TRACKING_URI when set, else the one recorded in the run reference,
