@@ -1,13 +1,20 @@
 """Volume preparation (METHOD.md section 5): volume -> normalised slice stacks in [-1, 1].
 
-Per volume: reorient to RAS, optionally resample to ``target_spacing``, crop to the body
+Per volume: reorient to RAS, clamp CT below -1024 HU (padding outside the scanner's field
+of view, e.g. -3024, is air), optionally resample to ``target_spacing``, crop to the body
 box (intensity threshold, never labels), fit every slice plane into ``image_size``
-squared (aspect kept, padded with -1; or, with ``field_of_view_mm``, at a fixed physical
-scale: the canvas spans that many millimetres, larger planes are cropped around the box
-centre), clip at the volume's percentiles, z-score, map the
+squared (its physical aspect kept: the longer side in mm fills the canvas, pixels are
+square in mm whatever the voxel aspect, padded with -1; or, with ``field_of_view_mm``, at a
+fixed physical scale: the canvas spans that many millimetres, larger planes are cropped
+around the box centre), clip at the volume's percentiles, z-score, map the
 z-scores to [-1, 1] with the modality's fixed bounds, and cut ``slices``-channel stacks
-(j-1, j, j+1 with edge replication). :class:`PreparedVolume` keeps the geometry so that
-predictions are put back on the original grid (:meth:`PreparedVolume.restore`).
+(j-1, j, j+1 with edge replication).
+
+The body threshold is Otsu's on the volume's voxels; when that gives a degenerate body (no
+slice kept, or a box of under 1% of the volume: a few hot voxels stretch the histogram)
+it is taken again on the voxels clipped at ``clip_percentiles``, with a warning.
+:class:`PreparedVolume` keeps the geometry so that predictions are put back on the original
+grid (:meth:`PreparedVolume.restore`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from sasan.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 _SAMPLE = 2_000_000  # voxels used for percentiles and the body threshold (strided, deterministic)
+CT_AIR_HU = -1024.0  # CT voxels below this (padding outside the field of view) are clamped to it
+_MIN_BOX_FRACTION = 0.01  # a body box smaller than this fraction of the volume is degenerate
 
 
 @dataclass(frozen=True)
@@ -121,13 +130,21 @@ def bounds_for(cfg: PreprocessConfig, modality: str, domain: Optional[str] = Non
 
 def prepare_volume(image_path: str | Path, cfg: PreprocessConfig, modality: str) -> PreparedVolume:
     """Load and prepare one image volume (every slice, no skipping) for the networks."""
-    return prepare_loaded(load_volume(image_path), cfg, bounds_for(cfg, modality))
+    return prepare_loaded(load_volume(image_path), cfg, bounds_for(cfg, modality), modality)
 
 
-def prepare_loaded(volume: Volume, cfg: PreprocessConfig, bounds: tuple[float, float]) -> PreparedVolume:
-    """:func:`prepare_volume` on an already loaded volume."""
+def is_ct(modality: Optional[str]) -> bool:
+    return (modality or "").strip().lower() == "ct"
+
+
+def prepare_loaded(volume: Volume, cfg: PreprocessConfig, bounds: tuple[float, float],
+                   modality: Optional[str] = None) -> PreparedVolume:
+    """:func:`prepare_volume` on an already loaded volume. ``modality`` "CT" clamps the
+    intensities at -1024 HU before any statistic."""
     transform = geo.ras_transform(volume.affine)
     ras = geo.to_ras(volume.array, transform)
+    if is_ct(modality) and ras.size and float(ras.min()) < CT_AIR_HU:
+        ras = np.maximum(ras, np.asarray(CT_AIR_HU).astype(ras.dtype))  # a copy: the loaded volume is kept
     ras_shape = grid_shape = tuple(ras.shape)
     spacing = geo.ras_spacing(volume.spacing, transform)
     if cfg.target_spacing is not None:
@@ -135,28 +152,65 @@ def prepare_loaded(volume: Volume, cfg: PreprocessConfig, bounds: tuple[float, f
         # the spacing the resampled grid really has (rounding of the voxel counts)
         spacing = tuple(n * s / g for n, s, g in zip(ras.shape, spacing, grid_shape))  # type: ignore[assignment]
         ras = geo.resample(ras, grid_shape)
-    threshold = geo.otsu_threshold(_sample(ras).astype(np.float32))
+    sample = _sample(ras).astype(np.float32)
+    threshold = geo.otsu_threshold(sample)
+    found, box, content, planes, body = _cut(ras, spacing, threshold, cfg)
+    fallback = _degenerate(found, ras.shape, body, cfg)
+    if fallback:
+        p_lo, p_hi = np.percentile(sample, cfg.clip_percentiles)
+        retry = geo.otsu_threshold(np.clip(sample, p_lo, p_hi))
+        log.warning("%s: body threshold %.6g gives %s; using Otsu's threshold of the voxels clipped at "
+                    "percentiles %s instead: %.6g", volume.path, threshold, fallback,
+                    tuple(cfg.clip_percentiles), retry)
+        threshold = retry
+        found, box, content, planes, body = _cut(ras, spacing, threshold, cfg)
+        still = _degenerate(found, ras.shape, body, cfg)
+        if still:
+            log.warning("%s: the clipped body threshold %.6g still gives %s", volume.path, threshold, still)
+    normalised, stats = normalise(planes, cfg.clip_percentiles, bounds, volume.path)
+    geometry = Geometry(shape=tuple(volume.array.shape), transform=transform, ras_shape=ras_shape,
+                        grid_shape=tuple(grid_shape), box=box, axis=cfg.axis, content=content,
+                        size=cfg.image_size)
+    stats["body_threshold"] = threshold
+    if fallback:  # only then: stats.json of volumes that need no fallback is unchanged
+        stats["body_threshold_fallback"] = 1.0
+    return PreparedVolume(slices=geo.to_canvas(normalised, cfg.image_size, -1.0), body=body, geometry=geometry,
+                          affine=volume.affine, header=volume.header, stats=stats, n_channels=cfg.slices)
+
+
+def _cut(ras: np.ndarray, spacing: tuple[float, float, float], threshold: float, cfg: PreprocessConfig
+         ) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...], tuple[int, int], np.ndarray, np.ndarray]:
+    """The body box found, the box cut (after the field-of-view limit), the in-plane content
+    size, the resized (Z, h, w) planes and each plane's body fraction."""
     if cfg.crop == "body":
         box = geo.body_box(ras, threshold, cfg.body_fraction, cfg.crop_margin)
     else:
         box = tuple((0, n) for n in ras.shape)
+    found = box
     if cfg.field_of_view_mm is not None:
         box = geo.limit_box(box, spacing, cfg.axis, cfg.field_of_view_mm)
     cropped = ras[tuple(slice(lo, hi) for lo, hi in box)]
     stack = geo.volume_to_slices(cropped, cfg.axis)  # (Z, H, W), superior/anterior up
     if cfg.field_of_view_mm is not None:  # same mm per pixel for every volume
         content = geo.physical_size(box, spacing, cfg.axis, cfg.field_of_view_mm, cfg.image_size)
-    else:
-        content = geo.fit_size(stack.shape[1:], cfg.image_size)
+    else:  # the plane's physical aspect: square pixels in mm
+        content = geo.fit_physical(box, spacing, cfg.axis, cfg.image_size)
     planes = geo.resize_slices(stack, content)
-    normalised, stats = normalise(planes, cfg.clip_percentiles, bounds, volume.path)
     body = (np.count_nonzero(planes > threshold, axis=(1, 2)) / float(planes[0].size)).astype(np.float32)
-    geometry = Geometry(shape=tuple(volume.array.shape), transform=transform, ras_shape=ras_shape,
-                        grid_shape=tuple(grid_shape), box=box, axis=cfg.axis, content=content,
-                        size=cfg.image_size)
-    stats["body_threshold"] = threshold
-    return PreparedVolume(slices=geo.to_canvas(normalised, cfg.image_size, -1.0), body=body, geometry=geometry,
-                          affine=volume.affine, header=volume.header, stats=stats, n_channels=cfg.slices)
+    return found, box, content, planes, body
+
+
+def _degenerate(box: tuple[tuple[int, int], ...], shape: tuple[int, ...], body: np.ndarray,
+                cfg: PreprocessConfig) -> str:
+    """Why the body found with a threshold (``box`` before any field-of-view limit) is
+    implausible ("" if it is not)."""
+    if len(body) and not np.any(body >= cfg.body_fraction):
+        return f"no slice with body (of {len(body)})"
+    if cfg.crop == "body":
+        fraction = float(np.prod([hi - lo for lo, hi in box])) / float(np.prod(shape))
+        if fraction < _MIN_BOX_FRACTION:
+            return f"a body box of {100 * fraction:.2g}% of the volume"
+    return ""
 
 
 def normalise(planes: np.ndarray, percentiles: tuple[float, float], bounds: tuple[float, float],
@@ -202,14 +256,16 @@ def _sample(array: np.ndarray) -> np.ndarray:
 
 
 def prepare_case(image_path: Path, label_path: Optional[Path], cfg: PreprocessConfig,
-                 bounds: tuple[float, float]) -> tuple[PreparedVolume, Optional[np.ndarray]]:
-    """Prepare an image and (if given) its label, checking they share one grid."""
+                 bounds: tuple[float, float], modality: Optional[str] = None,
+                 affine_atol_mm: float = 1e-3) -> tuple[PreparedVolume, Optional[np.ndarray]]:
+    """Prepare an image and (if given) its label, checking they share one grid (affines
+    within ``affine_atol_mm``: the validate stage's ``validate.affine_atol_mm``)."""
     image = load_volume(image_path)
-    prepared = prepare_loaded(image, cfg, bounds)
+    prepared = prepare_loaded(image, cfg, bounds, modality)
     if label_path is None:
         return prepared, None
     label = load_volume(label_path, kind="label")
-    check_pair(image, label)
+    check_pair(image, label, affine_atol_mm)
     if label.array.size and int(label.array.max()) > 255:
         raise DataError(f"label value {int(label.array.max())} does not fit uint8 shards", label_path)
     return prepared, prepared.forward_label(label.array)

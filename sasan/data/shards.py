@@ -6,18 +6,24 @@
 ``OUT/<domain>/<split>/index.json``  {"cases", "case_of_slice", "slice_of_case", "shape", "dtype"}
 ``OUT/stats.json``                   per-domain normalisation stats, slice counts, config
 
-Each split folder is built in a temporary sibling and renamed into place, so a killed run
-leaves the previous shard or none; leftovers of a killed run are removed by the next one.
+The whole output is built in a temporary sibling folder (``.OUT.preprocess-*``) and swapped
+in at the end, so a failed or killed run leaves the previous output as it was (shards and
+stats.json of one run, never a mix) or none; leftovers of a killed run are removed by the
+next one. Domains not preprocessed by a run (``--domains``) are carried over from the
+previous output (hard links, no copy of the data).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -72,38 +78,132 @@ def _mmap(path: Path) -> np.ndarray:
 
 
 def write_dataset_shards(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig,
-                         domains: Optional[list[str]] = None) -> dict[str, Any]:
-    """Preprocess every (or the given) domain of ``raw_dir`` into ``out_dir``; return stats."""
+                         domains: Optional[list[str]] = None, affine_atol_mm: float = 1e-3) -> dict[str, Any]:
+    """Preprocess every (or the given) domain of ``raw_dir`` into ``out_dir``; return stats.
+
+    ``affine_atol_mm``: image/label affine tolerance (the validate stage's ``validate.affine_atol_mm``).
+    All or nothing: ``out_dir`` is replaced only once every domain and split is written."""
     dataset = load_raw_dataset(raw_dir)
     names = sorted(dataset.domains) if domains is None else list(domains)
     unknown = sorted(set(names) - set(dataset.domains))
     if unknown:
         raise DataError(f"unknown domain(s) {unknown}; the data set has {sorted(dataset.domains)}", raw_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stats: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "domains": {}, "counts": {}}
-    for domain in names:
-        _remove_leftovers(out_dir / domain)
-        modality = dataset.domains[domain].modality
-        bounds = bounds_for(cfg, modality, domain)
-        volumes: dict[str, Any] = {}
-        for split in SPLITS:
-            cases = sorted((c for c in dataset.cases if c.domain == domain and c.split == split),
-                           key=lambda c: c.case_id)
-            if not cases:
-                continue
-            per_case = write_split(cases, out_dir / domain / split, cfg, bounds, desc=f"{domain}/{split}")
-            volumes.update(per_case)
-            stats["counts"].setdefault(domain, {})[split] = sum(v["kept"] for v in per_case.values())
-        stats["domains"][domain] = {"modality": modality, "bounds": list(bounds), "volumes": volumes,
-                                    **_summary(volumes)}
-    stats = _merge_previous(out_dir / STATS, stats)
-    write_json(out_dir / STATS, stats)
+    _recover(out_dir)
+    with _staged_output(out_dir) as staging:
+        stats: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "domains": {}, "counts": {}}
+        for domain in names:
+            modality = dataset.domains[domain].modality
+            bounds = bounds_for(cfg, modality, domain)
+            volumes: dict[str, Any] = {}
+            for split in SPLITS:
+                cases = sorted((c for c in dataset.cases if c.domain == domain and c.split == split),
+                               key=lambda c: c.case_id)
+                if not cases:
+                    continue
+                per_case = write_split(cases, staging / domain / split, cfg, bounds, desc=f"{domain}/{split}",
+                                       modality=modality, affine_atol_mm=affine_atol_mm)
+                volumes.update(per_case)
+                stats["counts"].setdefault(domain, {})[split] = sum(v["kept"] for v in per_case.values())
+            stats["domains"][domain] = {"modality": modality, "bounds": list(bounds), "volumes": volumes,
+                                        **_summary(volumes)}
+        stats = _merge_previous(out_dir / STATS, stats)
+        _carry_over(out_dir, staging, skip={*names, STATS})
+        write_json(staging / STATS, stats)
     log.info("preprocess: %s", json.dumps(stats["counts"], sort_keys=True))
     return stats
 
 
+_STAGING = "preprocess-tmp-"  # .OUT.preprocess-tmp-XXXX: the run being written
+_OLD = "preprocess-old"  # .OUT.preprocess-old: the previous output during the swap
+
+
+def _recover(out_dir: Path) -> None:
+    """Undo what a killed run left: its staging folders, and (killed between the two renames
+    of the swap) a previous output moved aside but not yet replaced."""
+    parent = out_dir.parent
+    old = parent / f".{out_dir.name}.{_OLD}"
+    if old.is_dir():
+        if out_dir.exists():
+            log.info("removing leftover of an interrupted run: %s", old)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            log.warning("restoring the previous output %s of an interrupted run", out_dir)
+            os.replace(old, out_dir)
+    for stale in parent.glob(f".{out_dir.name}.{_STAGING}*"):
+        if stale.is_dir():
+            log.info("removing leftover of an interrupted run: %s", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+    if out_dir.is_dir():
+        for domain_dir in out_dir.iterdir():
+            if domain_dir.is_dir():
+                _remove_leftovers(domain_dir)
+
+
+@contextlib.contextmanager
+def _staged_output(out_dir: Path) -> Iterator[Path]:
+    """A temporary sibling of ``out_dir`` that replaces it when the block succeeds (and is
+    removed when it fails)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{_STAGING}", dir=out_dir.parent))
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(staging, 0o777 & ~mask)  # mkdtemp makes it private; shards are read by other users
+        yield staging
+        if not out_dir.exists():
+            os.replace(staging, out_dir)
+            return
+        old = out_dir.parent / f".{out_dir.name}.{_OLD}"
+        try:
+            os.replace(out_dir, old)
+        except OSError as err:  # e.g. out_dir is a mount point: swap its entries instead
+            log.warning("cannot move %s aside (%s): replacing its entries one by one (not atomic)", out_dir, err)
+            _swap_entries(staging, out_dir)
+            return
+        os.replace(staging, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_entries(staging: Path, out_dir: Path) -> None:
+    for entry in list(out_dir.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    for entry in list(staging.iterdir()):
+        os.replace(entry, out_dir / entry.name)
+
+
+def _carry_over(out_dir: Path, staging: Path, skip: set[str]) -> None:
+    """Everything of the previous ``out_dir`` this run does not rewrite (other domains'
+    shards, files other stages put there), hard-linked into ``staging`` (copied where the
+    file system cannot link)."""
+    if not out_dir.is_dir():
+        return
+    for entry in sorted(out_dir.iterdir()):
+        if entry.name in skip or (staging / entry.name).exists():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, staging / entry.name, symlinks=True, copy_function=_link_or_copy)
+        elif entry.is_symlink():
+            os.symlink(os.readlink(entry), staging / entry.name)
+        else:
+            _link_or_copy(str(entry), str(staging / entry.name))
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
 def write_split(cases: list[RawCase], target: Path, cfg: PreprocessConfig, bounds: tuple[float, float],
-                desc: str = "") -> dict[str, dict[str, Any]]:
+                desc: str = "", modality: Optional[str] = None,
+                affine_atol_mm: float = 1e-3) -> dict[str, dict[str, Any]]:
     """Build one ``<domain>/<split>`` shard atomically; return per-case stats."""
     dtype = np.dtype(cfg.dtype)
     per_case: dict[str, dict[str, Any]] = {}
@@ -113,7 +213,7 @@ def write_split(cases: list[RawCase], target: Path, cfg: PreprocessConfig, bound
         chunks.mkdir()
         kept_per_case, labelled = [], []
         for i, case in enumerate(tqdm(cases, desc=f"preprocess {desc}", unit="vol", leave=False)):
-            prepared, labels = prepare_case(case.image, case.label, cfg, bounds)
+            prepared, labels = prepare_case(case.image, case.label, cfg, bounds, modality, affine_atol_mm)
             keep = (np.flatnonzero(prepared.body >= cfg.body_fraction) if cfg.skip_empty_slices
                     else np.arange(len(prepared.slices)))
             if keep.size == 0:

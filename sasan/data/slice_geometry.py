@@ -121,10 +121,23 @@ def display_plane(shape: tuple[int, int, int], axis: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- square canvas
-def fit_size(plane: tuple[int, int], size: int) -> tuple[int, int]:
-    """In-plane content size after scaling the longer side to ``size`` (aspect kept)."""
+def fit_size(plane: tuple[float, float], size: int) -> tuple[int, int]:
+    """In-plane content size after scaling the longer side of ``plane`` to ``size``, the
+    ratio of the two sides kept (pass millimetres for square pixels: :func:`fit_physical`)."""
     scale = size / max(plane)
     return max(1, int(round(plane[0] * scale))), max(1, int(round(plane[1] * scale)))
+
+
+def fit_physical(box: tuple[tuple[int, int], ...], spacing: tuple[float, float, float], axis: int,
+                 size: int) -> tuple[int, int]:
+    """In-plane content size (H, W) when the box's longer in-plane side (in mm) fills ``size``:
+    the pixels are square in millimetres, whatever the voxels' aspect (0.5 x 1.5 mm voxels
+    are not squashed 3:1). Each side is its voxel count times its spacing over the finer
+    in-plane spacing, so isotropic in-plane voxels give exactly the voxel-count fit."""
+    in_plane = [a for a in range(3) if a != axis]
+    finest = min(spacing[a] for a in in_plane)
+    lens = tuple(float(hi - lo) * (spacing[a] / finest if a != axis else 1.0) for a, (lo, hi) in enumerate(box))
+    return fit_size(display_plane(lens, axis), size)  # type: ignore[arg-type]
 
 
 def limit_box(box: tuple[tuple[int, int], ...], spacing: tuple[float, float, float], axis: int,

@@ -8,6 +8,7 @@ the voxel data is touched, and the voxels are read in their stored dtype (no flo
 from __future__ import annotations
 
 import gzip
+import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ import nibabel as nib
 import numpy as np
 
 from sasan.errors import DataError
+
+log = logging.getLogger(__name__)
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _NIFTI1_MAGICS = (b"n+1\x00",)
@@ -34,13 +37,38 @@ class Volume:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
-        """Voxel size in mm along the three array axes."""
-        return tuple(float(z) for z in self.header.get_zooms()[:3])  # type: ignore[return-value]
+        """Voxel size in mm along the three array axes, from the same transform as ``affine``
+        (see :func:`voxel_spacing`)."""
+        return voxel_spacing(self.header, self.affine)
 
     @property
     def orientation(self) -> str:
         """Axis codes of the array axes, e.g. ``"RAS"`` or ``"LPS"``."""
         return "".join(nib.aff2axcodes(self.affine))
+
+
+SPACING_ATOL_MM = 1e-4  # pixdim and the affine's column norms agree within this
+
+
+def voxel_spacing(header: nib.Nifti1Header | nib.Nifti2Header, affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm: the header's pixdim where it agrees with the affine's column norms
+    (within ``SPACING_ATOL_MM``), else the column norms. The geometry comes from the sform
+    when there is one, and converters often leave a stale pixdim next to it (an sform-only
+    file with 2 x 2 x 3 mm columns and pixdim 1 x 1 x 1): the spacing must describe the
+    same grid as the affine."""
+    zooms = tuple(float(z) for z in header.get_zooms()[:3])
+    norms = tuple(float(n) for n in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))
+    if all(abs(z - n) <= SPACING_ATOL_MM for z, n in zip(zooms, norms)):
+        return zooms  # type: ignore[return-value]
+    return norms  # type: ignore[return-value]
+
+
+def _check_spacing(volume: "Volume") -> None:
+    zooms = tuple(float(z) for z in volume.header.get_zooms()[:3])
+    spacing = volume.spacing
+    if spacing != zooms:
+        log.warning("%s: header pixdim %s mm disagrees with the affine's voxel size %s mm; using the affine's",
+                    volume.path, tuple(round(z, 6) for z in zooms), tuple(round(n, 6) for n in spacing))
 
 
 def read_bytes(path: Path) -> bytes:
@@ -148,7 +176,9 @@ def load_volume(path: str | Path, *, kind: str = "image", check_finite: bool = T
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise DataError("degenerate affine (singular or non-finite voxel-to-world matrix)", path)
-    return Volume(array=data, affine=affine, header=img.header, path=path)
+    volume = Volume(array=data, affine=affine, header=img.header, path=path)
+    _check_spacing(volume)
+    return volume
 
 
 def nonfinite_reason(data: np.ndarray) -> str | None:

@@ -36,7 +36,8 @@ def run(inputs: PreprocessInputs, outputs: PreprocessOutputs, cfg: Config, track
     ``preprocess.bounds`` need not cover."""
     domains = list(inputs.domains) if inputs.domains else list(dict.fromkeys(
         (cfg.experiment.source, cfg.experiment.target)))
-    stats = write_dataset_shards(Path(inputs.raw), Path(outputs.shards), cfg.preprocess, domains)
+    stats = write_dataset_shards(Path(inputs.raw), Path(outputs.shards), cfg.preprocess, domains,
+                                 affine_atol_mm=cfg.validate_.affine_atol_mm)
     identity = data_identity(inputs.raw, code_dir)
     write_identity(outputs.shards, identity)
     tracker.log_metrics({"slices": stats["counts"]}, prefix="preprocess")

@@ -142,12 +142,34 @@ def test_failure_leaves_no_partial_shard_and_rerun_completes(raw_tree, tmp_path,
     monkeypatch.setattr(shards_mod, "prepare_case", failing)
     with pytest.raises(RuntimeError):
         run_preprocess(raw_tree, out, cfg)
-    assert not (out / "ct" / "train").exists() and not (out / "stats.json").exists()
-    assert [p.name for p in (out / "ct").iterdir()] == []
+    assert not out.exists()  # nothing of the failed run, not even an empty folder
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]  # nor its staging folder
     monkeypatch.setattr(shards_mod, "prepare_case", real)
     run_preprocess(raw_tree, out, cfg)
     run_preprocess(raw_tree, tmp_path / "clean", cfg)
     assert _files(out) == _files(tmp_path / "clean")
+
+
+def test_failure_keeps_the_previous_output_whole(raw_tree, tmp_path, monkeypatch):
+    """A run that fails part-way (after ct/train and ct/test are cut) leaves the previous
+    output as it was: no new shard next to old ones, the old stats.json."""
+    out = tmp_path / "out"
+    run_preprocess(raw_tree, out, PreprocessConfig(**SMALL))
+    before = _files(out)
+    real = shards_mod.prepare_case
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # ct done, mr/train half-way
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shards_mod, "prepare_case", failing)
+    with pytest.raises(RuntimeError):
+        run_preprocess(raw_tree, out, PreprocessConfig(image_size=48))
+    assert _files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]
 
 
 @pytest.mark.slow
@@ -172,13 +194,27 @@ def test_sigkill_mid_run_then_rerun(raw_tree, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == -9
-    assert (out / "ct" / "test" / "images.npy").exists()
-    assert not (out / "mr" / "train").exists()  # never half a shard
-    assert list((out / "mr").glob(".train.*"))  # the killed run's temporary folder is there ...
+    assert not out.exists()  # never part of an output: the finished ct shards are not there either
+    staging = list(tmp_path.glob(".out.preprocess-tmp-*"))
+    assert len(staging) == 1 and (staging[0] / "ct" / "test" / "images.npy").exists()  # the killed run's ...
     run_preprocess(raw_tree, out, PreprocessConfig(**SMALL))
-    assert not list((out / "mr").glob(".train.*"))  # ... and removed by the rerun
+    assert not list(tmp_path.glob(".out.*"))  # ... removed by the rerun
     run_preprocess(raw_tree, tmp_path / "clean", PreprocessConfig(**SMALL))
     assert _files(out) == _files(tmp_path / "clean")
+
+
+def test_interrupted_swap_restores_the_previous_output(raw_tree, tmp_path):
+    """Killed between moving the old output aside and renaming the new one into place:
+    the next run starts from the old output (a --domains run keeps its other domains)."""
+    cfg = PreprocessConfig(**SMALL)
+    out = tmp_path / "out"
+    run_preprocess(raw_tree, out, cfg)
+    before = _files(out)
+    out.rename(tmp_path / ".out.preprocess-old")
+    (tmp_path / ".out.preprocess-tmp-x" / "mr").mkdir(parents=True)
+    run_preprocess(raw_tree, out, cfg, domains=["ct"])
+    assert _files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]
 
 
 def test_label_image_mismatch_is_rejected(raw_tree, tmp_path, nifti_writer):
@@ -194,8 +230,15 @@ def test_domains_subset_and_unknown(raw_tree, tmp_path):
     cfg = PreprocessConfig(**SMALL)
     stats = run_preprocess(raw_tree, tmp_path / "out", cfg, domains=["ct"])
     assert list(stats["counts"]) == ["ct"] and not (tmp_path / "out" / "mr").exists()
+    (tmp_path / "out" / "data_identity.json").write_text("{}")  # another stage's file
+    ct_files = {k: v for k, v in _files(tmp_path / "out").items() if k.startswith("ct/")}
     stats = run_preprocess(raw_tree, tmp_path / "out", cfg, domains=["mr"])
-    assert list(stats["counts"]) == ["ct", "mr"]  # the earlier ct entry is kept
+    assert list(stats["counts"]) == ["ct", "mr"]  # the earlier ct entry is kept ...
+    after = _files(tmp_path / "out")
+    assert {k: v for k, v in after.items() if k.startswith("ct/")} == ct_files  # ... and its shards
+    assert after["data_identity.json"] == b"{}"
+    run_preprocess(raw_tree, tmp_path / "all", cfg)
+    assert after.keys() - {"data_identity.json"} == _files(tmp_path / "all").keys()
     with pytest.raises(DataError, match="unknown domain"):
         run_preprocess(raw_tree, tmp_path / "out", cfg, domains=["pet"])
 
@@ -262,7 +305,8 @@ def _dice(a, b):
 
 
 def test_restore_inverts_exactly_without_resampling(tmp_path, nifti_writer):
-    path, label, affine = _labelled_volume(tmp_path, nifti_writer)
+    # 1 mm in-plane (R-L, S-I), 1.5 mm between coronal slices
+    path, label, affine = _labelled_volume(tmp_path, nifti_writer, spacing=(1.0, 1.5, 1.0))
     cfg = PreprocessConfig(image_size=32, crop="none", clip_percentiles=(0.0, 100.0), bounds={"mr": (-20.0, 20.0)})
     prepared = prepare_volume(path, cfg, "MR")  # the label volume itself as the image
     # coronal slices are 20 (S-I) x 32 (R-L) in a 32 x 32 canvas: identity resize, so

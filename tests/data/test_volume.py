@@ -148,3 +148,31 @@ def test_gzip_codecs_agree_and_fail_alike(tmp_path, monkeypatch, codec):
     bad[-8:-4] = bytes(4)  # wrong CRC32 in the trailer
     (tmp_path / "crc.nii.gz").write_bytes(bytes(bad))
     _raises(tmp_path / "crc.nii.gz", "corrupt gzip")
+
+
+def test_spacing_follows_the_affine_when_pixdim_is_stale(tmp_path, caplog):
+    """An sform-only file with 2 x 2 x 3 mm columns and a stale pixdim of 1 x 1 x 1: the
+    spacing describes the affine's grid, with a warning naming the file."""
+    img = nib.Nifti1Image(np.ones((6, 6, 4), np.float32), np.diag([2.0, 2.0, 3.0, 1.0]))
+    img.header.set_qform(None, code=0)
+    img.header["pixdim"][1:4] = [1.0, 1.0, 1.0]
+    path = tmp_path / "stale.nii.gz"
+    nib.save(img, path)
+    with caplog.at_level("WARNING", logger="sasan.data.volume"):
+        vol = load_volume(path)
+    assert vol.spacing == (2.0, 2.0, 3.0)
+    assert str(path) in caplog.text and "pixdim" in caplog.text
+
+
+def test_spacing_keeps_pixdim_when_it_agrees(tmp_path, caplog):
+    """Consistent headers (also oblique ones, whose column norms carry rounding) give the
+    header's pixdim values exactly, and no warning."""
+    angle = 0.5
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.8, 0.7, 2.5])
+    with caplog.at_level("WARNING", logger="sasan.data.volume"):
+        for name, aff in (("oblique.nii.gz", affine), ("diag.nii.gz", np.diag([0.5, 0.7, 2.0, 1.0]))):
+            vol = load_volume(_save(tmp_path / name, np.zeros((4, 4, 4), np.float32), aff))
+            assert vol.spacing == tuple(float(z) for z in vol.header.get_zooms()[:3])
+    assert caplog.text == ""
