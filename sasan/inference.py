@@ -7,10 +7,11 @@ modality with G_s(stack, A_t(stack)), segmented by the U-Net and argmax-ed, in b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -18,10 +19,14 @@ import numpy as np
 from sasan.atomic import atomic_path
 from sasan.bundle import ModelBundle, predict_stacks
 from sasan.data.config import PreprocessConfig
-from sasan.data.preprocess import PreparedVolume, prepare_volume
+from sasan.data.preprocess import PreparedVolume, bounds_for, prepare_loaded, prepare_volume
+from sasan.data.volume import load_volume
+from sasan.errors import ConfigError, SasanError
 from sasan.train.device import Runtime, resolve_runtime
 
 log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 @dataclass
@@ -32,15 +37,75 @@ class VolumeResult:
 
 
 def infer_volume(bundle: ModelBundle, image_path: str | Path, preprocess: PreprocessConfig, modality: str,
-                 runtime: Optional[Runtime] = None, batch_size: int = 16) -> VolumeResult:
+                 runtime: Optional[Runtime] = None, batch_size: int = 16, *,
+                 domain: Optional[str] = None) -> VolumeResult:
+    """Prepare the volume as ``sasan preprocess`` does and run the bundle on it.
+
+    The intensity bounds are those preprocessing used for the domain's volumes:
+    ``bounds_for(preprocess, modality, domain)``, by modality first, then by domain name
+    (``domain=None``: by modality only)."""
     runtime = runtime or resolve_runtime("cpu")
-    prepared = prepare_volume(image_path, preprocess, modality)
+    bounds = bounds_for(preprocess, modality, domain)   # a one-line ConfigError when neither key has bounds
+    if modality.lower() in preprocess.bounds:
+        # bounds_for's first choice, the modality's own entry: exactly what preprocessing runs
+        prepared = prepare_volume(image_path, preprocess, modality)
+    else:
+        # the domain's entry, as preprocessing falls back to (sasan.data.shards): the same
+        # building blocks prepare_volume calls, with these bounds
+        prepared = prepare_loaded(load_volume(image_path), preprocess, bounds, modality=modality)
     labels, translated = predict_stacks(bundle, prepared.stacks, runtime, batch_size)
     return VolumeResult(prepared.restore(labels),
                         prepared.restore_intensity(translated) if translated is not None else None,
                         prepared)
 
 
+def nifti_suffix(path: str | Path) -> str:
+    """``.nii.gz`` or ``.nii``: the format nibabel writes for ``path`` (gzip or not)."""
+    name = Path(path).name.lower()
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return suffix
+    raise ConfigError("output name must end in .nii or .nii.gz", path)
+
+
+def check_output_path(path: str | Path) -> Path:
+    """Refuse, before any work, an output path that cannot take a NIfTI file: a name
+    without .nii/.nii.gz, an existing directory, a parent that is not a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError("is a directory, expected a NIfTI file name", path)
+    nifti_suffix(path)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"cannot create the file: {parent} is not a directory", path)
+            break
+    return path
+
+
 def save_nifti(img: nib.Nifti1Image, path: str | Path) -> None:
-    with atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(img, tmp)
+    """Write ``img`` atomically; gzip-compressed when ``path`` ends in .nii.gz, not for .nii."""
+    save_niftis([(img, path)])
+
+
+def save_niftis(items: Sequence[tuple[nib.Nifti1Image, str | Path]]) -> None:
+    """Write every image to a temporary file next to its target, then rename them all: when
+    any write fails, no target is touched (the temporaries are removed). A bad target is a
+    :class:`ConfigError`, a write error a :class:`SasanError`, each one line naming the file."""
+    paths = [check_output_path(path) for _, path in items]
+    tmp_of: dict[str, Path] = {}
+    current: Optional[Path] = None
+    try:
+        with contextlib.ExitStack() as stack:
+            tmps = []
+            for path in paths:
+                current = path
+                tmps.append(stack.enter_context(atomic_path(path, suffix=nifti_suffix(path))))
+                tmp_of[str(tmps[-1])] = path
+            for (img, _), path, tmp in zip(items, paths, tmps):
+                current = path
+                nib.save(img, tmp)
+            current = None   # the fsyncs and renames run as the stack unwinds, innermost first
+    except OSError as err:
+        where = current or tmp_of.get(str(getattr(err, "filename", None))) or getattr(err, "filename2", None)
+        raise SasanError(f"cannot write: {err.strerror or err}", where or paths[-1]) from None

@@ -101,3 +101,190 @@ def test_bad_bundle_is_a_one_line_error(tmp_path, ct_volume, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.pt" in err[0]
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+# --- output formats, bundle kinds, up-front refusals, all-or-nothing outputs -----------------
+
+def _no_adaptation_bundle(tmp_path):
+    torch.manual_seed(0)
+    cfg = config_from_dict(TINY)
+    path = tmp_path / "no_adaptation.pt"
+    save_bundle(path, ModelBundle(cfg, "no_adaptation", build_segmenter(cfg.model).eval()))
+    return path
+
+
+def _one_line_error(capsys, *names):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    for name in names:
+        assert str(name) in err[0], err[0]
+    return err[0]
+
+
+def _files(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_translate_writes_the_format_its_output_names(bundle_path, ct_volume, tmp_path, suffix):
+    path, img = ct_volume
+    out, labels = tmp_path / "o" / f"fake_mr{suffix}", tmp_path / "o" / f"labels{suffix}"
+    assert main(["translate", str(path), str(out), "--bundle", str(bundle_path), "--labels", str(labels),
+                 "--device", "cpu"]) == 0
+    for written in (out, labels):
+        gzipped = written.read_bytes()[:2] == b"\x1f\x8b"
+        assert gzipped == (suffix == ".nii.gz"), written
+        assert nib.load(written).shape == img.shape
+    assert _files(tmp_path / "o") == sorted([out.name, labels.name])   # no temporaries left
+    # the two formats hold the same volumes
+    bundle = load_bundle(bundle_path)
+    res = infer_volume(bundle, path, bundle.cfg.preprocess, "ct", resolve_runtime("cpu"))
+    assert np.array_equal(np.asarray(nib.load(labels).dataobj), np.asarray(res.labels.dataobj))
+    assert np.array_equal(nib.load(out).get_fdata(), res.translated.get_fdata())
+
+
+def test_save_nifti_takes_the_format_from_the_name(tmp_path):
+    from sasan.inference import save_nifti
+
+    img = nib.Nifti1Image(np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.eye(4))
+    for name, gz in (("a.nii", False), ("b.nii.gz", True), ("C.NII.GZ", True), ("x.y.nii", False)):
+        save_nifti(img, tmp_path / name)
+        assert ((tmp_path / name).read_bytes()[:2] == b"\x1f\x8b") == gz
+        assert np.array_equal(nib.load(tmp_path / name).get_fdata(), img.get_fdata())
+
+
+def test_a_bundle_that_does_not_translate_writes_labels_without_out(tmp_path, ct_volume, capsys):
+    path, img = ct_volume
+    bundle = _no_adaptation_bundle(tmp_path)
+    labels = tmp_path / "labels.nii.gz"
+    assert main(["translate", str(path), "--bundle", str(bundle), "--labels", str(labels), "--device", "cpu"]) == 0
+    assert nib.load(labels).shape == img.shape
+    assert "labels:" in capsys.readouterr().out
+
+
+def test_out_for_a_bundle_that_does_not_translate_is_refused_before_inference(tmp_path, ct_volume, capsys,
+                                                                               monkeypatch):
+    import sasan.inference
+
+    def never(*a, **k):
+        raise AssertionError("inference ran")
+
+    monkeypatch.setattr(sasan.inference, "infer_volume", never)
+    path, _ = ct_volume
+    bundle = _no_adaptation_bundle(tmp_path)
+    out, labels = tmp_path / "o" / "t.nii.gz", tmp_path / "o" / "l.nii.gz"
+    assert main(["translate", str(path), str(out), "--bundle", str(bundle), "--labels", str(labels)]) == 2
+    line = _one_line_error(capsys, bundle.name, "does not translate")
+    assert "--labels" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_translate_needs_out_or_labels(bundle_path, ct_volume, capsys):
+    path, _ = ct_volume
+    assert main(["translate", str(path), "--bundle", str(bundle_path)]) == 2
+    _one_line_error(capsys, "--labels")
+
+
+@pytest.mark.parametrize("case", ["labels_dir", "out_dir", "device", "suffix", "parent_file", "same"])
+def test_bad_outputs_and_device_are_refused_up_front(bundle_path, ct_volume, tmp_path, capsys, monkeypatch, case):
+    import sasan.inference
+
+    def never(*a, **k):
+        raise AssertionError("inference ran")
+
+    monkeypatch.setattr(sasan.inference, "infer_volume", never)
+    path, _ = ct_volume
+    work = tmp_path / "work"
+    (work / "adir").mkdir(parents=True)
+    (work / "afile").write_text("x")
+    out, labels, device, named = work / "t.nii.gz", work / "l.nii.gz", "cpu", None
+    if case == "labels_dir":
+        labels = named = work / "adir"
+    elif case == "out_dir":
+        out = named = work / "adir"
+    elif case == "device":
+        device, named = "gpu", "gpu"
+    elif case == "suffix":
+        labels = named = work / "l.img"
+    elif case == "parent_file":
+        labels = named = work / "afile" / "l.nii.gz"
+    else:
+        labels = named = work / "." / "t.nii.gz"
+    before = _files(work)
+    assert main(["translate", str(path), str(out), "--bundle", str(bundle_path), "--labels", str(labels),
+                 "--device", device]) == 2
+    _one_line_error(capsys, named)
+    assert _files(work) == before
+
+
+def test_a_failed_write_leaves_neither_output(bundle_path, ct_volume, tmp_path, capsys, monkeypatch):
+    import sasan.inference
+
+    real_save = nib.save
+
+    def save(img, filename):
+        if ".l.nii.gz." in str(filename):     # the labels' temporary: disk full
+            raise OSError(28, "No space left on device", str(filename))
+        real_save(img, filename)
+
+    monkeypatch.setattr(sasan.inference.nib, "save", save)
+    path, _ = ct_volume
+    work = tmp_path / "work"
+    out, labels = work / "t.nii.gz", work / "l.nii.gz"
+    assert main(["translate", str(path), str(out), "--bundle", str(bundle_path), "--labels", str(labels),
+                 "--device", "cpu"]) == 1
+    line = _one_line_error(capsys, labels, "No space left on device")
+    assert "t.nii.gz" not in line.replace(str(labels), "")
+    assert _files(work) == []                  # no translation alone, no temporaries
+
+
+def test_an_inference_error_is_one_line_naming_the_image(bundle_path, ct_volume, capsys, monkeypatch, tmp_path):
+    import sasan.inference
+
+    def oom(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
+
+    monkeypatch.setattr(sasan.inference, "predict_stacks", oom)
+    path, _ = ct_volume
+    assert main(["translate", str(path), str(tmp_path / "t.nii.gz"), "--bundle", str(bundle_path)]) == 1
+    _one_line_error(capsys, path.name, "out of memory")
+    assert not (tmp_path / "t.nii.gz").exists()
+
+
+# --- intensity bounds: modality first, then domain, as preprocessing ------------------------
+
+def test_bounds_fall_back_to_the_domain_as_preprocessing_does(bundle_path, ct_volume):
+    from sasan.data.preprocess import prepare_volume
+    from sasan.errors import ConfigError
+
+    path, _ = ct_volume
+    bundle = load_bundle(bundle_path)
+    prep, rt = bundle.cfg.preprocess, resolve_runtime("cpu")
+    # the modality's own bounds: exactly the former path (prepare_volume, then the networks)
+    plain = prepare_volume(path, prep, "ct")
+    labels, translated = predict_stacks(bundle, plain.stacks, rt, 16)
+    for kwargs in ({}, {"domain": "ct"}, {"domain": "mr"}, {"domain": None}):
+        res = infer_volume(bundle, path, prep, "CT", rt, **kwargs)
+        assert np.array_equal(res.prepared.slices, plain.slices)
+        assert np.array_equal(np.asarray(res.labels.dataobj), np.asarray(plain.restore(labels).dataobj))
+        assert np.array_equal(res.translated.get_fdata(), plain.restore_intensity(translated).get_fdata())
+    # a modality without bounds takes the domain's (it was an error before)
+    by_domain = infer_volume(bundle, path, prep, "Computed tomography", rt, domain="ct")
+    assert np.array_equal(by_domain.prepared.slices, plain.slices)
+    assert np.array_equal(np.asarray(by_domain.labels.dataobj), np.asarray(plain.restore(labels).dataobj))
+    mr = prepare_volume(path, prep, "mr")
+    assert np.array_equal(infer_volume(bundle, path, prep, "t2w", rt, domain="mr").prepared.slices, mr.slices)
+    with pytest.raises(ConfigError, match="pet"):
+        infer_volume(bundle, path, prep, "pet")
+    with pytest.raises(ConfigError, match="domain 'petdomain'"):
+        infer_volume(bundle, path, prep, "pet", domain="petdomain")
+
+
+def test_translate_modality_without_bounds_uses_the_target_domain(bundle_path, ct_volume, tmp_path):
+    path, _ = ct_volume
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    assert main(["translate", str(path), str(a), "--bundle", str(bundle_path), "--device", "cpu"]) == 0
+    assert main(["translate", str(path), str(b), "--bundle", str(bundle_path), "--device", "cpu",
+                 "--modality", "CT-scan"]) == 0
+    assert np.array_equal(nib.load(a).get_fdata(), nib.load(b).get_fdata())

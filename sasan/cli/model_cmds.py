@@ -61,17 +61,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     sm.add_argument("--report", type=Path, default=Path("reports/evaluation"),
                     help="evaluation report folder; its per_structure.json gives the label order of the columns "
                          "(default reports/evaluation)")
+    sm.add_argument("--models", type=Path, default=Path("outputs/train"),
+                    help="training output folder: its mlflow_run.json names the experiment to link, "
+                         "its sasan/samples/ the translations (default outputs/train)")
     sm.set_defaults(func=_summary)
 
-    tl = sub.add_parser("translate", help="translate and segment one target-modality NIfTI volume",
-                        description="Translate a target-modality volume into the source modality and "
-                                    "segment it; outputs keep the input's affine and header.")
+    tl = sub.add_parser("translate", help="translate and/or segment one target-modality NIfTI volume",
+                        description="Translate a target-modality volume into the source modality (OUT) and/or "
+                                    "segment it (--labels); outputs keep the input's affine and header and are "
+                                    "written only when all of them succeeded. A bundle that does not translate "
+                                    "(no_adaptation, upper_bound) takes --labels without OUT. Output paths, the "
+                                    "device and the bundle kind are checked before the inference.")
     tl.add_argument("image", type=Path, help="input NIfTI (.nii or .nii.gz)")
-    tl.add_argument("out", type=Path, help="translated volume (.nii.gz), values in [-1, 1]")
+    tl.add_argument("out", type=Path, nargs="?", default=None,
+                    help="translated volume, values in [-1, 1] (.nii.gz gzip-compressed, .nii not); "
+                         "optional with --labels, refused for a bundle that does not translate")
     tl.add_argument("--bundle", type=Path, required=True, help="model bundle (OUT/<variant>/model.pt)")
-    tl.add_argument("--labels", type=Path, default=None, help="also write the label volume here")
-    tl.add_argument("--modality", default=None, help="input modality key for intensity bounds (default: target)")
-    tl.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    tl.add_argument("--labels", type=Path, default=None, help="write the label volume here (.nii or .nii.gz)")
+    tl.add_argument("--modality", default=None,
+                    help="input modality key for the intensity bounds (preprocess.bounds); looked up first, "
+                         "then the bundle's target domain, as preprocessing does (default: the target domain)")
+    tl.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     tl.set_defaults(func=_translate)
 
 
@@ -162,20 +172,59 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _translate(args: argparse.Namespace) -> int:
     from sasan.bundle import load_bundle
-    from sasan.inference import infer_volume, save_nifti
+    from sasan.errors import SasanError
+    from sasan.inference import check_output_path, infer_volume, save_niftis
     from sasan.train.device import resolve_runtime
 
-    runtime = resolve_runtime(args.device)
-    bundle = load_bundle(args.bundle, map_location=runtime.device).to(runtime.device)
-    modality = args.modality or bundle.cfg.experiment.target
-    result = infer_volume(bundle, args.image, bundle.cfg.preprocess, modality, runtime)
-    if result.translated is None:
-        raise ConfigError(f"bundle {args.bundle} ({bundle.variant}) does not translate; use --labels only")
-    save_nifti(result.translated, args.out)
-    if args.labels:
-        save_nifti(result.labels, args.labels)
-    print(f"translated: {args.out}" + (f"   labels: {args.labels}" if args.labels else ""))
+    # everything that can be refused is refused before the (long) inference
+    if args.out is None and args.labels is None:
+        raise ConfigError("nothing to write: give OUT (the translated volume), --labels, or both")
+    outputs = [p for p in (args.out, args.labels) if p is not None]
+    for path in outputs:
+        check_output_path(path)
+    if args.out is not None and args.labels is not None and args.out.resolve() == args.labels.resolve():
+        raise ConfigError("OUT and --labels name the same file", args.labels)
+    runtime = resolve_runtime(_translate_device(args.device))
+    bundle = load_bundle(args.bundle, map_location=runtime.device)
+    if args.out is not None and not bundle.translates:
+        raise ConfigError(f"bundle {bundle.variant!r} does not translate: drop OUT and give --labels only",
+                          args.bundle)
+    bundle = bundle.to(runtime.device)
+    domain = bundle.cfg.experiment.target
+    modality = args.modality or domain
+    try:
+        result = infer_volume(bundle, args.image, bundle.cfg.preprocess, modality, runtime, domain=domain)
+    except RuntimeError as err:   # torch: out of memory, a CUDA error
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise SasanError(f"inference failed: {first.strip()}", args.image) from None
+    except OSError as err:
+        raise SasanError(f"cannot read: {err.strerror or err}", args.image) from None
+    items = []
+    if args.out is not None:
+        items.append((result.translated, args.out))
+    if args.labels is not None:
+        items.append((result.labels, args.labels))
+    save_niftis(items)
+    print("   ".join(f"{what}: {path}" for what, path in (("translated", args.out), ("labels", args.labels))
+                     if path is not None))
     return 0
+
+
+def _translate_device(device: str) -> str:
+    """``--device`` checked: auto | cpu | cuda | cuda:N, CUDA only where there is one."""
+    import re
+
+    import torch
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def _summary(args: argparse.Namespace) -> int:
@@ -187,29 +236,45 @@ def _summary(args: argparse.Namespace) -> int:
         results = json.loads(args.metrics.read_text())
     except FileNotFoundError:
         raise ConfigError("no evaluation yet: run `make run` or `dvc repro`", args.metrics) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"not a readable metrics JSON ({getattr(err, 'strerror', None) or err})",
+                          args.metrics) from None
+    if not isinstance(results, dict):
+        raise ConfigError("not a metrics JSON of `sasan evaluate` (expected an object of methods)", args.metrics)
     order = [m for m in ("no_adaptation", "cyclegan", "sasan", "upper_bound") if m in results]
     order += [m for m in results if m not in order]
     # metrics JSON is key-sorted; the report's plot data keeps the label order
     structures = None
     plot_rows = args.report / "per_structure.json"
     if plot_rows.is_file():
-        structures = list(dict.fromkeys(row["structure"] for row in json.loads(plot_rows.read_text())))
+        try:
+            structures = list(dict.fromkeys(row["structure"] for row in json.loads(plot_rows.read_text())))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as err:
+            raise ConfigError(f"not the report's per-structure rows ({err})", plot_rows) from None
     print(summary_table(results, order, structures))
     print()
     from sasan.tracking.runs import read_run_ref, runs_table_url
 
     url = "http://127.0.0.1:5000"
-    ref_path = Path("outputs/train/mlflow_run.json")
+    ref_path = args.models / "mlflow_run.json"
     if ref_path.is_file():
         exp = read_run_ref(ref_path).get("experiment_id")
         url = runs_table_url(exp) if exp else url
+    # the validation and register reports are written next to the evaluation report
+    reports = args.report.parent
+    rows = [
+        ("mlflow ui", "then open the runs table (curves, images, model):"),
+        (f"{args.report / 'segmentations.png'}", "predictions of every method on a target test volume"),
+        (f"{args.report / 'dice_per_structure.png'}", ""),
+        (f"{args.models / 'sasan' / 'samples'}/", "translations and attention maps"),
+        (f"{reports / 'validation' / 'validation.html'}", "data validation report"),
+        (f"{reports / 'register' / 'register.md'}", "registry decision"),
+        ("dvc metrics show | dvc plots show", "DVC views of the same numbers"),
+    ]
+    width = max(38, *(len(what) for what, _ in rows))
     print("Where to look:")
-    print("  mlflow ui                              # then open the runs table (curves, images, model):")
-    print(f"    {url}")
-    print("  reports/evaluation/segmentations.png   # predictions of every method on a target test volume")
-    print("  reports/evaluation/dice_per_structure.png")
-    print("  outputs/train/sasan/samples/           # translations and attention maps")
-    print("  reports/validation/validation.html     # data validation report")
-    print("  reports/register/register.md           # registry decision")
-    print("  dvc metrics show | dvc plots show      # DVC views of the same numbers")
+    for i, (what, note) in enumerate(rows):
+        print(f"  {what:<{width}} # {note}".rstrip() if note else f"  {what}")
+        if i == 0:
+            print(f"    {url}")
     return 0

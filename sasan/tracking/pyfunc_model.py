@@ -1,10 +1,15 @@
 """The trained model as an MLflow pyfunc: target-modality slice stacks in, label maps out.
 
 ``predict`` takes float32 ``(N, S, H, W)`` stacks in [-1, 1] (S = the bundle's input
-channels) and returns int64 ``(N, H, W)`` labels: translate to the source modality with
-``G_s(x, A_t(x))`` when the bundle translates, then segment with the U-Net and argmax
-(METHOD.md 4.5). The model ships the ``sasan`` package (``code_paths``) and pinned
-requirements, so ``mlflow.pyfunc.load_model`` works in any environment that installs them.
+channels; H and W multiples of 16, at least 32 for a bundle with an attention module; the
+stacks ``sasan preprocess`` writes, of the training ``image_size``) and returns int64
+``(N, H, W)`` labels: translate to the source modality with ``G_s(x, A_t(x))`` when the
+bundle translates, then segment with the U-Net and argmax (METHOD.md 4.5), in fp32 on CPU.
+Input that breaks these rules (NaN or inf, values outside [-1, 1], a size the networks
+cannot take) is refused with one line before the networks run. The model's metadata
+(``sasan``) records what to send: image size, domain, intensity bounds. The model ships the
+``sasan`` package (``code_paths``) and pinned requirements, so ``mlflow.pyfunc.load_model``
+works in any environment that installs them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Optional
 import mlflow
 import numpy as np
 from mlflow.entities import LoggedModelOutput
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
@@ -28,6 +34,9 @@ from sasan.tracking.runs import Tracker
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 16
+SIZE_MULTIPLE = 16        # the U-Net and A_t halve the image four times
+ATTENTION_MIN_SIZE = 32   # A_t's 5x5 block at 1/8 resolution needs more than 2 pixels
+RANGE_TOLERANCE = 1e-3    # preprocessed stacks lie in [-1, 1]; float16 shards round within this
 # What loading the bundle imports (sasan.bundle -> config, models, checkpoint), plus
 # cloudpickle, which mlflow.pyfunc imports (an explicit list replaces MLflow's own).
 REQUIREMENTS = ("torch", "numpy", "mlflow", "PyYAML", "pydantic", "tqdm", "cloudpickle")
@@ -43,27 +52,96 @@ class SasanSegmenterModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: np.ndarray, params: Optional[dict] = None) -> np.ndarray:
         batch_size = int((params or {}).get("batch_size", DEFAULT_BATCH_SIZE))
-        return predict_labels(self.bundle, model_input, batch_size)
+        try:
+            stacks = check_stacks(self.bundle, model_input, batch_size)
+        except ValueError as err:   # the client's input: a 400 from a server, not a 500
+            raise MlflowException.invalid_parameter_value(str(err)) from None
+        return _forward(self.bundle, stacks, batch_size)
 
 
 def predict_labels(bundle, stacks: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
     """(N, S, H, W) float32 in [-1, 1] -> (N, H, W) int64 labels, on CPU, in batches: the
-    forward pass of ``sasan evaluate`` and ``sasan translate`` (:func:`sasan.bundle.predict_stacks`)."""
-    from sasan.bundle import predict_stacks
-    from sasan.train.device import resolve_runtime
+    forward pass of ``sasan evaluate`` and ``sasan translate`` (:func:`sasan.bundle.predict_stacks`).
+    Input is checked first (:func:`check_stacks`, a one-line ValueError)."""
+    return _forward(bundle, check_stacks(bundle, stacks, batch_size), batch_size)
 
-    stacks = np.asarray(stacks, dtype=np.float32)
+
+def check_stacks(bundle, stacks: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """``stacks`` as float32, or a one-line ValueError saying what is wrong with it: shape,
+    size (multiples of 16; at least 32 with attention), NaN/inf, values outside [-1, 1].
+    Logs a warning when H, W differ from the training image size (the labels are still
+    computed, at a scale the networks were not trained on)."""
+    try:
+        stacks = np.asarray(stacks, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"expected a float32 array of slice stacks: {err}") from None
     channels = bundle.cfg.model.in_channels
     if stacks.ndim != 4 or stacks.shape[1] != channels:
         raise ValueError(f"expected (N, {channels}, H, W) slice stacks, got shape {stacks.shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    h, w = stacks.shape[2:]
+    min_size = ATTENTION_MIN_SIZE if bundle.att_t is not None else SIZE_MULTIPLE
+    if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or min(h, w) < min_size:
+        raise ValueError(f"image size {h}x{w}: H and W must be multiples of {SIZE_MULTIPLE}, at least {min_size} "
+                         f"(the model was trained at {bundle.cfg.preprocess.image_size}x{bundle.cfg.preprocess.image_size})")
+    if stacks.size:
+        finite = np.isfinite(stacks)
+        if not finite.all():
+            raise ValueError(f"{stacks.size - int(np.count_nonzero(finite))} non-finite values (NaN or inf); "
+                             "expected values in [-1, 1]")
+        lo, hi = float(stacks.min()), float(stacks.max())
+        if lo < -1.0 - RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
+            raise ValueError(f"values span [{lo:.6g}, {hi:.6g}]; expected [-1, 1], normalised as "
+                             "`sasan preprocess` does (see the model's metadata: bounds)")
+    size = bundle.cfg.preprocess.image_size
+    if (h, w) != (size, size):
+        log.warning("image size %dx%d differs from the training image size %dx%d: labels at a scale the "
+                    "model was not trained on", h, w, size, size)
+    return stacks
+
+
+def _forward(bundle, stacks: np.ndarray, batch_size: int) -> np.ndarray:
+    from sasan.bundle import predict_stacks
+    from sasan.train.device import resolve_runtime
+
     labels, _ = predict_stacks(bundle, stacks, resolve_runtime("cpu"), batch_size)
     return labels.astype(np.int64)
 
 
+def model_metadata(bundle, modality: Optional[str] = None) -> dict:
+    """What a client must send, stored in the logged model's metadata (``sasan``): the
+    image size and stack depth, the target domain (and modality when known) and the
+    intensity bounds preprocessing maps to [-1, 1] (by modality, then by domain)."""
+    cfg = bundle.cfg
+    prep = cfg.preprocess
+    domain = cfg.experiment.target
+    table = {k: [float(lo), float(hi)] for k, (lo, hi) in sorted(prep.bounds.items())}
+    keys = [k for k in ((modality or "").lower(), domain.lower()) if k in table]
+    return {"sasan": {
+        "variant": bundle.variant,
+        "input": "float32 (N, S, H, W) target-modality slice stacks in [-1, 1], as `sasan preprocess` writes them",
+        "domain": domain,
+        "source_domain": cfg.experiment.source,
+        "modality": modality,
+        "image_size": int(prep.image_size),
+        "in_channels": int(cfg.model.in_channels),
+        "size_multiple": SIZE_MULTIPLE,
+        "min_size": ATTENTION_MIN_SIZE if bundle.att_t is not None else SIZE_MULTIPLE,
+        "value_range": [-1.0, 1.0],
+        "bounds": table[keys[0]] if keys else None,
+        "bounds_key": keys[0] if keys else None,
+        "bounds_table": table,
+        "clip_percentiles": [float(p) for p in prep.clip_percentiles],
+        "axis": int(prep.axis),
+        "precision": "float32 on CPU",
+    }}
+
+
 def model_signature(in_channels: int) -> ModelSignature:
-    """Tensor signature: any batch size and image size, fixed stack depth."""
+    """Tensor signature: any batch size, fixed stack depth. H and W are -1 because a tensor
+    spec cannot say "multiple of 16": :func:`check_stacks` enforces that, and the model's
+    metadata and input example give the training image size."""
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, in_channels, -1, -1))]),
         outputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1, -1))]),
@@ -103,11 +181,12 @@ def default_constraints() -> Path:
 
 def log_bundle_model(tracker: Tracker, bundle_path: str | Path, name: str = "model",
                      example: Optional[np.ndarray] = None,
-                     constraints: Optional[Path] = None) -> Optional[str]:
+                     constraints: Optional[Path] = None, modality: Optional[str] = None) -> Optional[str]:
     """Log the bundle as an MLflow model of the tracker's run; returns its URI
     (``models:/<model_id>``), or None when tracking is disabled. ``example`` (stored with
     the model, run once to check the signature) defaults to one blank stack of the
-    bundle's training image size."""
+    bundle's training image size. ``modality`` (the target domain's, when the caller knows
+    it) goes into the metadata with the bounds it selects (:func:`model_metadata`)."""
     if not tracker.enabled:
         return None
     bundle_path = Path(bundle_path)
@@ -130,6 +209,7 @@ def log_bundle_model(tracker: Tracker, bundle_path: str | Path, name: str = "mod
             signature=model_signature(bundle.cfg.model.in_channels),
             input_example=np.asarray(example, np.float32),
             pip_requirements=requirements,
+            metadata=model_metadata(bundle, modality),
         )
     # log_model links a model to the *active* run only; this run is not made active
     mlflow_call(client.log_outputs, tracker.tracking_uri, tracker.run_id,

@@ -103,6 +103,12 @@ def test_the_champion_answers_invocations_over_http(tmp_path, monkeypatch):
         with pytest.raises(urllib.error.HTTPError) as refused:
             http(f"http://127.0.0.1:{port}/invocations", json.dumps({"inputs": x[:, :2].tolist()}).encode())
         assert 400 <= refused.value.code < 500
+        # values that are not preprocessed stacks are refused too, with the reason
+        bad = np.full((1, 3, 32, 32), 1000.0, np.float32)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            http(f"http://127.0.0.1:{port}/invocations", json.dumps({"inputs": bad.tolist()}).encode())
+        assert refused.value.code == 400
+        assert "expected [-1, 1]" in json.loads(refused.value.read())["message"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)      # the session this test started: server and workers
         try:

@@ -143,3 +143,83 @@ print(sys.modules["sasan"].__file__)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "/code/sasan/" in done.stdout                       # the shipped copy was used
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), _reference_labels(logged["bundle"], x))
+
+
+@pytest.mark.parametrize("variant", ["sasan", "no_adaptation"])
+@pytest.mark.parametrize("bad, message", [
+    ("nan", "non-finite"), ("inf", "non-finite"), ("big", r"\[-1, 1\]"), ("low", r"\[-1, 1\]"),
+    ("size40", "multiples of 16"), ("size8", "multiples of 16"), ("rect", "multiples of 16"),
+])
+def test_bad_input_is_refused_with_one_line_before_the_networks(variant, bad, message):
+    bundle = tiny_bundle(variant, seed=3)
+    x = {"size40": _stacks(2, size=40), "size8": _stacks(2, size=8)}.get(bad, _stacks(2))
+    if bad == "nan":
+        x[1, 0, 3, 4] = np.nan
+    elif bad == "inf":
+        x[0, 2, 0, 0] = np.inf
+    elif bad == "big":
+        x[:] = 1000.0
+    elif bad == "low":
+        x[0, 0, 0, 0] = -1.01
+    elif bad == "rect":
+        x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 32, 24)).astype(np.float32)
+    with pytest.raises(ValueError, match=message) as err:
+        predict_labels(bundle, x)
+    assert "\n" not in str(err.value) and "AttentionModule" not in str(err.value)
+
+
+def test_attention_bundles_need_32_pixels():
+    x = _stacks(1, size=16)
+    with pytest.raises(ValueError, match="at least 32"):
+        predict_labels(tiny_bundle("sasan"), x)
+    assert predict_labels(tiny_bundle("cyclegan"), x).shape == (1, 16, 16)   # no A_t: 16 is enough
+
+
+def test_valid_input_gives_the_same_labels_as_before(caplog):
+    """Checks do not touch the values: within the tolerance (float16 shards) and at the
+    training size the labels are the plain forward's; another size works with a warning."""
+    bundle = tiny_bundle("sasan", seed=3)
+    x = _stacks(3)
+    x[0, 0, 0, 0], x[1, 1, 1, 1] = 1.0005, -1.0005
+    with caplog.at_level("WARNING", logger="sasan.tracking.pyfunc_model"):
+        np.testing.assert_array_equal(predict_labels(bundle, x), _reference_labels(bundle, x))
+    assert not caplog.records
+    big = _stacks(1, size=64)
+    with caplog.at_level("WARNING", logger="sasan.tracking.pyfunc_model"):
+        np.testing.assert_array_equal(predict_labels(bundle, big), _reference_labels(bundle, big))
+    assert any("64x64" in r.getMessage() and "32x32" in r.getMessage() for r in caplog.records)
+
+
+def test_logged_model_refuses_bad_input_as_a_client_error(logged):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
+
+    model = _load(logged)
+    for x, message in ((np.full((1, 3, 32, 32), np.nan, np.float32), "non-finite"),
+                       (np.full((1, 3, 32, 32), 1000, np.float32), r"\[-1, 1\]"),
+                       (_stacks(1, size=40), "multiples of 16")):
+        with pytest.raises(MlflowException, match=message) as err:
+            model.predict(x)
+        assert err.value.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE)
+        assert err.value.get_http_status_code() == 400
+
+
+def test_logged_model_metadata_says_what_to_send(logged):
+    meta = _load(logged).metadata.metadata["sasan"]
+    bundle = logged["bundle"]
+    assert meta["image_size"] == 32 and meta["in_channels"] == 3
+    assert meta["domain"] == bundle.cfg.experiment.target == "ct"
+    assert meta["bounds"] == list(bundle.cfg.preprocess.bounds["ct"]) and meta["bounds_key"] == "ct"
+    assert meta["bounds_table"]["mr"] == list(bundle.cfg.preprocess.bounds["mr"])
+    assert meta["value_range"] == [-1.0, 1.0]
+    assert meta["size_multiple"] == 16 and meta["min_size"] == 32
+    assert meta["variant"] == "sasan"
+
+
+def test_metadata_prefers_the_modality_bounds_as_preprocessing_does():
+    from sasan.tracking.pyfunc_model import model_metadata
+
+    meta = model_metadata(tiny_bundle("no_adaptation"), modality="MR")["sasan"]
+    assert (meta["modality"], meta["bounds_key"], meta["domain"]) == ("MR", "mr", "ct")
+    assert meta["min_size"] == 16
+    assert model_metadata(tiny_bundle("sasan"), modality="pet")["sasan"]["bounds_key"] == "ct"

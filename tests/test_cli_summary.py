@@ -1,0 +1,54 @@
+"""`sasan summary`: the table of the metrics it is given, and the paths of its arguments."""
+
+import json
+
+import pytest
+
+from sasan.cli import main
+
+CELL = {"dice": 0.5, "assd_vox": 2.0, "assd_mm": 3.0}
+
+
+def _metrics(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"sasan": {"per_structure": {"MYO": CELL}, "mean": CELL}}))
+    return path
+
+
+def test_where_to_look_follows_the_arguments(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    metrics = _metrics(tmp_path / "m" / "eval.json")
+    report, models = tmp_path / "rep" / "evaluation2", tmp_path / "trained"
+    models.mkdir()
+    (models / "mlflow_run.json").write_text(json.dumps({"run_id": "r1", "experiment_id": "42", "tracking_uri": "sqlite:///x.db"}))
+    # a run reference at the default place must not be read
+    (tmp_path / "outputs" / "train").mkdir(parents=True)
+    (tmp_path / "outputs" / "train" / "mlflow_run.json").write_text(json.dumps({"run_id": "r0", "experiment_id": "7", "tracking_uri": "sqlite:///x.db"}))
+    assert main(["summary", "--metrics", str(metrics), "--report", str(report), "--models", str(models)]) == 0
+    out = capsys.readouterr().out
+    assert "MYO" in out
+    for path in (report / "segmentations.png", report / "dice_per_structure.png", models / "sasan" / "samples",
+                 report.parent / "validation" / "validation.html", report.parent / "register" / "register.md"):
+        assert str(path) in out
+    assert "reports/evaluation" not in out and "outputs/train" not in out
+    assert "/experiments/42" in out and "/experiments/7" not in out
+
+
+def test_defaults_are_the_pipeline_paths(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _metrics(tmp_path / "metrics" / "evaluation.json")
+    assert main(["summary"]) == 0
+    out = capsys.readouterr().out
+    for path in ("reports/evaluation/segmentations.png", "reports/evaluation/dice_per_structure.png",
+                 "outputs/train/sasan/samples/", "reports/validation/validation.html",
+                 "reports/register/register.md"):
+        assert path in out
+
+
+@pytest.mark.parametrize("text", ["{", "[1, 2]"])
+def test_a_bad_metrics_file_is_one_line(tmp_path, capsys, text):
+    metrics = tmp_path / "evaluation.json"
+    metrics.write_text(text)
+    assert main(["summary", "--metrics", str(metrics)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(metrics) in err[0]
