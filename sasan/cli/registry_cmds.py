@@ -17,7 +17,10 @@ move the alias register.alias ("champion") to it only when the target mean Dice 
 the evaluation metrics is >= register.min_dice AND beats the current champion's, compared
 only when both were evaluated on the same identity (data set digest, test split, image
 size, profile: EVALUATION_REPORT/identity.json; a version without one is never promoted).
-Concurrent registrations are serialised by a lock. With register.enabled false (as in
+The inputs must belong together, or nothing is registered: the bundle must be a METHOD
+model, and identity.json must have been written by the `sasan evaluate` run that wrote
+METRICS (sha256 of the metrics file) and evaluated this very bundle as METHOD (sha256 of
+model.pt). Concurrent registrations are serialised by a lock. With register.enabled false (as in
 params.yaml and the profiles; the built-in default, used with no params file, is true)
 nothing is registered and the report says "skipped". The decision and its numbers are
 written to REPORT/register.json and REPORT/register.md.
@@ -37,9 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run reference JSON {run_id, experiment_id, tracking_uri} of the pipeline's MLflow run")
     add_params_args(p)
     p.add_argument("--report", type=Path, default=Path("reports/register"), help="report folder")
-    p.add_argument("--method", default="sasan", help="method whose mean Dice is gated (default: sasan)")
+    p.add_argument("--method", default="sasan",
+                   help="method whose mean Dice is gated; the bundle must be of this variant (default: sasan)")
     p.add_argument("--evaluation-report", type=Path, default=Path("reports/evaluation"),
-                   help="the evaluate stage's report folder, whose identity.json the gate compares")
+                   help="the report folder of the evaluate run that wrote --metrics; its identity.json is "
+                        "checked against --metrics and --bundle and compared by the gate "
+                        "(default: reports/evaluation)")
     p.set_defaults(func=_register)
 
 

@@ -7,6 +7,15 @@ structure; aggregate mean +- std over subjects. Target labels are read here and 
 Writes ``metrics_path`` (``{METHOD: {"per_structure": {NAME: {"dice", "assd_vox", "assd_mm",
 ...std}}, "mean": {...}, "n_subjects"}}``), ``report_dir/per_structure.json`` (rows for
 ``dvc plots``), ``report_dir/*.png`` and ``report_dir/predictions/<method>/<case>.nii.gz``.
+
+Before any inference every input is checked (one-line errors naming the file): each test
+label loads as a label on its image's grid, the source and target label maps agree, no
+label value reaches a bundle's ``model.num_classes``, structure names stay distinct (and
+are not ``mean``) as metric names, and each bundle's preprocessing has intensity bounds for
+the target (by modality, else by domain name, as ``sasan preprocess`` resolves them).
+``report_dir/identity.json`` records what the scores were measured on, the sha256 and
+variant of each evaluated bundle and the sha256 of ``metrics_path``, so that ``sasan
+register`` gates only the bundle that was evaluated, with these metrics.
 """
 
 from __future__ import annotations
@@ -18,18 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
 from sasan.atomic import write_json
 from sasan.bundle import load_bundle
 from sasan.config import Config
-from sasan.errors import DataError
+from sasan.data.manifest import sha256_file as file_sha256
+from sasan.data.prepare import bounds_for
+from sasan.data.volume import check_pair, load_volume
+from sasan.errors import ConfigError, DataError
 from sasan.inference import infer_volume, save_nifti
 from sasan.metrics import aggregate_subjects, gap_closed, segmentation_scores
 from sasan.stages.evaluation_pictures import dice_bars, segmentation_montage
 from sasan.tracking.lineage import data_identity, split_digest
+from sasan.tracking.names import metric_name
 from sasan.train.device import resolve_runtime
 
 if TYPE_CHECKING:
@@ -39,12 +51,24 @@ log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "identity.json"     # in the report folder: what the scores were measured on
 RUN_REF = "mlflow_run.json"         # a variant's child run reference, next to its model bundle
+# identity.json keys that are not run tags (lists, per-method maps, digests of files)
+UNTAGGED = ("test_cases", "image_size", "bundles", "metrics_sha256")
 
 
 @dataclass(frozen=True)
 class EvaluateInputs:
     raw: Path
     models: dict[str, Path]         # method (variant) -> model bundle, in report order
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What evaluate needs to know of a bundle before it runs it."""
+
+    path: Path
+    variant: str
+    sha256: str                     # of the model.pt file: register checks it is the one evaluated
+    cfg: Config                     # the bundle's own config (preprocess, model.num_classes)
 
 
 @dataclass(frozen=True)
@@ -59,11 +83,13 @@ def run(inputs: EvaluateInputs, outputs: EvaluateOutputs, cfg: Config, tracker: 
     (``identity.json``: the gate compares only like with like), and log the numbers and
     pictures to the parent run (``<method>/mean/dice``) and to each variant's child run
     (``eval/mean/dice``) when its reference lies next to the bundle."""
+    bundles = inspect_bundles(inputs.models)
     results = run_evaluate(inputs.models, inputs.raw, outputs.metrics, outputs.report, cfg,
-                           save_predictions=save_predictions, progress=progress)
-    identity = evaluation_identity(inputs.raw, cfg, inputs.models)
+                           save_predictions=save_predictions, progress=progress, bundles=bundles)
+    identity = evaluation_identity(inputs.raw, cfg, inputs.models, bundles)
+    identity["metrics_sha256"] = file_sha256(outputs.metrics)     # links identity.json to these metrics
     write_json(Path(outputs.report) / IDENTITY_FILE, identity)
-    tracker.set_tags({f"sasan.eval.{k}": v for k, v in identity.items() if k != "test_cases" and k != "image_size"})
+    tracker.set_tags({f"sasan.eval.{k}": v for k, v in identity.items() if k not in UNTAGGED})
     for method, r in results.items():
         tracker.log_metrics(loggable_scores(r), prefix=f"{method}/")
     for png in sorted(Path(outputs.report).glob("*.png")):
@@ -74,18 +100,29 @@ def run(inputs: EvaluateInputs, outputs: EvaluateOutputs, cfg: Config, tracker: 
     return results
 
 
-def evaluation_identity(raw_dir: Path, cfg: Config, models: dict[str, Path]) -> dict[str, Any]:
+def evaluation_identity(raw_dir: Path, cfg: Config, models: dict[str, Path],
+                        bundles: Optional[dict[str, BundleInfo]] = None) -> dict[str, Any]:
     """Data set digest, target test split (sorted ids and their digest), image size per
-    method (from each bundle's own config) and profile (experiment name)."""
+    method (from each bundle's own config), profile (experiment name) and, per method, the
+    sha256 and variant of the bundle evaluated."""
     data = data_identity(raw_dir)
     target = cfg.experiment.target
     cases = sorted(data.test_cases.get(target, []))
-    sizes = {}
-    for method, path in models.items():
-        sizes[method] = int(load_bundle(path, map_location="cpu").cfg.preprocess.image_size)
+    bundles = bundles if bundles is not None else inspect_bundles(models)
+    sizes = {method: int(bundles[method].cfg.preprocess.image_size) for method in models}
+    evaluated = {method: {"sha256": bundles[method].sha256, "variant": bundles[method].variant} for method in models}
     return {"dataset": data.name, "data_digest": data.digest, "source": cfg.experiment.source, "target": target,
             "test_split": split_digest(cases), "test_cases": cases, "image_size": sizes,
-            "profile": cfg.experiment.name}
+            "profile": cfg.experiment.name, "bundles": evaluated}
+
+
+def inspect_bundles(models: dict[str, Path]) -> dict[str, BundleInfo]:
+    """Each bundle's variant, file digest and config (loaded on the CPU), in ``models`` order."""
+    infos = {}
+    for method, path in models.items():
+        bundle = load_bundle(path, map_location="cpu")
+        infos[method] = BundleInfo(Path(path), bundle.variant, file_sha256(path), bundle.cfg)
+    return infos
 
 
 def loggable_scores(result: dict[str, Any]) -> dict[str, Any]:
@@ -121,31 +158,108 @@ def markdown_report(results: dict[str, Any], order: list[str], title: str, repor
     return "\n".join(lines) + "\n"
 
 
-def target_test_cases(raw_dir: Path, domain: str) -> tuple[list[dict[str, Any]], dict[str, int], str]:
-    """(cases, label names -> values, modality) of the target domain's test split."""
+def _read_manifest(raw_dir: Path) -> dict[str, Any]:
     manifest_path = raw_dir / "manifest.json"
     try:
-        manifest = json.loads(manifest_path.read_text())
+        return json.loads(manifest_path.read_text())
     except FileNotFoundError:
         raise DataError("manifest.json not found: run `sasan ingest` first", manifest_path) from None
     except json.JSONDecodeError as err:
         raise DataError(f"manifest is not valid JSON: {err}", manifest_path) from None
+
+
+def _label_map(info: dict[str, Any]) -> dict[str, int]:
+    return dict(sorted(((k, int(v)) for k, v in info["labels"].items()), key=lambda kv: kv[1]))
+
+
+def target_test_cases(raw_dir: Path, domain: str) -> tuple[list[dict[str, Any]], dict[str, int], str]:
+    """(cases, label names -> values, modality) of the target domain's test split."""
+    manifest_path = raw_dir / "manifest.json"
+    manifest = _read_manifest(raw_dir)
     if domain not in manifest.get("domains", {}):
         raise DataError(f"domain {domain!r} not in manifest (has {sorted(manifest.get('domains', {}))})", manifest_path)
     info = manifest["domains"][domain]
     cases = [c for c in manifest["cases"] if c["domain"] == domain and c["split"] == "test" and c.get("label")]
     if not cases:
         raise DataError(f"no labelled test cases for target domain {domain!r}", manifest_path)
-    labels = dict(sorted(((k, int(v)) for k, v in info["labels"].items()), key=lambda kv: kv[1]))
-    return cases, labels, info.get("modality", domain)
+    return cases, _label_map(info), info.get("modality", domain)
+
+
+def check_label_maps(raw_dir: Path, source: str, target: str) -> None:
+    """The target's structures are the source's: same names with the same values (the
+    segmenter learnt the source's label map). A source domain absent from the manifest
+    cannot be compared (a target-only test set): nothing to check."""
+    manifest_path = raw_dir / "manifest.json"
+    domains = _read_manifest(raw_dir).get("domains", {})
+    if source not in domains or source == target:
+        return
+    src, tgt = _label_map(domains[source]), _label_map(domains[target])
+    if src != tgt:
+        differ = [f"{n}: {src.get(n, '-')} vs {tgt.get(n, '-')}" for n in sorted(set(src) | set(tgt))
+                  if src.get(n) != tgt.get(n)]
+        raise DataError(f"label maps of source {source!r} and target {target!r} differ (name: source vs target "
+                        f"value; {', '.join(differ)}): the scores would compare unlike structures", manifest_path)
+
+
+def check_structure_names(labels: dict[str, int], manifest_path: Path) -> None:
+    """Scored structure names must stay distinct as MLflow metric names (``<method>/<name>/dice``)
+    and none may be ``mean`` (the aggregate's key)."""
+    seen: dict[str, str] = {}
+    for name, value in labels.items():
+        if value == 0:                              # background: not scored
+            continue
+        key = metric_name(name)
+        if key == "mean":
+            raise DataError(f"structure name {name!r} is reserved for the mean over structures: "
+                            "rename that label in the manifest", manifest_path)
+        if key in seen:
+            raise DataError(f"structure names {seen[key]!r} and {name!r} both become the metric name {key!r}: "
+                            "rename one of the labels in the manifest", manifest_path)
+        seen[key] = name
+
+
+def check_bundles(bundles: dict[str, BundleInfo], labels: dict[str, int], modality: str, domain: str,
+                  manifest_path: Path) -> None:
+    """Every bundle resolves intensity bounds for the target and has a class for every label value."""
+    for method, info in bundles.items():
+        try:
+            bounds_for(info.cfg.preprocess, modality, domain)
+        except ConfigError as err:
+            raise ConfigError(f"{err.reason} in the bundle's config ({method})", info.path) from None
+        n = int(info.cfg.model.num_classes)
+        too_big = {name: v for name, v in labels.items() if v >= n}
+        if too_big:
+            raise DataError(f"label values {too_big} of target {domain!r} do not fit the {method} bundle's "
+                            f"model.num_classes {n} ({info.path})", manifest_path)
+
+
+def check_test_volumes(raw_dir: Path, cases: list[dict[str, Any]], bundles: dict[str, BundleInfo],
+                       atol_mm: float) -> None:
+    """Each test label loads as a label volume on its image's grid, and holds no value that
+    a bundle cannot predict (``>= model.num_classes``)."""
+    classes = min((int(b.cfg.model.num_classes), m) for m, b in bundles.items()) if bundles else None
+    for case in cases:
+        image = load_volume(raw_dir / case["image"])
+        label = load_volume(raw_dir / case["label"], kind="label")
+        check_pair(image, label, atol_mm)
+        top = int(label.array.max()) if label.array.size else 0
+        if classes is not None and top >= classes[0]:
+            raise DataError(f"ground-truth label value {top} does not fit the {classes[1]} bundle's "
+                            f"model.num_classes {classes[0]} (values 0..{classes[0] - 1})", label.path)
 
 
 def run_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_path: str | Path,
                  report_dir: str | Path, cfg: Config, save_predictions: bool = True,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, bundles: Optional[dict[str, BundleInfo]] = None) -> dict[str, Any]:
     raw_dir, report_dir = Path(raw_dir), Path(report_dir)
     target = cfg.experiment.target
     cases, labels, modality = target_test_cases(raw_dir, target)
+    manifest_path = raw_dir / "manifest.json"
+    check_structure_names(labels, manifest_path)
+    check_label_maps(raw_dir, cfg.experiment.source, target)
+    bundles = bundles if bundles is not None else inspect_bundles(models)
+    check_bundles(bundles, labels, modality, target, manifest_path)
+    check_test_volumes(raw_dir, cases, bundles, cfg.validate_.affine_atol_mm)
     runtime = resolve_runtime(cfg.train.device, cfg.train.bf16, cfg.train.channels_last)
     results: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
@@ -157,11 +271,13 @@ def run_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_path: str
         prep = bundle.cfg.preprocess
         subject_scores = []
         for case in tqdm(cases, desc=f"evaluate {method}", disable=not progress):
-            result = infer_volume(bundle, raw_dir / case["image"], prep, modality, runtime, cfg.evaluate.batch_size)
-            gt_img = nib.load(raw_dir / case["label"])
-            gt = np.asarray(gt_img.dataobj).astype(np.int64)
+            # bounds by modality, else by domain name: as preprocessing chose them for the shards
+            result = infer_volume(bundle, raw_dir / case["image"], prep, modality, runtime, cfg.evaluate.batch_size,
+                                  domain=target)
+            gt_vol = load_volume(raw_dir / case["label"], kind="label")
+            gt = gt_vol.array.astype(np.int64)
             pred = np.asarray(result.labels.dataobj).astype(np.int64)
-            spacing = tuple(float(z) for z in gt_img.header.get_zooms()[:3])
+            spacing = gt_vol.spacing     # pixdim, unless it disagrees with the affine (data/volume.py)
             scores = segmentation_scores(pred, gt, labels, spacing, cfg.evaluate.assd_cap_vox)
             scores["case_id"] = case["case_id"]
             subject_scores.append(scores)
@@ -185,8 +301,8 @@ def run_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_path: str
     write_json(report_dir / "per_subject.json", per_subject)
     dice_bars(results, report_dir / "dice_per_structure.png")
     first = cases[0]
-    gt_first = np.asarray(nib.load(raw_dir / first["label"]).dataobj).astype(np.int64)
-    img_first = np.asarray(nib.load(raw_dir / first["image"]).dataobj, dtype=np.float32)
+    gt_first = load_volume(raw_dir / first["label"], kind="label").array.astype(np.int64)
+    img_first = load_volume(raw_dir / first["image"]).array.astype(np.float32, copy=False)
     segmentation_montage(img_first, gt_first, {m: v[1] for m, v in montage.items()},
                          report_dir / "segmentations.png", f"{target} test case {first['case_id']}")
     return results

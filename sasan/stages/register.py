@@ -1,6 +1,10 @@
 """Register stage: log the trained bundle as an MLflow pyfunc model on its variant's child
 run, register it as a new version and move the ``champion`` alias only past the gate
-(:mod:`sasan.tracking.registry`), which compares like with like (the evaluation identity)."""
+(:mod:`sasan.tracking.registry`), which compares like with like (the evaluation identity).
+
+Before MLflow is touched, the inputs must belong together: the bundle is of the gated
+method's variant, and where the evaluation identity is given, it was written with these
+metrics (their sha256) after evaluating this very bundle as that method (its sha256)."""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from sasan.config import Config
-from sasan.errors import CheckpointError, DataError
+from sasan.errors import CheckpointError, ConfigError, DataError
 from sasan.tracking.client import TrackingError
 from sasan.tracking.pyfunc_model import log_bundle_model
+from sasan.data.manifest import sha256_file as file_sha256
 from sasan.tracking.registry import DEFAULT_METHOD, load_evaluation, register_and_gate, target_mean_dice
 from sasan.tracking.run_ref import read_run_ref
+from sasan.train.checkpoint import load_checkpoint
 
 if TYPE_CHECKING:
     from sasan.tracking.runs import Tracker
@@ -39,10 +45,9 @@ def run(inputs: RegisterInputs, outputs: RegisterOutputs, cfg: Config, tracker: 
         method: str = DEFAULT_METHOD) -> dict[str, Any]:
     """Returns the report (``promoted``, ``version``, ``reasons``...). ``tracker``: the
     pipeline's parent run (registering needs one)."""
-    metrics = check_inputs(inputs, method)
+    metrics, identity = checked_inputs(inputs, method)
     if not tracker.enabled:
         raise TrackingError("registering needs an MLflow run (the pipeline ran without tracking)")
-    identity = _read_identity(inputs.identity)
     ref_path = Path(inputs.bundle).parent / RUN_REF
     model_run = tracker.attach(read_run_ref(ref_path)) if ref_path.is_file() else tracker
     if not model_run.enabled:
@@ -56,13 +61,61 @@ def run(inputs: RegisterInputs, outputs: RegisterOutputs, cfg: Config, tracker: 
 
 
 def check_inputs(inputs: RegisterInputs, method: str = DEFAULT_METHOD) -> dict[str, Any]:
-    """The metrics, checked with the bundle before MLflow is touched (adapters call this
-    before they open a run, so a bad input leaves the run as it was)."""
+    """The metrics, checked with the bundle and the evaluation identity before MLflow is
+    touched (adapters call this before they open a run, so a bad input leaves the run as it
+    was)."""
+    return checked_inputs(inputs, method)[0]
+
+
+def checked_inputs(inputs: RegisterInputs,
+                   method: str = DEFAULT_METHOD) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+    """(metrics, evaluation identity or None), checked to belong together: the bundle is a
+    ``method`` model and, with an identity, the identity was recorded with these metrics
+    after evaluating this bundle as ``method``."""
     metrics = load_evaluation(inputs.metrics)
     target_mean_dice(metrics, method, inputs.metrics)
     if not Path(inputs.bundle).is_file():
         raise CheckpointError("model bundle not found (written by `sasan train`)", inputs.bundle)
-    return metrics
+    variant = bundle_variant(inputs.bundle)
+    if variant != method:
+        raise ConfigError(f"the bundle is a {variant!r} model but the gated method is {method!r}: its "
+                          f"{method}.mean.dice does not score it (pass the {method} bundle, or --method {variant})",
+                          inputs.bundle)
+    identity = _read_identity(inputs.identity)
+    if identity is not None:
+        check_evaluated(identity, inputs, method)
+    return metrics, identity
+
+
+def bundle_variant(path: Path) -> str:
+    """The variant a model bundle was trained as (``sasan``, ``cyclegan``...)."""
+    state = load_checkpoint(path, "cpu")
+    if not isinstance(state, dict) or state.get("format") != "sasan-bundle/1" or not isinstance(
+            state.get("variant"), str):
+        raise CheckpointError("not a SASAN model bundle (format tag or variant missing)", path)
+    return state["variant"]
+
+
+def check_evaluated(identity: dict[str, Any], inputs: RegisterInputs, method: str) -> None:
+    """The identity was written with these metrics, after evaluating this bundle as ``method``."""
+    where = inputs.identity
+    recorded = identity.get("metrics_sha256")
+    evaluated = identity.get("bundles")
+    if not isinstance(recorded, str) or not isinstance(evaluated, dict):
+        raise DataError("evaluation identity records no metrics or bundle digests (written by an older "
+                        "`sasan evaluate`): evaluate again", where)
+    if file_sha256(inputs.metrics) != recorded:
+        raise DataError(f"evaluation identity was not recorded with the metrics {inputs.metrics} (their sha256 "
+                        f"differs): pass the metrics and the report folder of one `sasan evaluate` run", where)
+    entry = evaluated.get(method)
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        raise DataError(f"no {method} bundle was evaluated (evaluated: {sorted(evaluated) or 'none'})", where)
+    if entry.get("variant") not in (None, method):
+        raise DataError(f"the bundle evaluated as {method} was a {entry['variant']!r} model", where)
+    if file_sha256(inputs.bundle) != entry["sha256"]:
+        raise DataError(f"the bundle {inputs.bundle} is not the one evaluated as {method} (sha256 "
+                        f"{entry['sha256'][:12]}...): its {method}.mean.dice does not score it; evaluate it first",
+                        where)
 
 
 def _read_identity(path: Optional[Path]) -> Optional[dict[str, Any]]:

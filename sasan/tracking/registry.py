@@ -14,7 +14,10 @@ is a ``register.model_name`` per data set.
 Promotion is serialised across concurrent runs by a lock: a registered model named
 ``<model>.gate-lock``, created atomically (the store refuses a second one) and deleted
 after; the champion is read, compared and moved while it is held, and the alias is read
-back before the lock is released. Aliases, never the deprecated stages (STYLE.md 16)."""
+back before the lock is released. A waiter polls (sleeping between tries) until a deadline;
+it breaks a lock older than ``LOCK_STALE_S`` only if the lock still names the holder it
+read (another waiter may have broken and re-taken it meanwhile). Aliases, never the
+deprecated stages (STYLE.md 16)."""
 
 from __future__ import annotations
 
@@ -48,6 +51,8 @@ IDENTITY_FIELDS = ("dataset", "data_digest", "source", "target", "test_split", "
 LOCK_SUFFIX = ".gate-lock"
 LOCK_WAIT_S = 300.0
 LOCK_STALE_S = 900.0                      # a lock older than this was left by a crashed run
+LOCK_HOLDER_TAG = "sasan.lock.holder"
+LOCK_SINCE_TAG = "sasan.lock.since"
 
 
 class MetricsError(DataError):
@@ -154,29 +159,25 @@ def decide(dice: float, min_dice: float, champion_version: Optional[str], champi
 def gate_lock(client: MlflowClient, name: str, holder: str, wait_s: float = LOCK_WAIT_S,
               stale_s: float = LOCK_STALE_S, poll_s: float = 0.2) -> Iterator[None]:
     """Hold the promotion lock of ``name``: the registered model ``<name>.gate-lock``,
-    whose creation the store makes atomic. A lock older than ``stale_s`` is broken."""
+    whose creation the store makes atomic. Every failed try sleeps ``poll_s`` and checks
+    the ``wait_s`` deadline (whatever reading the lock raised). A lock older than
+    ``stale_s`` is broken, but only while it still names the holder read before."""
     lock = f"{name}{LOCK_SUFFIX}"
     uri = client.tracking_uri
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            client.create_registered_model(lock, tags={"sasan.lock.holder": holder,
-                                                       "sasan.lock.since": f"{time.time():.3f}"},
+            client.create_registered_model(lock, tags={LOCK_HOLDER_TAG: holder,
+                                                       LOCK_SINCE_TAG: f"{time.time():.3f}"},
                                            description="promotion lock of sasan register (deleted after use)")
             break
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise TrackingError(f"cannot take the gate lock {lock!r}: {err.message}", redact_uri(uri)) from None
-        try:
-            since = float(client.get_registered_model(lock).tags.get("sasan.lock.since", "0"))
-        except (MlflowException, ValueError):
-            continue                                       # released meanwhile: try again at once
-        if time.time() - since > stale_s:
-            log.warning("breaking the stale gate lock %s (held since %.0f s)", lock, time.time() - since)
-            with contextlib.suppress(MlflowException):
-                client.delete_registered_model(lock)
-            continue
-        if time.monotonic() > deadline:
+        seen = _lock_state(client, lock)                 # None: released meanwhile, or unreadable
+        if seen is not None and time.time() - seen[1] > stale_s:
+            _break_stale_lock(client, lock, seen)
+        if time.monotonic() >= deadline:
             raise TrackingError(f"the gate lock {lock!r} is held by another run for over {wait_s:.0f} s; "
                                 f"delete it if no registration is running", redact_uri(uri))
         time.sleep(poll_s)
@@ -187,6 +188,25 @@ def gate_lock(client: MlflowClient, name: str, holder: str, wait_s: float = LOCK
             client.delete_registered_model(lock)
         except MlflowException as err:
             log.warning("could not release the gate lock %s: %s", lock, err.message)
+
+
+def _lock_state(client: MlflowClient, lock: str) -> Optional[tuple[Optional[str], float]]:
+    """(holder, since) of the lock as it is now; None when it is gone or unreadable."""
+    try:
+        tags = client.get_registered_model(lock).tags
+        return tags.get(LOCK_HOLDER_TAG), float(tags.get(LOCK_SINCE_TAG, "0"))
+    except (MlflowException, ValueError, TypeError):
+        return None
+
+
+def _break_stale_lock(client: MlflowClient, lock: str, seen: tuple[Optional[str], float]) -> None:
+    """Delete the stale lock ``seen`` only if it is still that one: read it again first, so
+    a lock another waiter broke and took meanwhile (another holder) is left alone."""
+    if _lock_state(client, lock) != seen:
+        return
+    log.warning("breaking the stale gate lock %s of %s (held since %.0f s)", lock, seen[0], time.time() - seen[1])
+    with contextlib.suppress(MlflowException):
+        client.delete_registered_model(lock)
 
 
 def register_and_gate(tracking_uri: Optional[str], model_uri: str, metrics: dict[str, Any],

@@ -212,3 +212,105 @@ def test_promotion_is_safe_under_concurrent_runs(tracking_uri, candidate, tmp_pa
     assert champion(tracking_uri) == best["version"]
     assert sorted(r["version"] for r in reports.values()) == ["1", "2", "3", "4"]
     assert [m.name for m in client.search_registered_models()] == ["seg"]       # the lock was released
+
+
+# --- the gate lock with a fake store: no busy loop, a deadline, careful stale-lock breaking ----------------
+
+
+class FakeClock:
+    """``registry.time`` stand-in: sleeping advances the clock; wall time is fixed."""
+
+    def __init__(self, wall=10_000.0):
+        self.now, self.wall, self.sleeps = 0.0, wall, []
+
+    def monotonic(self):
+        return self.now
+
+    def time(self):
+        return self.wall
+
+    def sleep(self, s):
+        self.sleeps.append(s)
+        self.now += s
+
+
+class FakeLockStore:
+    """A store whose lock exists already; ``reads`` gives what each read of it returns (a
+    tags dict, or an exception to raise), the last one repeated; ``free_after`` creates
+    succeed from that try on."""
+
+    tracking_uri = "sqlite:///fake.db"
+
+    def __init__(self, reads, free_after=None):
+        self.reads, self.free_after = list(reads), free_after
+        self.creates, self.gets, self.deletes = 0, 0, []
+
+    def create_registered_model(self, name, tags=None, description=None):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
+
+        self.creates += 1
+        if self.free_after is None or self.creates < self.free_after:
+            raise MlflowException("exists", error_code=RESOURCE_ALREADY_EXISTS)
+
+    def get_registered_model(self, name):
+        from types import SimpleNamespace
+
+        found = self.reads[min(self.gets, len(self.reads) - 1)]
+        self.gets += 1
+        if isinstance(found, Exception):
+            raise found
+        return SimpleNamespace(tags=found)
+
+    def delete_registered_model(self, name):
+        self.deletes.append(name)
+
+
+def _unreadable():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    return MlflowException("gone", error_code=RESOURCE_DOES_NOT_EXIST)
+
+
+@pytest.mark.parametrize("read", [_unreadable(), {"sasan.lock.holder": "a", "sasan.lock.since": "not a time"}])
+def test_an_unreadable_lock_is_polled_with_sleeps_until_the_deadline(monkeypatch, read):
+    from sasan.tracking import registry
+    from sasan.tracking.client import TrackingError
+
+    clock = FakeClock()
+    monkeypatch.setattr(registry, "time", clock)
+    store = FakeLockStore([read])
+    with pytest.raises(TrackingError) as err:
+        with registry.gate_lock(store, "seg", "me", wait_s=1.0, poll_s=0.25):
+            pass
+    assert "\n" not in str(err.value) and "'seg.gate-lock' is held by another run for over 1 s" in str(err.value)
+    assert clock.sleeps == [0.25] * 4 and clock.now == 1.0      # slept on every pass, gave up at the deadline
+    assert store.creates == store.gets == 5 and store.deletes == []
+
+
+def test_a_stale_lock_taken_over_meanwhile_is_not_deleted(monkeypatch):
+    """Read stale (holder a), but by the re-read another waiter broke it and holds it (b):
+    the new holder's lock is left alone; the waiter takes the lock once it is released."""
+    from sasan.tracking import registry
+
+    clock = FakeClock(wall=10_000.0)
+    monkeypatch.setattr(registry, "time", clock)
+    stale = {"sasan.lock.holder": "a", "sasan.lock.since": "1.0"}
+    fresh = {"sasan.lock.holder": "b", "sasan.lock.since": "9999.0"}
+    store = FakeLockStore([stale, fresh], free_after=3)
+    with registry.gate_lock(store, "seg", "me", wait_s=10.0, poll_s=0.5):
+        assert store.deletes == []                               # b's lock survived
+    assert store.deletes == ["seg.gate-lock"] and clock.sleeps == [0.5, 0.5]   # our own release
+
+
+def test_a_stale_lock_still_held_by_the_same_holder_is_broken(monkeypatch):
+    from sasan.tracking import registry
+
+    clock = FakeClock(wall=10_000.0)
+    monkeypatch.setattr(registry, "time", clock)
+    stale = {"sasan.lock.holder": "a", "sasan.lock.since": "1.0"}
+    store = FakeLockStore([stale, stale], free_after=2)
+    with registry.gate_lock(store, "seg", "me", wait_s=10.0, poll_s=0.5):
+        assert store.deletes == ["seg.gate-lock"]                # broken once, after the re-read
+    assert store.gets == 2 and clock.sleeps == [0.5]

@@ -9,10 +9,20 @@ from mlflow import MlflowClient
 
 from sasan.bundle import save_bundle
 from sasan.cli import build_parser, main
+from sasan.errors import ConfigError, DataError
+from sasan.stages import register as register_stage
 from sasan.tracking.client import process_tracking_uri
+from sasan.data.manifest import sha256_file as file_sha256
 from sasan.tracking.runs import Tracker, write_run_ref
 from tests.tracking.conftest import tiny_bundle
 from tests.tracking.test_registry import IDENTITY, evaluation
+
+
+def evaluated(metrics_path, bundles):
+    """identity.json as `sasan evaluate` writes it after scoring ``bundles`` {method: path}
+    into ``metrics_path``."""
+    return {**IDENTITY, "metrics_sha256": file_sha256(metrics_path),
+            "bundles": {m: {"sha256": file_sha256(p), "variant": m} for m, p in bundles.items()}}
 
 
 def test_help_explains_the_gate_and_the_store(capsys):
@@ -36,7 +46,8 @@ def test_register_promotes_then_keeps_the_champion(tracking_uri, tmp_path, monke
         tracker.end()
         (tmp_path / "evaluation.json").write_text(json.dumps(evaluation(dice)))
         (tmp_path / "evaluation").mkdir(exist_ok=True)
-        (tmp_path / "evaluation" / "identity.json").write_text(json.dumps(IDENTITY))
+        (tmp_path / "evaluation" / "identity.json").write_text(
+            json.dumps(evaluated(tmp_path / "evaluation.json", {"sasan": tmp_path / "bundle.pt"})))
         code = main(["register", "--bundle", str(tmp_path / "bundle.pt"), "--metrics",
                      str(tmp_path / "evaluation.json"), "--run-ref", str(tmp_path / "run.json"),
                      "--report", str(tmp_path / "report"), "--evaluation-report", str(tmp_path / "evaluation")])
@@ -79,7 +90,7 @@ def test_a_run_reference_without_a_run_is_refused(tmp_path, capsys):
     write_run_ref(tmp_path / "run.json", Tracker.disabled())
     save_bundle(tmp_path / "b.pt", tiny_bundle("no_adaptation"))
     code = main(["register", "--bundle", str(tmp_path / "b.pt"), "--metrics", str(tmp_path / "evaluation.json"),
-                 "--run-ref", str(tmp_path / "run.json")])
+                 "--run-ref", str(tmp_path / "run.json"), "--method", "no_adaptation"])
     assert code != 0 and "names no MLflow run" in capsys.readouterr().err
 
 
@@ -95,3 +106,81 @@ def test_a_missing_bundle_is_one_line_and_leaves_the_run_alone(tracking_uri, tmp
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         f"sasan register: error: {tmp_path / 'nope.pt'}: model bundle not found (written by `sasan train`)"
     assert MlflowClient(tracking_uri).get_run(tracker.run_id).info.status == "FINISHED"
+
+
+# --- the inputs must belong together: bundle, method, metrics and evaluation identity ----------------------
+
+
+@pytest.fixture
+def evaluation_set(tmp_path):
+    """A sasan and a cyclegan bundle, metrics and identity.json of one evaluation of both."""
+    bundles = {m: tmp_path / "train" / m / "model.pt" for m in ("sasan", "cyclegan")}
+    for method, path in bundles.items():
+        path.parent.mkdir(parents=True)
+        save_bundle(path, tiny_bundle(method))
+    metrics = tmp_path / "evaluation.json"
+    metrics.write_text(json.dumps(evaluation(0.7)))
+    (tmp_path / "evaluation").mkdir()
+    identity = tmp_path / "evaluation" / "identity.json"
+    identity.write_text(json.dumps(evaluated(metrics, bundles)))
+    return bundles, metrics, identity
+
+
+def test_inputs_of_one_evaluation_are_accepted(evaluation_set):
+    bundles, metrics, identity = evaluation_set
+    for method in ("sasan", "cyclegan"):
+        inputs = register_stage.RegisterInputs(bundles[method], metrics, identity)
+        assert register_stage.checked_inputs(inputs, method) == (evaluation(0.7), json.loads(identity.read_text()))
+    # no identity at all: checked as before (registered, never promoted by the gate)
+    assert register_stage.checked_inputs(register_stage.RegisterInputs(bundles["sasan"], metrics, None)) == \
+        (evaluation(0.7), None)
+
+
+def _other_metrics(tmp_path, metrics, identity):
+    metrics.write_text(json.dumps(evaluation(0.9)))              # another evaluation's numbers
+
+
+def _other_bundle(tmp_path, metrics, identity):
+    save_bundle(tmp_path / "train" / "sasan" / "model.pt", tiny_bundle("sasan", seed=7))   # retrained since
+
+
+def _old_identity(tmp_path, metrics, identity):
+    identity.write_text(json.dumps(IDENTITY))                      # an evaluate from before the digests
+
+
+def _not_evaluated(tmp_path, metrics, identity):
+    data = json.loads(identity.read_text())
+    del data["bundles"]["sasan"]
+    identity.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (_other_metrics, DataError, "identity.json: evaluation identity was not recorded with the metrics"),
+    (_other_bundle, DataError, "identity.json: the bundle {bundle} is not the one evaluated as sasan"),
+    (_old_identity, DataError, "identity.json: evaluation identity records no metrics or bundle digests"),
+    (_not_evaluated, DataError, "identity.json: no sasan bundle was evaluated (evaluated: ['cyclegan'])"),
+    (None, ConfigError, "{cyclegan}: the bundle is a 'cyclegan' model but the gated method is 'sasan'"),
+])
+def test_register_refuses_inputs_that_do_not_belong_together(tracking_uri, tmp_path, monkeypatch, capsys,
+                                                              evaluation_set, change, error, message):
+    """One line naming the file, exit non-zero, nothing registered, the run left alone."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    bundles, metrics, identity = evaluation_set
+    bundle = bundles["cyclegan"] if change is None else bundles["sasan"]
+    if change is not None:
+        change(tmp_path, metrics, identity)
+    message = message.format(bundle=bundle, cyclegan=bundles["cyclegan"])
+    with pytest.raises(error) as err:
+        register_stage.check_inputs(register_stage.RegisterInputs(bundle, metrics, identity))
+    assert message in str(err.value)
+    tracker = Tracker.start(tracking_uri, "exp", "pipeline")
+    write_run_ref(tmp_path / "run.json", tracker)
+    tracker.end()
+    code = main(["register", "--bundle", str(bundle), "--metrics", str(metrics),
+                 "--run-ref", str(tmp_path / "run.json"), "--evaluation-report", str(identity.parent),
+                 "--report", str(tmp_path / "report")])
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err_lines) == 1 and message in err_lines[0]
+    assert MlflowClient(tracking_uri).search_registered_models() == []
+    assert MlflowClient(tracking_uri).get_run(tracker.run_id).info.status == "FINISHED"
+    assert not (tmp_path / "report").exists()
