@@ -21,11 +21,18 @@ SOURCE is one of:
                   v1/v2 folder; each channel becomes a domain)
           mmwhs   MM-WHS 2017 {mr,ct}_{train,test}_<n>_image.nii.gz / _label.nii.gz
           brats   <case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz case folders (or the BraTS 2023
-                  names <case>-{t1n,t1c,t2w,t2f,seg}.nii.gz)
-          paired  <case>/{ct,mr}.nii.gz per subject (optional <case>/<mod>_label.nii.gz)
+                  names <case>-{t1n,t1c,t2w,t2f,seg}.nii.gz; BraTS-XXX-NNNNN-TTT time points
+                  of one patient stay in one split)
+          paired  <case>/{ct,mr}.nii.gz per subject (optional <case>/<mod>_label.nii.gz, or one
+                  <case>/label.nii.gz shared by the case's modalities; mask.nii.gz is skipped)
+
+Only labelled subjects fill the test quota: a case without a label stays test when the
+source holds it out (imagesTs/, MM-WHS *_test_*), else it goes to train. Dot-files (macOS
+._* files) are skipped.
 
 OUT receives the canonical layout and manifest.json; it is replaced only when ingest
-succeeds, and only if it is empty or a previous ingest output.
+succeeds, and only if it is empty or a previous ingest output. A local SOURCE must not lie
+inside OUT.
 """
 
 
@@ -64,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="how SOURCE is organised (default nnunet; see below)")
     ing.add_argument("--test-fraction", type=float, default=0.2, help="fraction of subjects held out (default 0.2)")
     ing.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    ing.add_argument("--affine-atol-mm", type=float, default=1e-3,
+                     help="how far a label's affine may differ from its image's, in mm (validate.affine_atol_mm; "
+                          "default 0.001)")
     ing.set_defaults(func=_ingest)
 
 
@@ -96,7 +106,8 @@ def _ingest(args: argparse.Namespace) -> int:
     from sasan.tracking.runs import Tracker
 
     cfg = config_from_dict({"ingest": {"source": args.source, "layout": args.layout,
-                                       "test_fraction": args.test_fraction, "seed": args.seed}}, "sasan ingest")
+                                       "test_fraction": args.test_fraction, "seed": args.seed},
+                            "validate": {"affine_atol_mm": args.affine_atol_mm}}, "sasan ingest")
     summary = ingest.run(ingest.IngestInputs(args.source), ingest.IngestOutputs(args.out), cfg, Tracker.disabled())
     print(json.dumps(summary, sort_keys=True))
     return 0

@@ -9,11 +9,16 @@ read no voxels; :mod:`sasan.data.ingest` loads, checks, remaps and writes.
 * ``mmwhs``: MM-WHS 2017 files ``{mr,ct}_{train,test}_<n>_image.nii.gz`` and ``_label``;
   raw labels 205 MYO, 420 LA, 500 LV, 820 AA -> 1..4, every other structure -> 0.
 * ``brats``: case folders ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz`` (also the 2023
-  ``-t1n/-t1c/-t2w/-t2f/-seg`` names); sub-regions 1 NCR, 2 ED, 4 (or 3) ET -> 1, 2, 3.
+  ``-t1n/-t1c/-t2w/-t2f/-seg`` names); sub-regions 1 NCR, 2 ED, 4 (or 3) ET -> 1, 2, 3 (a seg
+  holding both 3 and 4, as BraTS 2024 post-treatment's resection cavity 4, is refused). The
+  2023 case ids ``BraTS-XXX-NNNNN-TTT`` are time points of subject ``BraTS-XXX-NNNNN``.
 * ``paired``: ``<case>/<modality>.nii.gz`` per subject (e.g. ``ct.nii.gz``, ``mr.nii.gz``),
-  optional ``<case>/<modality>_label.nii.gz``; the same case id in every domain.
+  optional ``<case>/<modality>_label.nii.gz`` (or ``_seg``), or one ``<case>/label.nii.gz``
+  (or ``seg``) shared by every modality of the case; ``mask`` files are skipped.
 
-A case id shared by several domains is one subject: ingest keeps it in one split.
+A case id shared by several domains is one subject, and so are the cases of one
+:attr:`SourceCase.subject`: ingest keeps a subject in one split. Dot-files (macOS ``._x``
+AppleDouble files, ``.DS_Store``) and dot-folders are never read.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from sasan.data.layout import DOMAIN_RE, check_case_id, check_domain, check_labels
+from sasan.data.layout import DOMAIN_RE, check_case_id, check_domain, check_labels, is_hidden
 from sasan.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,12 @@ class SourceCase:
     image: Path
     label: Optional[Path]
     split: Optional[str] = None  # "test" when the source already holds it out
+    subject: Optional[str] = None  # the patient, when several case ids are one (else the case id)
+    label_shared: bool = False  # ``label`` is one file for every modality of the case (paired)
+
+    @property
+    def subject_id(self) -> str:
+        return self.subject or self.case_id
 
 
 @dataclass
@@ -102,7 +113,7 @@ def adapt_nnunet(root: Path) -> AdaptedDataset:
     if (root / "dataset.json").is_file():
         folders = [root]
     else:
-        folders = sorted(p.parent for p in root.glob("*/dataset.json"))
+        folders = sorted(p.parent for p in root.glob("*/dataset.json") if not is_hidden(p.parent, root))
     if not folders:
         raise DataError("no dataset.json found (expected <domain>/dataset.json or a dataset.json at the top)", root)
     ds = AdaptedDataset(name=root.name)
@@ -161,6 +172,8 @@ def _nnunet_cases(folder: Path, domain: str, channel: int, ending: str) -> list[
     suffix = f"_{channel:04d}{ending}"
     for split, img_dir, lbl_dir in (("train", "imagesTr", "labelsTr"), ("test", "imagesTs", "labelsTs")):
         for img in sorted((folder / img_dir).glob(f"*{suffix}")):
+            if is_hidden(img, folder):
+                continue
             case_id = check_case_id(img.name[: -len(suffix)], img)
             lbl = folder / lbl_dir / f"{case_id}{ending}"
             if split == "train" and not lbl.is_file():
@@ -181,7 +194,7 @@ def adapt_mmwhs(root: Path) -> AdaptedDataset:
     ds = AdaptedDataset(name="mmwhs")
     for img in sorted(root.rglob("*_image.nii*")):
         m = _MMWHS_RE.match(img.name)
-        if not m:
+        if not m or is_hidden(img, root):
             continue
         mod, split, num = m.group(1).lower(), m.group(2).lower(), m.group(3)
         ending = ".nii.gz" if img.name.endswith(".gz") else ".nii"
@@ -204,6 +217,14 @@ def adapt_mmwhs(root: Path) -> AdaptedDataset:
 
 _BRATS_RE = re.compile(r"^(?P<case>.+?)[_-](?P<mod>t1|t1n|t1ce|t1c|t1gd|t2|t2w|flair|t2f|seg)\.nii(\.gz)?$",
                        re.IGNORECASE)
+_BRATS_SUBJECT_RE = re.compile(r"^(?P<subject>BraTS-[A-Za-z]+-\d+)-\d+$", re.IGNORECASE)  # BraTS 2023+
+
+
+def brats_subject(case_id: str) -> Optional[str]:
+    """``BraTS-GLI-00000-001`` -> ``BraTS-GLI-00000`` (the patient of a time point); None for
+    older names (``BraTS20_Training_001``: one case per patient)."""
+    m = _BRATS_SUBJECT_RE.match(case_id)
+    return m.group("subject") if m else None
 
 
 def adapt_brats(root: Path) -> AdaptedDataset:
@@ -212,7 +233,7 @@ def adapt_brats(root: Path) -> AdaptedDataset:
     found: dict[str, dict[str, Path]] = {}
     for path in sorted(root.rglob("*.nii*")):
         m = _BRATS_RE.match(path.name)
-        if not m:
+        if not m or is_hidden(path, root):
             continue
         case = check_case_id(m.group("case"), path)
         mod = m.group("mod").lower()
@@ -228,7 +249,7 @@ def adapt_brats(root: Path) -> AdaptedDataset:
                 continue
             ds.domains.setdefault(domain, DomainSpec(modality=modality_name(domain), labels=dict(BRATS_LABELS),
                                                      label_map=dict(BRATS_LABEL_MAP)))
-            ds.cases.append(SourceCase(domain, case, img, files.get("seg")))
+            ds.cases.append(SourceCase(domain, case, img, files.get("seg"), subject=brats_subject(case)))
     if not ds.cases:
         raise DataError("no BraTS case files (<case>_t1.nii.gz, _t2, _seg, ...) found", root)
     return ds
@@ -236,27 +257,45 @@ def adapt_brats(root: Path) -> AdaptedDataset:
 
 # ------------------------------------------------------------------------------ paired ---
 
+PAIRED_SHARED_LABELS = ("label", "seg")   # <case>/label.nii.gz: one label for every modality of the case
+PAIRED_SKIPPED = ("mask",)                 # <case>/mask.nii.gz, <case>/<mod>_mask.nii.gz: not read
+
+
 def adapt_paired(root: Path) -> AdaptedDataset:
     root = Path(root)
     _require_dir(root)
     ds = AdaptedDataset(name=root.name)
     per_case: dict[str, dict[str, tuple[Path, Optional[Path]]]] = {}
+    shared_of: dict[str, Path] = {}
+    known = set(DOMAIN_ALIASES) | set(MODALITY_NAMES)
     for case_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images, labels = {}, {}
+        images, labels, shared = {}, {}, None
         for f in sorted(case_dir.iterdir()):
             stem = _nifti_stem(f.name)
-            if stem is None:
+            if stem is None or f.name.startswith("."):
                 continue
             low = stem.lower()
-            for tail in ("_label", "_seg"):
-                if low.endswith(tail):
-                    labels[domain_key(low[: -len(tail)])] = f
-                    break
+            if low in PAIRED_SHARED_LABELS:
+                if shared is not None:
+                    raise DataError(f"case has two shared label files ({shared.name})", f)
+                shared = f
+            elif any(low == s or low.endswith("_" + s) for s in PAIRED_SKIPPED):
+                log.info("%s: a mask, not an image or a label; skipped", f)
+            elif low.endswith(("_label", "_seg")):
+                labels[domain_key(low.rsplit("_", 1)[0])] = f
             else:
+                if low not in known:
+                    log.warning("%s: %r is not a known modality name (%s); read as image domain %r", f, stem,
+                                ", ".join(sorted(MODALITY_NAMES)), domain_key(low))
                 images[check_domain(domain_key(low), f)] = f
+        for d, lbl in sorted(labels.items()):
+            if d not in images:
+                log.warning("%s: no %s image in this case; label ignored", lbl, d)
         if images:
             case_id = check_case_id(case_dir.name, case_dir)
-            per_case[case_id] = {d: (img, labels.get(d)) for d, img in images.items()}
+            per_case[case_id] = {d: (img, labels.get(d, shared)) for d, img in images.items()}
+            if shared is not None:
+                shared_of[case_id] = shared
     if not per_case:
         raise DataError("no case folders with <modality>.nii.gz images found", root)
     domains = sorted({d for files in per_case.values() for d in files})
@@ -268,7 +307,8 @@ def adapt_paired(root: Path) -> AdaptedDataset:
             raise DataError(f"case lacks {', '.join(m + '.nii.gz' for m in missing)} (pairs must be complete)",
                             root / case_id)
         for domain, (img, lbl) in sorted(files.items()):
-            ds.cases.append(SourceCase(domain, case_id, img, lbl))
+            ds.cases.append(SourceCase(domain, case_id, img, lbl,
+                                       label_shared=lbl is not None and lbl == shared_of.get(case_id)))
     for d in domains:
         ds.domains[d] = DomainSpec(modality=modality_name(d))
     return ds

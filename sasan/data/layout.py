@@ -67,8 +67,19 @@ def check_domain(domain: str, path: str | Path | None = None) -> str:
 
 def check_case_id(case_id: str, path: str | Path | None = None) -> str:
     if not CASE_RE.match(case_id):
-        raise DataError(f"case id {case_id!r} has characters outside [A-Za-z0-9_.-]", path)
+        if case_id and CASE_RE.match("x" + case_id[1:]):
+            raise DataError(f"case id {case_id!r} must start with a letter or digit", path)
+        raise DataError(f"case id {case_id!r} must start with a letter or digit and use only [A-Za-z0-9_.-]",
+                        path)
     return case_id
+
+
+def is_hidden(path: str | Path, root: str | Path | None = None) -> bool:
+    """A dot-file or a file in a dot-folder below ``root`` (macOS ``._x`` AppleDouble files,
+    ``.DS_Store``, ``.git``): never data, skipped when a source is listed."""
+    path = Path(path)
+    parts = path.relative_to(root).parts if root is not None else (path.name,)
+    return any(part.startswith(".") for part in parts)
 
 
 def check_labels(labels: object, path: str | Path) -> dict[str, int]:

@@ -30,7 +30,7 @@ def render_html(report: dict[str, Any]) -> str:
         f"<p class='banner {'ok' if ok else 'bad'}'>{'PASSED' if ok else 'FAILED'}: "
         f"{report['n_cases']} case(s), {report['n_errors']} failed error check(s), "
         f"{report['n_warnings']} failed warning check(s)</p>",
-        "<h2>Cases per domain and split</h2>", _counts_table(report["counts"]),
+        "<h2>Cases per domain and split</h2>", _counts_table(report["counts"], report.get("labelled_counts")),
         "<h2>Checks</h2>", _checks_table(report["checks"]),
         "<h2>Failures</h2>", _failures_table(report["checks"]),
         "<h2>Volumes</h2>", _volume_table(report["table"]),
@@ -51,9 +51,14 @@ def _row(cells: list[Any], header: bool = False, cls: str = "") -> str:
     return f"<tr{attr}>" + "".join(f"<{tag}>{_e(c)}</{tag}>" for c in cells) + "</tr>"
 
 
-def _counts_table(counts: dict[str, dict[str, int]]) -> str:
-    rows = [_row(["domain", "train", "test"], header=True)]
-    rows += [_row([d, c.get("train", 0), c.get("test", 0)]) for d, c in counts.items()]
+def _counts_table(counts: dict[str, dict[str, int]], labelled: dict[str, dict[str, int]] | None = None) -> str:
+    if labelled is None:
+        rows = [_row(["domain", "train", "test"], header=True)]
+        rows += [_row([d, c.get("train", 0), c.get("test", 0)]) for d, c in counts.items()]
+        return "<table>" + "".join(rows) + "</table>"
+    rows = [_row(["domain", "train", "labelled", "test", "labelled"], header=True)]
+    rows += [_row([d, c.get("train", 0), labelled.get(d, {}).get("train", 0), c.get("test", 0),
+                   labelled.get(d, {}).get("test", 0)]) for d, c in counts.items()]
     return "<table>" + "".join(rows) + "</table>"
 
 

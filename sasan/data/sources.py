@@ -84,6 +84,7 @@ def download_s3(bucket: str, prefix: str, dest: Path) -> Path:
     Returns the folder (or the file, for a single object). boto3 reads endpoint, region and
     credentials from the environment; nothing here takes them as parameters."""
     import boto3
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
     where = f"s3://{bucket}/{prefix}"
@@ -102,8 +103,10 @@ def download_s3(bucket: str, prefix: str, dest: Path) -> Path:
             target = dest / Path(*rel.parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, key, str(target))
-    except (BotoCoreError, ClientError) as err:
-        raise DataError(f"S3 download failed: {err}", where) from None
+    except (BotoCoreError, ClientError, Boto3Error) as err:  # Boto3Error: RetriesExceededError, S3TransferFailedError
+        raise DataError(f"S3 download failed: {type(err).__name__}: {err}", where) from None
+    except OSError as err:  # disk full, permissions in the scratch folder
+        raise DataError(f"S3 download failed writing {err.filename or dest}: {err.strerror or err}", where) from None
     log.info("downloaded %d object(s) from %s", len(keys), where)
     return dest / PurePosixPath(prefix).name if single else dest
 

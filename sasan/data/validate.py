@@ -1,5 +1,6 @@
 """The validate stage: a per-volume table checked by a Great Expectations suite, plus
-data-set checks (cases per domain and split, leakage across splits, dataset.json labels).
+data-set checks (cases per domain and split, leakage across splits, dataset.json labels and,
+given the experiment, labels of its source's train and its target's test split).
 
 Writes ``validation.json`` (machine-readable) and ``validation.html`` (for people) and
 raises :class:`ValidationFailed` naming the first offending file when any error-level
@@ -8,11 +9,10 @@ check fails.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -21,18 +21,24 @@ from tqdm.auto import tqdm
 from sasan.atomic import write_json, write_text
 from sasan.data.config import ValidateConfig
 from sasan.data.gx_suite import run_suite
+from sasan.data.manifest import sha256_file
 from sasan.data.raw_cases import RawCase, RawDataset, load_raw_dataset
 from sasan.data.report import render_html
 from sasan.data.volume import Volume, affines_match, label_values, load_volume, nonfinite_reason
 from sasan.errors import DataError, ValidationFailed
+
+if TYPE_CHECKING:
+    from sasan.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
 _PERCENTILE_SAMPLE = 2_000_000  # voxels; a strided subsample keeps percentiles cheap and exact-enough
 
 
-def run_validate(raw_dir: str | Path, report_dir: str | Path, cfg: ValidateConfig) -> dict[str, Any]:
+def run_validate(raw_dir: str | Path, report_dir: str | Path, cfg: ValidateConfig,
+                 experiment: "Optional[ExperimentConfig]" = None) -> dict[str, Any]:
     """Validate ``raw_dir``; write ``report_dir/validation.{json,html}``; return the report.
+    ``experiment`` (source, target, mode) adds the checks of the run that will use the data.
 
     Raises ``DataError`` when the data set cannot be enumerated at all (empty folder, bad
     manifest or dataset.json) and ``ValidationFailed`` after writing the reports when an
@@ -41,13 +47,14 @@ def run_validate(raw_dir: str | Path, report_dir: str | Path, cfg: ValidateConfi
     dataset = load_raw_dataset(raw_dir)
     table = build_table(dataset, cfg)
     checks = [_gx_check(c, table, raw_dir) for c in run_suite(table, cfg)]
-    checks += dataset_checks(dataset, table, cfg)
+    checks += dataset_checks(dataset, table, cfg, experiment)
     errors = [(c["check"], f) for c in checks if c["severity"] == "error" and not c["success"] for f in c["failures"]]
     report = {
         "success": not errors,
         "raw_dir": str(raw_dir),
         "n_cases": int(len(table)),
         "counts": _counts(table),
+        "labelled_counts": _counts(table[table["has_label"]], every=_counts(table)),
         "n_errors": sum(1 for c in checks if c["severity"] == "error" and not c["success"]),
         "n_warnings": sum(1 for c in checks if c["severity"] == "warning" and not c["success"]),
         "checks": checks,
@@ -155,14 +162,6 @@ def _hash_row(case: RawCase, row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ----------------------------------------------------------------------------- checks
 def _gx_check(check: dict[str, Any], table: pd.DataFrame, root: Path) -> dict[str, Any]:
     rows = table.set_index("row_id")
@@ -189,9 +188,13 @@ def _format(template: str, row: dict[str, Any]) -> str:
         return template
 
 
-def dataset_checks(dataset: RawDataset, table: pd.DataFrame, cfg: ValidateConfig) -> list[dict[str, Any]]:
-    """Checks across cases: counts per domain and split, leakage, dataset.json consistency."""
+def dataset_checks(dataset: RawDataset, table: pd.DataFrame, cfg: ValidateConfig,
+                   experiment: "Optional[ExperimentConfig]" = None) -> list[dict[str, Any]]:
+    """Checks across cases: counts per domain and split, leakage, dataset.json consistency,
+    and (with ``experiment``) the labels its source and target need."""
     counts = Counter(zip(table["domain"], table["split"]))
+    paired = (experiment is not None and experiment.mode == "paired") or \
+        (dataset.manifest or {}).get("layout") == "paired"
     return [
         _check("minimum cases per domain and split", "error", _too_few_cases(dataset, counts, cfg)),
         _check("no case in two splits (leakage)", "error", _case_in_two_splits(dataset)),
@@ -199,6 +202,12 @@ def dataset_checks(dataset: RawDataset, table: pd.DataFrame, cfg: ValidateConfig
         _check("no duplicate image within a split", "warning", _identical_images(dataset, table, False)),
         _check("dataset.json agrees with the cases and manifest", "warning", _dataset_json_drift(dataset, counts)),
         _check("labels present per domain", "warning", _unlabelled_domains(dataset, table)),
+        _check("no subject in two splits (leakage)", "error", _subject_leakage(dataset, across_domains=False)),
+        _check("no subject in train in one domain and test in another (leakage)", "error" if paired else "warning",
+               _subject_leakage(dataset, across_domains=True)),
+        _check("evaluation target has labelled test cases", "error", _target_test_unlabelled(dataset, experiment)),
+        _check("source training cases are labelled", "error", _source_train_unlabelled(dataset, experiment)),
+        _check("no unknown raw label values (written as background)", "warning", _unknown_raw_labels(dataset)),
     ]
 
 
@@ -220,6 +229,85 @@ def _case_in_two_splits(dataset: RawDataset) -> list[dict[str, Any]]:
             test_image = next(c.image for c in group if c.split == "test")
             fails.append(_failure(test_image, f"case '{case_id}' of domain '{domain}' is in both train and test",
                                   domain=domain, case_id=case_id))
+    return fails
+
+
+def _subject_of(dataset: RawDataset) -> dict[tuple[str, str], str]:
+    """(domain, case id) -> subject: the manifest's ``subject`` (BraTS 2023+ time points), else
+    the case id (a case id shared by several domains is one subject)."""
+    out = {}
+    for entry in (dataset.manifest or {}).get("cases", []):
+        if isinstance(entry, dict) and entry.get("subject"):
+            out[(str(entry.get("domain")), str(entry.get("case_id")))] = str(entry["subject"])
+    return {(c.domain, c.case_id): out.get((c.domain, c.case_id), c.case_id) for c in dataset.cases}
+
+
+def _subject_leakage(dataset: RawDataset, across_domains: bool) -> list[dict[str, Any]]:
+    """A subject in train and test: between two case ids of one domain, or between domains."""
+    subject_of = _subject_of(dataset)
+    by_subject: dict[str, list[RawCase]] = defaultdict(list)
+    for case in dataset.cases:
+        by_subject[subject_of[(case.domain, case.case_id)]].append(case)
+    fails = []
+    for subject, group in sorted(by_subject.items()):
+        if across_domains:
+            train = sorted({c.domain for c in group if c.split == "train"})
+            test = sorted({c.domain for c in group if c.split == "test"})
+            pair = next(((a, b) for a in train for b in test if a != b), None)
+            if pair is None:
+                continue
+            case = next(c for c in group if c.split == "test" and c.domain == pair[1])
+            fails.append(_failure(case.image, f"subject '{subject}' is in train in domain '{pair[0]}' and in test "
+                                  f"in domain '{pair[1]}'", domain=pair[1], case_id=case.case_id, split="test"))
+            continue
+        for domain in sorted({c.domain for c in group}):
+            cases = [c for c in group if c.domain == domain]
+            if len({c.split for c in cases}) > 1 and len({c.case_id for c in cases}) > 1:
+                case = next(c for c in cases if c.split == "test")
+                fails.append(_failure(case.image, f"subject '{subject}' of domain '{domain}' is in both train and "
+                                      f"test ({', '.join(sorted({c.case_id for c in cases}))})", domain=domain,
+                                      case_id=case.case_id, split="test"))
+    return fails
+
+
+def _target_test_unlabelled(dataset: RawDataset, experiment: "Optional[ExperimentConfig]") -> list[dict[str, Any]]:
+    if experiment is None or experiment.target not in dataset.domains:
+        return []
+    target = experiment.target
+    test = [c for c in dataset.cases if c.domain == target and c.split == "test"]
+    if any(c.label is not None for c in test):
+        return []
+    return [_failure(dataset.root / target, f"domain '{target}' is the evaluation target (experiment.target) but "
+                     f"its test split has no labelled case ({len(test)} unlabelled); evaluate scores only labelled "
+                     "test cases", domain=target, split="test")]
+
+
+def _source_train_unlabelled(dataset: RawDataset, experiment: "Optional[ExperimentConfig]") -> list[dict[str, Any]]:
+    # Unpaired training learns from every source train slice's label; preprocess writes no
+    # labels for a split in which any case lacks one.
+    if experiment is None or experiment.mode == "paired" or experiment.source not in dataset.domains:
+        return []
+    source = experiment.source
+    train = [c for c in dataset.cases if c.domain == source and c.split == "train"]
+    missing = [c for c in train if c.label is None]
+    if not missing:
+        return []
+    return [_failure(missing[0].image, f"domain '{source}' is the labelled source (experiment.source) but "
+                     f"{len(missing)} of its {len(train)} train case(s) have no label (first: "
+                     f"'{missing[0].case_id}'); remove them or make '{source}' the target", domain=source,
+                     split="train", case_id=missing[0].case_id)]
+
+
+def _unknown_raw_labels(dataset: RawDataset) -> list[dict[str, Any]]:
+    fails = []
+    for entry in (dataset.manifest or {}).get("cases", []):
+        values = entry.get("unknown_label_values") if isinstance(entry, dict) else None
+        if values:
+            path = dataset.root / entry["label"] if entry.get("label") else None
+            fails.append(_failure(path, f"raw label values {values} of case '{entry.get('case_id')}' are not "
+                                  "among the layout's structures; ingest wrote them as background (0)",
+                                  domain=entry.get("domain"), case_id=entry.get("case_id"),
+                                  split=entry.get("split")))
     return fails
 
 
@@ -267,8 +355,11 @@ def _check(name: str, severity: str, failures: list[dict[str, Any]]) -> dict[str
             "rule": name}
 
 
-def _counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+def _counts(table: pd.DataFrame, every: Optional[dict[str, dict[str, int]]] = None) -> dict[str, dict[str, int]]:
+    """domain -> split -> cases; with ``every``, the same keys as ``every`` (zeros kept)."""
     out: dict[str, dict[str, int]] = defaultdict(dict)
+    for domain, splits in (every or {}).items():
+        out[domain] = {split: 0 for split in splits}
     for (domain, split), n in Counter(zip(table["domain"], table["split"])).items():
         out[domain][split] = n
     return {d: dict(sorted(v.items())) for d, v in sorted(out.items())}

@@ -29,8 +29,9 @@ class IngestOutputs:
 
 
 def run(inputs: IngestInputs, outputs: IngestOutputs, cfg: Config, tracker: "Tracker") -> dict[str, Any]:
-    """Ingest ``inputs.source`` with ``cfg.ingest``'s layout, test fraction and seed; the
-    summary carries the data set's identity (manifest content digest, test split)."""
+    """Ingest ``inputs.source`` with ``cfg.ingest``'s layout, test fraction and seed, and
+    ``cfg.validate_.affine_atol_mm`` as the image/label affine tolerance; the summary
+    carries the data set's identity (manifest content digest, test split)."""
     from sasan.stages import phantom
 
     c = cfg.ingest
@@ -39,7 +40,8 @@ def run(inputs: IngestInputs, outputs: IngestOutputs, cfg: Config, tracker: "Tra
         if source == PHANTOM_SOURCE:
             source, layout = str(Path(scratch) / "phantom"), "nnunet"
             phantom.run(phantom.PhantomOutputs(Path(source)), cfg, tracker)
-        summary = run_ingest(source, outputs.raw, layout=layout, test_fraction=c.test_fraction, seed=c.seed)
+        summary = run_ingest(source, outputs.raw, layout=layout, test_fraction=c.test_fraction, seed=c.seed,
+                             affine_atol_mm=cfg.validate_.affine_atol_mm)
     identity = data_identity(outputs.raw)
     tracker.set_tags(identity.tags())
     return {**summary, "data_digest": identity.digest}

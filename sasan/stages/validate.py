@@ -1,5 +1,7 @@
-"""Validate stage: checks of the raw data set; reports as JSON and HTML. Raises
-:class:`sasan.errors.ValidationFailed` (after writing the reports) on an error-level check."""
+"""Validate stage: checks of the raw data set, and of what ``cfg.experiment`` needs of it
+(labelled source train cases, labelled target test cases, paired subjects in one split);
+reports as JSON and HTML. Raises :class:`sasan.errors.ValidationFailed` (after writing the
+reports) on an error-level check."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ class ValidateOutputs:
 
 def run(inputs: ValidateInputs, outputs: ValidateOutputs, cfg: Config, tracker: "Tracker") -> dict[str, Any]:
     try:
-        report = run_validate(inputs.raw, outputs.report, cfg.validate_)
+        report = run_validate(inputs.raw, outputs.report, cfg.validate_, cfg.experiment)
     finally:
         if (outputs.report / "validation.html").is_file():
             tracker.log_artifact(outputs.report, "validation")

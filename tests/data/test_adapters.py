@@ -149,3 +149,38 @@ def test_nnunet_errors_name_the_problem(tmp_path):
     _vol(tmp_path / "mr/imagesTr/a_0000.nii.gz")
     with pytest.raises(DataError, match="no label"):
         adapt_nnunet(tmp_path)
+
+
+def test_brats_2023_time_points_share_a_subject(tmp_path):
+    ds = adapt_brats(make_brats(tmp_path))
+    subjects = {c.case_id: c.subject_id for c in ds.cases}
+    assert subjects["BraTS-GLI-00003-000"] == "BraTS-GLI-00003"
+    assert subjects["BraTS20_Training_001"] == "BraTS20_Training_001"  # one case per patient
+
+
+def test_dot_files_are_not_cases(tmp_path):
+    make_brats(tmp_path)
+    (tmp_path / "BraTS20_Training_001/._BraTS20_Training_001_t1.nii.gz").write_bytes(b"\x00\x05\x16\x07")
+    assert len([c for c in adapt_brats(tmp_path).cases if c.domain == "t1"]) == 3
+    make_mmwhs(tmp_path / "mm")
+    (tmp_path / "mm/mr_train/._mr_train_1001_image.nii.gz").write_bytes(b"\x00\x05\x16\x07")
+    assert len(adapt_mmwhs(tmp_path / "mm").cases) == 5
+
+
+def test_paired_label_seg_and_mask_names(tmp_path):
+    make_paired(tmp_path)
+    _vol(tmp_path / "p01/label.nii.gz", 1, np.uint8)
+    _vol(tmp_path / "p02/seg.nii.gz", 1, np.uint8)
+    _vol(tmp_path / "p02/mr_label.nii.gz", 2, np.uint8)  # its own label wins over the shared one
+    _vol(tmp_path / "p03/mask.nii.gz", 1, np.uint8)
+    _vol(tmp_path / "p03/ct_mask.nii.gz", 1, np.uint8)
+    (tmp_path / "p03/._mr.nii.gz").write_bytes(b"\x00\x05\x16\x07")
+    ds = adapt_paired(tmp_path)
+    assert sorted(ds.domains) == ["ct", "mr"]
+    got = {(c.case_id, c.domain): (c.label.name if c.label else None, c.label_shared) for c in ds.cases}
+    assert got == {("p01", "ct"): ("label.nii.gz", True), ("p01", "mr"): ("label.nii.gz", True),
+                   ("p02", "ct"): ("seg.nii.gz", True), ("p02", "mr"): ("mr_label.nii.gz", False),
+                   ("p03", "ct"): (None, False), ("p03", "mr"): (None, False)}
+    (tmp_path / "p01/seg.nii.gz").write_bytes((tmp_path / "p01/label.nii.gz").read_bytes())
+    with pytest.raises(DataError, match="two shared label files"):
+        adapt_paired(tmp_path)

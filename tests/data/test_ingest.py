@@ -49,8 +49,9 @@ def _sha(p):
 
 # ------------------------------------------------------------------------------ splits ---
 
-def _cases(ids, domain="mr", test=()):
-    return [SourceCase(domain, i, Path(f"{i}.nii.gz"), None, "test" if i in test else None) for i in ids]
+def _cases(ids, domain="mr", test=(), unlabelled=(), subject=None):
+    return [SourceCase(domain, i, Path(f"{i}.nii.gz"), None if i in unlabelled else Path(f"{i}_label.nii.gz"),
+                       "test" if i in test else None, subject=subject(i) if subject else None) for i in ids]
 
 
 def test_splits_are_seeded_and_keep_fraction():
@@ -277,3 +278,189 @@ def test_dvc_source_at_a_revision(tmp_path, phantom_src, monkeypatch):
         [c["sha256"] for c in read_manifest(tmp_path / "local")["cases"]]
     with pytest.raises(DataError, match="does not exist"):
         run_ingest(f"dvc://{repo}@v1/data/nothing", tmp_path / "o2")
+
+
+# ------------------------------------------------------- labels, subjects, safety ---
+
+def test_unlabelled_cases_never_fill_the_test_quota():
+    ids = [f"s{i:02d}" for i in range(10)]
+    labelled = assign_splits(_cases(ids), 0.2, seed=0)
+    extra_test = [f"t{i:02d}" for i in range(12)]
+    extra_free = ["u1", "u2"]
+    mixed = assign_splits(_cases(ids + extra_test + extra_free, test=extra_test, unlabelled=extra_test + extra_free),
+                          0.2, seed=0)
+    assert {i: mixed[i] for i in ids} == labelled  # same draw as without the unlabelled cases
+    assert sum(labelled[i] == "test" for i in ids) == 2
+    assert all(mixed[i] == "test" for i in extra_test) and mixed["u1"] == mixed["u2"] == "train"
+    # a labelled held-out case still counts toward the quota
+    sp = assign_splits(_cases(ids + ["t1"], test=("s00", "t1"), unlabelled=("t1",)), 0.2, seed=0)
+    assert sp["s00"] == sp["t1"] == "test" and sum(sp[i] == "test" for i in ids) == 2
+
+
+def test_time_points_of_one_subject_share_a_split():
+    ids = [f"BraTS-GLI-{i // 2:05d}-{i % 2:03d}" for i in range(20)]
+    for seed in range(5):
+        sp = assign_splits(_cases(ids, subject=lambda c: c[:-4]), 0.3, seed=seed)
+        for i in range(0, 20, 2):
+            assert sp[ids[i]] == sp[ids[i + 1]]
+        assert sum(v == "test" for v in sp.values()) == 6  # 3 of 10 subjects, both time points
+
+
+def test_mmwhs_official_test_images_leave_labelled_test_cases(tmp_path):
+    from sasan.config import ExperimentConfig
+    from sasan.data.config import ValidateConfig
+    from sasan.data.validate import run_validate
+
+    src = _mmwhs_tree(tmp_path / "mmwhs")
+    rng = np.random.default_rng(1)
+    for mod in ("mr", "ct"):
+        for num in range(2001, 2011):
+            save_nifti(src / f"{mod}_test/{mod}_test_{num}_image.nii.gz", rng.normal(size=(6, 5, 4)).astype(np.float32),
+                       AFF)
+    run_ingest(src, tmp_path / "out", layout="mmwhs", test_fraction=0.2, seed=0)
+    doc = read_manifest(tmp_path / "out")
+    for mod in ("mr", "ct"):
+        cases = [c for c in doc["cases"] if c["domain"] == mod]
+        assert sum(c["split"] == "test" and c["label"] is not None for c in cases) == 1
+        assert sum(c["split"] == "train" for c in cases) == 4
+        assert all(c["split"] == "test" for c in cases if c["label"] is None)
+    report = run_validate(tmp_path / "out", tmp_path / "report", ValidateConfig(), ExperimentConfig())
+    assert report["labelled_counts"]["ct"] == {"test": 1, "train": 4}
+    assert report["counts"]["ct"] == {"test": 11, "train": 4}
+
+
+def test_brats_time_points_stay_together_and_record_the_subject(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        case = f"BraTS-GLI-{i // 2:05d}-{i % 2:03d}"
+        for mod in ("t1n", "t2w", "seg"):
+            data = (np.array([0, 1, 2, 3], np.uint8)[np.arange(64) % 4].reshape(4, 4, 4) if mod == "seg"
+                    else rng.normal(size=(4, 4, 4)).astype(np.float32))
+            save_nifti(tmp_path / "src" / case / f"{case}-{mod}.nii.gz", data, AFF)
+    run_ingest(tmp_path / "src", tmp_path / "out", layout="brats", test_fraction=0.5, seed=1)
+    doc = read_manifest(tmp_path / "out")
+    split_of = {}
+    for c in doc["cases"]:
+        assert c["subject"] == c["case_id"][:-4]
+        assert split_of.setdefault(c["subject"], c["split"]) == c["split"]
+    assert sorted(split_of.values()) == ["test", "test", "train", "train"]
+
+
+def test_brats_seg_with_both_3_and_4_is_refused(tmp_path):
+    for i in range(3):
+        case = f"BraTS-GLI-{i:05d}-100"
+        for mod in ("t1n", "t2w"):
+            save_nifti(tmp_path / "src" / case / f"{case}-{mod}.nii.gz", np.ones((4, 4, 4), np.float32), AFF)
+        seg = np.array([0, 1, 2, 3, 4] if i == 1 else [0, 1, 2, 4], np.uint8)
+        save_nifti(tmp_path / "src" / case / f"{case}-seg.nii.gz", seg[np.arange(64) % len(seg)].reshape(4, 4, 4),
+                   AFF)
+    with pytest.raises(DataError) as err:
+        run_ingest(tmp_path / "src", tmp_path / "out", layout="brats")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(str(tmp_path / "src/BraTS-GLI-00001-100/BraTS-GLI-00001-100-seg"))
+    assert "3 and 4 both occur" in msg and "ET" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_mmwhs_codes_are_recorded_and_reported(tmp_path):
+    from sasan.data.config import ValidateConfig
+    from sasan.data.validate import run_validate
+
+    src = _mmwhs_tree(tmp_path / "mmwhs", n=3)
+    lab = src / "ct_train/ct_train_1002_label.nii.gz"
+    data = np.asarray(nib.load(lab).dataobj).copy()
+    data[0, 0, :2] = [421, 999]
+    save_nifti(lab, data, AFF)
+    run_ingest(src, tmp_path / "out", layout="mmwhs", test_fraction=0.4)
+    doc = read_manifest(tmp_path / "out")
+    flagged = {c["case_id"]: c["unknown_label_values"] for c in doc["cases"] if "unknown_label_values" in c}
+    assert flagged == {"ct_1002": [421, 999]}  # known codes (550, 600, 850) are not flagged
+    report = run_validate(tmp_path / "out", tmp_path / "r", ValidateConfig())
+    check = next(c for c in report["checks"] if c["check"].startswith("no unknown raw label values"))
+    assert report["success"] and check["severity"] == "warning" and not check["success"]
+    assert check["failures"][0]["case_id"] == "ct_1002" and "[421, 999]" in check["failures"][0]["reason"]
+
+
+def test_source_inside_out_is_refused_before_anything_happens(tmp_path, phantom_src, capsys):
+    out = tmp_path / "out"
+    run_ingest(phantom_src, out)
+    shutil.copytree(phantom_src, out / "incoming")
+    arc = out / "incoming.tar.gz"
+    with tarfile.open(arc, "w:gz") as tf:
+        tf.add(phantom_src, arcname="phantom")
+    for source in (out / "incoming", arc, out):
+        with pytest.raises(DataError, match="source lies inside the output folder") as err:
+            run_ingest(source, out)
+        assert "\n" not in str(err.value) and str(err.value).startswith(str(source))
+    assert (out / "incoming/mr/dataset.json").is_file() and arc.is_file()
+    capsys.readouterr()
+    rc = main(["ingest", str(out / "incoming"), str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(lines) == 1 and "inside the output folder" in lines[0]
+    assert (out / "incoming/mr/dataset.json").is_file()
+
+
+def test_affine_tolerance_comes_from_the_validate_setting(tmp_path, phantom_src, capsys):
+    from sasan.config import config_from_dict
+    from sasan.stages import ingest
+    from sasan.tracking.runs import Tracker
+
+    src = tmp_path / "src"
+    shutil.copytree(phantom_src, src)
+    lab = src / "mr/labelsTr/mr_002.nii.gz"
+    img = nib.load(lab)
+    affine = img.affine.copy()
+    affine[0, 3] += 0.01  # 0.01 mm: beyond the default 1e-3
+    save_nifti(lab, np.asarray(img.dataobj), affine)
+    with pytest.raises(DataError, match="affine differs"):
+        run_ingest(src, tmp_path / "a")
+    assert run_ingest(src, tmp_path / "b", affine_atol_mm=0.05)["cases"] == 10
+    cfg = config_from_dict({"validate": {"affine_atol_mm": 0.05}})
+    ingest.run(ingest.IngestInputs(str(src)), ingest.IngestOutputs(tmp_path / "c"), cfg, Tracker.disabled())
+    assert read_manifest(tmp_path / "c")["cases"] == read_manifest(tmp_path / "b")["cases"]
+    assert main(["ingest", str(src), str(tmp_path / "d"), "--affine-atol-mm", "0.05"]) == 0
+    assert main(["ingest", str(src), str(tmp_path / "e")]) != 0
+    capsys.readouterr()
+
+
+def test_apple_double_files_are_skipped(tmp_path, phantom_src):
+    src = tmp_path / "src"
+    shutil.copytree(phantom_src, src)
+    (src / "mr/imagesTr/._mr_001_0000.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (src / "mr/labelsTr/._mr_001.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    assert run_ingest(src, tmp_path / "out")["cases"] == 10
+    brats = tmp_path / "brats"
+    for i in range(3):
+        case = f"BraTS20_Training_{i:03d}"
+        for mod in ("t1", "t2", "seg"):
+            save_nifti(brats / case / f"{case}_{mod}.nii.gz", np.ones((4, 4, 4), np.uint8), AFF)
+        (brats / case / f"._{case}_t1.nii.gz").write_bytes(b"\x00\x05\x16\x07")
+    (brats / "__MACOSX").mkdir()
+    (brats / "__MACOSX/._BraTS20_Training_000_t2.nii.gz").write_bytes(b"\x00\x05\x16\x07")
+    assert run_ingest(brats, tmp_path / "bout", layout="brats")["cases"] == 6
+
+
+def test_paired_shared_label_mask_and_unknown_names(tmp_path, caplog):
+    for case in ("a", "b", "c"):
+        save_nifti(tmp_path / "src" / case / "ct.nii.gz", np.zeros((3, 3, 3), np.int16), AFF)
+        save_nifti(tmp_path / "src" / case / "mr.nii.gz", np.ones((3, 3, 3), np.float32), AFF)
+        save_nifti(tmp_path / "src" / case / "label.nii.gz", np.eye(3, dtype=np.uint8)[None].repeat(3, 0), AFF)
+        save_nifti(tmp_path / "src" / case / "mask.nii.gz", np.ones((3, 3, 3), np.uint8), AFF)
+    with caplog.at_level("INFO", logger="sasan.data.adapters"):
+        run_ingest(tmp_path / "src", tmp_path / "out", layout="paired", test_fraction=0.3)
+    doc = read_manifest(tmp_path / "out")
+    assert sorted(doc["domains"]) == ["ct", "mr"]
+    assert all(c["label"] is not None for c in doc["cases"])
+    assert doc["domains"]["mr"]["labels"] == {"background": 0, "label_1": 1}
+    assert "mask.nii.gz: a mask" in caplog.text
+    save_nifti(tmp_path / "src/a/pet.nii.gz", np.zeros((3, 3, 3), np.float32), AFF)
+    for case in ("b", "c"):
+        save_nifti(tmp_path / "src" / case / "pet.nii.gz", np.zeros((3, 3, 3), np.float32), AFF)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sasan.data.adapters"):
+        run_ingest(tmp_path / "src", tmp_path / "out2", layout="paired", test_fraction=0.3)
+    assert "'pet' is not a known modality name" in caplog.text
+    save_nifti(tmp_path / "src/b/mr.nii.gz", np.ones((4, 3, 3), np.float32), AFF)  # another grid
+    with pytest.raises(DataError, match="shared label.nii.gz must lie on the grid of every modality") as err:
+        run_ingest(tmp_path / "src", tmp_path / "out3", layout="paired")
+    assert str(err.value).startswith(str(tmp_path / "src/b/label.nii.gz"))

@@ -149,3 +149,37 @@ def test_s3_errors_are_one_line(s3_env, tmp_path, monkeypatch):
         run_ingest("s3://empty/x", tmp_path / "out")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+class _FakeClient:
+    """list_objects_v2 finds one object; download_file raises ``error`` (no server needed)."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def get_paginator(self, name):
+        class _Pages:
+            def paginate(self, **kw):
+                return [{"Contents": [{"Key": "data/mr/dataset.json"}]}]
+        return _Pages()
+
+    def download_file(self, bucket, key, target):
+        raise self.error
+
+
+@pytest.mark.parametrize("error, needle", [
+    (boto3.exceptions.S3TransferFailedError("Failed to download: connection reset"), "S3TransferFailedError"),
+    (boto3.exceptions.RetriesExceededError(Exception("throttled")), "RetriesExceededError"),
+    (OSError(28, "No space left on device", "/scratch/x"), "No space left on device"),
+])
+def test_transfer_and_disk_errors_are_one_line(error, needle, monkeypatch, tmp_path):
+    class _Session:
+        def client(self, name):
+            return _FakeClient(error)
+
+    monkeypatch.setattr(boto3.session, "Session", _Session)
+    with pytest.raises(DataError) as err:
+        run_ingest("s3://bkt/data", tmp_path / "out")
+    msg = str(err.value)
+    assert msg.startswith("s3://bkt/data: S3 download failed") and needle in msg and "\n" not in msg
+    assert not (tmp_path / "out").exists()

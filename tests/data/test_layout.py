@@ -87,3 +87,12 @@ def test_iter_cases_pairs_labels(tmp_path):
     cases = list(layout.iter_cases(tmp_path, "mr"))
     assert [(c.case_id, c.split, c.label is not None) for c in cases] == [("mr_1", "train", True),
                                                                           ("mr_2", "test", False)]
+
+
+def test_case_id_message_names_the_real_problem(tmp_path):
+    with pytest.raises(DataError, match=r"case id '\._sub2' must start with a letter or digit$"):
+        layout.check_case_id("._sub2")
+    with pytest.raises(DataError, match=r"must start with a letter or digit and use only \[A-Za-z0-9_.-\]"):
+        layout.check_case_id("sub 2")
+    assert layout.is_hidden(tmp_path / "._x_0000.nii.gz")
+    assert layout.is_hidden(tmp_path / ".git/x.nii.gz", tmp_path) and not layout.is_hidden(tmp_path / "a/x", tmp_path)

@@ -221,3 +221,79 @@ def test_unreadable_manifest_is_a_data_error(raw_tree, tmp_path):
     (raw_tree / "manifest.json").write_text("{not json")
     with pytest.raises(DataError, match="manifest.json: not valid JSON"):
         run_validate(raw_tree, tmp_path / "r", ValidateConfig())
+
+
+# ------------------------------------------------------- subjects and experiment labels ---
+
+def _edit_manifest(root, fn):
+    path = root / "manifest.json"
+    doc = json.loads(path.read_text())
+    fn(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _set_subject(doc, pairs):
+    for case in doc["cases"]:
+        if case["case_id"] in pairs:
+            case["subject"] = pairs[case["case_id"]]
+
+
+def _check_named(report_dir, name):
+    report = json.loads((report_dir / "validation.json").read_text())
+    return next(c for c in report["checks"] if c["check"] == name)
+
+
+CROSS = "no subject in train in one domain and test in another (leakage)"
+
+
+def test_subject_across_domains_warns_unpaired_and_fails_paired(raw_tree, tmp_path):
+    from sasan.config import ExperimentConfig
+
+    _edit_manifest(raw_tree, lambda d: _set_subject(d, {"mr_train_000": "p1", "ct_test_000": "p1"}))
+    report = run_validate(raw_tree, tmp_path / "r", ValidateConfig(), ExperimentConfig())
+    check = _check_named(tmp_path / "r", CROSS)
+    assert report["success"] and check["severity"] == "warning" and not check["success"]
+    assert "subject 'p1' is in train in domain 'mr' and in test in domain 'ct'" in check["failures"][0]["reason"]
+    with pytest.raises(ValidationFailed, match=r"ct_test_000_0000.nii.gz: subject 'p1' is in train") as err:
+        run_validate(raw_tree, tmp_path / "p", ValidateConfig(), ExperimentConfig(mode="paired"))
+    assert "\n" not in str(err.value)
+    _edit_manifest(raw_tree, lambda d: d.update(layout="paired"))  # a paired ingest: error without experiment
+    with pytest.raises(ValidationFailed, match=re.escape(f"[{CROSS}]")):
+        run_validate(raw_tree, tmp_path / "q", ValidateConfig())
+
+
+def test_subject_in_two_splits_within_a_domain(raw_tree, tmp_path):
+    _edit_manifest(raw_tree, lambda d: _set_subject(d, {"mr_train_001": "BraTS-GLI-00007",
+                                                        "mr_test_000": "BraTS-GLI-00007"}))
+    with pytest.raises(ValidationFailed, match="subject 'BraTS-GLI-00007' of domain 'mr' is in both train and test"):
+        run_validate(raw_tree, tmp_path / "r", ValidateConfig())
+
+
+def test_target_without_labelled_test_case_fails(make_raw, tmp_path):
+    from sasan.config import ExperimentConfig
+
+    root = make_raw(tmp_path / "raw", test_labels=False)
+    report = run_validate(root, tmp_path / "a", ValidateConfig())  # no experiment: nothing to say
+    assert report["labelled_counts"] == {"ct": {"test": 0, "train": 2}, "mr": {"test": 0, "train": 2}}
+    assert "<th>labelled</th>" in (tmp_path / "a/validation.html").read_text()
+    with pytest.raises(ValidationFailed) as err:
+        run_validate(root, tmp_path / "b", ValidateConfig(), ExperimentConfig(source="mr", target="ct"))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{root / 'ct'}: domain 'ct' is the evaluation target")
+    assert "no labelled case (1 unlabelled)" in msg
+
+
+def test_unlabelled_source_train_case_fails_unpaired_only(raw_tree, tmp_path):
+    from sasan.config import ExperimentConfig
+
+    def drop(doc):
+        case = next(c for c in doc["cases"] if c["case_id"] == "mr_train_001")
+        case["label"] = None
+        case["sha256"]["label"] = None
+
+    _edit_manifest(raw_tree, drop)
+    with pytest.raises(ValidationFailed, match="'mr' is the labelled source .* 1 of its 2 train case"):
+        run_validate(raw_tree, tmp_path / "a", ValidateConfig(), ExperimentConfig(source="mr", target="ct"))
+    assert run_validate(raw_tree, tmp_path / "b", ValidateConfig(),
+                        ExperimentConfig(source="ct", target="mr"))["success"]
+    assert run_validate(raw_tree, tmp_path / "c", ValidateConfig(), ExperimentConfig(mode="paired"))["success"]
