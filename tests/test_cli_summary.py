@@ -52,3 +52,22 @@ def test_a_bad_metrics_file_is_one_line(tmp_path, capsys, text):
     assert main(["summary", "--metrics", str(metrics)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(metrics) in err[0]
+
+
+def test_tools_are_named_as_this_shell_can_call_them(tmp_path, capsys, monkeypatch):
+    """After `make run` (no activated environment) the hints name .venv/bin/mlflow and
+    .venv/bin/dvc; with the environment on PATH, the bare names."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    _metrics(tmp_path / "metrics" / "evaluation.json")
+    bindir = Path(sys.executable).parent
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert main(["summary"]) == 0
+    out = capsys.readouterr().out
+    assert f"{bindir / 'mlflow'} ui" in out and f"{bindir / 'dvc'} metrics show" in out
+    monkeypatch.setenv("PATH", str(bindir))
+    assert main(["summary"]) == 0
+    out = capsys.readouterr().out
+    assert "  mlflow ui" in out and "  dvc metrics show | dvc plots show" in out

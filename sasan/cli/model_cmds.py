@@ -263,13 +263,13 @@ def _summary(args: argparse.Namespace) -> int:
     # the validation and register reports are written next to the evaluation report
     reports = args.report.parent
     rows = [
-        ("mlflow ui", "then open the runs table (curves, images, model):"),
+        (f"{_on_path('mlflow')} ui", "then open the runs table (curves, images, model):"),
         (f"{args.report / 'segmentations.png'}", "predictions of every method on a target test volume"),
         (f"{args.report / 'dice_per_structure.png'}", ""),
         (f"{args.models / 'sasan' / 'samples'}/", "translations and attention maps"),
         (f"{reports / 'validation' / 'validation.html'}", "data validation report"),
         (f"{reports / 'register' / 'register.md'}", "registry decision"),
-        ("dvc metrics show | dvc plots show", "DVC views of the same numbers"),
+        (f"{_on_path('dvc')} metrics show | {_on_path('dvc')} plots show", "DVC views of the same numbers"),
     ]
     width = max(38, *(len(what) for what, _ in rows))
     print("Where to look:")
@@ -278,3 +278,19 @@ def _summary(args: argparse.Namespace) -> int:
         if i == 0:
             print(f"    {url}")
     return 0
+
+
+def _on_path(tool: str) -> str:
+    """How to call ``tool`` from this shell: its name when PATH finds it (an activated
+    environment), else its path next to this Python (``.venv/bin/mlflow`` after `make run`)."""
+    import shutil
+
+    if shutil.which(tool):
+        return tool
+    beside = Path(sys.executable).parent / tool
+    if not beside.is_file():
+        return tool
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
