@@ -47,6 +47,16 @@ def ssim_map(
         )
     if min(x.shape[-2:]) < window_size:
         raise ValueError(f"image {tuple(x.shape[-2:])} is smaller than the {window_size}x{window_size} SSIM window")
+    # In float32 whatever autocast says: the variances are differences of moments
+    # (E[x^2] - mu^2), and bf16's rounding step near 0.25 (~1e-3) exceeds C2 = 9e-4, which
+    # turns 1 - SSIM into noise (measured: 0.045 in fp32, -0.016 under bf16 autocast).
+    # A no-op for float32 (or float64) inputs outside autocast (the CPU runs).
+    dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _ssim_map_fp32(x.to(dtype), y.to(dtype), data_range, window_size, sigma)
+
+
+def _ssim_map_fp32(x: Tensor, y: Tensor, data_range: float, window_size: int, sigma: float) -> Tensor:
     c = x.shape[1]
     # One grouped conv computes all five local moments at once. A full 7x7 depthwise
     # kernel measured faster on CPU than the separable 7x1 + 1x7 pair (one pass, not two).

@@ -75,3 +75,19 @@ def test_rejects_bad_input():
         ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 9))
     with pytest.raises(ValueError):
         ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), reduction="sum")
+
+
+def test_ssim_is_computed_in_float32_under_bf16_autocast():
+    """The moments' differences (E[x^2] - mu^2) drown in bf16 rounding next to C2 = 9e-4:
+    under autocast (bf16 training on a GPU) SSIM must still be the float32 value."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    y = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    xb, yb = x.bfloat16().requires_grad_(), y.bfloat16()
+    expected = ssim(xb.detach().float(), yb.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ssim(xb, yb)
+    assert got.dtype == torch.float32
+    assert float(got) == pytest.approx(float(expected), abs=1e-6)
+    got.backward()
+    assert xb.grad is not None and torch.isfinite(xb.grad.float()).all()
