@@ -35,9 +35,12 @@ class Prefetcher:
         if self.num_workers == 0:
             return self.batch_at(step)
         if self._iter is None or step != self._next:
+            # its own generator: a loader's iterator draws the workers' base seed from it, which
+            # from the global RNG would make a resumed run (a new iterator) differ from an
+            # uninterrupted one in everything seeded after (the U-Net's initial weights)
             loader = DataLoader(_StepBatches(self.batch_at, step, self.total), batch_size=None, shuffle=False,
                                 num_workers=self.num_workers, prefetch_factor=2,
-                                pin_memory=torch.cuda.is_available())
+                                pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
             self._iter = iter(loader)
         self._next = step + 1
         return next(self._iter)

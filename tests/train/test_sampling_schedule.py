@@ -65,6 +65,10 @@ def test_prefetch_with_workers_gives_the_same_batches_and_restarts_at_any_step()
 
     direct = Prefetcher(batch_at, 6, num_workers=0)
     workers = Prefetcher(batch_at, 6, num_workers=2)
+    rng = torch.random.get_rng_state()
     for step in [0, 1, 2, 4, 5]:          # skipping step 3 restarts the worker stream
         a, b = direct.get(step), workers.get(step)
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    # a (re)started worker stream leaves the global RNG alone: a resumed run seeds what
+    # follows (the U-Net's initial weights) as an uninterrupted one does
+    assert torch.equal(torch.random.get_rng_state(), rng)
