@@ -182,7 +182,7 @@ def _train_variant(shards: Path, vdir: Path, cfg: Config, variant: str, tracker:
 
     try:
         trainer = Trainer(cfg, vdir, variant, rank=rank, world_size=world_size, progress=progress,
-                          on_checkpoint=on_checkpoint,
+                          on_checkpoint=on_checkpoint, data_identity=data,
                           on_log=on_log)
         log_lineage(child, context, data)
         child.log_config(trainer.cfg)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from tqdm.auto import tqdm
 
-from sasan.errors import SasanError
+from sasan.errors import CheckpointError, SasanError
 from sasan.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ class Phase:
     checkpoint: Path
     checkpoint_every: int = 200
     log_every: int = 10
-    extra: Optional[dict[str, Any]] = None   # saved alongside (e.g. the resolved config)
+    # saved alongside; a "fingerprint" entry must match the checkpoint's to resume it
+    extra: Optional[dict[str, Any]] = None
 
 
 def run_phase(phase: Phase, on_log: Optional[LogFn] = None, is_main: bool = True,
@@ -99,6 +100,11 @@ def run_phase(phase: Phase, on_log: Optional[LogFn] = None, is_main: bool = True
     start = 0
     if phase.checkpoint.is_file():
         state = load_checkpoint(phase.checkpoint)
+        expected, found = (phase.extra or {}).get("fingerprint"), state.get("fingerprint")
+        if expected is not None and found is not None and found != expected:
+            # the recipe moves such checkpoints aside before a phase starts (sasan.train.fingerprint)
+            raise CheckpointError(f"{phase.name}: checkpoint was trained with other settings or data "
+                                  "(fingerprint differs); move it aside to train from scratch", phase.checkpoint)
         phase.set_state(state["state"])
         set_rng_state(state["rng"])
         start = int(state["step"])

@@ -5,7 +5,9 @@
 3. fake-source augmentation: target training slices -> G_s, pseudo-labels from A_t;
 4. the detached U-Net on real source + fake source.
 
-Every phase checkpoints and resumes; a finished phase is skipped on rerun. Outputs in
+Every phase checkpoints and resumes; a finished phase is skipped on rerun. Checkpoints
+record the settings and data that trained them (:mod:`sasan.train.fingerprint`); ones trained
+with others are moved aside and the variant trains from scratch. Outputs in
 ``out_dir``: ``config.yaml`` (resolved), ``checkpoints/``, ``logs/*.tsv`` and ``*.png``
 curves, ``samples/*.png``, ``model.pt`` (the bundle), ``summary.json``.
 """
@@ -30,6 +32,7 @@ from sasan.train.device import Runtime, resolve_runtime
 from sasan.train.diagnostics import attention_dice, foreground_fraction, labels_of, pooled_dice, predict_labels
 from sasan.train.distributed import synchronizer
 from sasan.train.fake_source import translate_to_source
+from sasan.train.fingerprint import supersede_stale_checkpoints, training_record
 from sasan.train.history import History
 from sasan.train.joint import JointTrainer, make_optimizers
 from sasan.train.loop import Phase, run_phase
@@ -110,9 +113,12 @@ class Trainer:
 
     def __init__(self, cfg: Config, out_dir: Path, variant: str = "sasan", *, on_log: Optional[MetricsFn] = None,
                  rank: int = 0, world_size: int = 1, progress: bool = True, runtime: Optional[Runtime] = None,
-                 on_checkpoint: Optional[Callable[[Path], None]] = None):
+                 on_checkpoint: Optional[Callable[[Path], None]] = None, data_identity: Any = None):
         self.variant = variant
         self.cfg = variant_config(cfg, variant)
+        # recorded in every phase checkpoint: a resume only continues checkpoints trained with
+        # these settings on this data (``data_identity``: the shards' DataIdentity, if known)
+        self.checkpoint_record = training_record(self.cfg, variant, getattr(data_identity, "digest", None))
         self.out = Path(out_dir)
         self.on_log, self.rank, self.world_size, self.progress = on_log, rank, world_size, progress
         self.on_checkpoint = on_checkpoint                  # main process, after each checkpoint save
@@ -135,6 +141,7 @@ class Trainer:
         return fn
 
     def _run(self, phase: Phase) -> dict[str, float]:
+        phase.extra = {**(phase.extra or {}), **self.checkpoint_record}
         history = History(self.out / "logs" / f"{phase.name}.tsv")
         last = run_phase(phase, self._log(history), is_main=self.is_main, progress=self.progress,
                          on_checkpoint=self.on_checkpoint)
@@ -243,6 +250,12 @@ class Trainer:
 
     # -------------------------------------------------------------- recipe
     def run(self, data: TrainData) -> dict[str, Any]:
+        if self.is_main:
+            supersede_stale_checkpoints(self.out / "checkpoints", self.checkpoint_record)
+        if self.world_size > 1:
+            from sasan.train.distributed import barrier
+
+            barrier()       # the other ranks look for checkpoints only once rank 0 has checked them
         seed_everything(self.cfg.experiment.seed)
         if self.is_main:
             save_config(self.cfg, self.out / "config.yaml")
