@@ -90,7 +90,7 @@ def paired(device: str, scale: str, batch: int, iters: int) -> dict:
 
     trainers, sync = {}, (lambda: None)
     for variant in ("sasan", "cyclegan"):
-        torch_, cfg, rt, nets, trainer, size, _ = build(variant, device, scale)
+        _, cfg, rt, _, trainer, size, _ = build(variant, device, scale)
         torch.manual_seed(0)
         trainers[variant] = (trainer, random_batch(torch, cfg, size, batch))
         if rt.device.type == "cuda":

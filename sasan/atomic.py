@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -37,24 +40,57 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory next to ``target``; on success replace ``target`` by it."""
+    """Yield a temporary directory next to ``target`` (``.NAME.tmp-*``); on success replace
+    ``target`` by it (the old one moved aside to ``.NAME.old`` for the swap). What a killed
+    run left is undone first (:func:`recover_dir`): one writer per target at a time."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    recover_dir(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes it private; outputs are read by other users
     try:
         yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
+        if not target.exists():
             os.replace(tmp, target)
+            return
+        old = target.with_name(f".{target.name}.old")
+        try:
+            os.replace(target, old)
+        except OSError as err:           # e.g. target is a mount point: swap its entries instead
+            log.warning("cannot move %s aside (%s): replacing its entries one by one (not atomic)", target, err)
+            _swap_entries(tmp, target)
+            return
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_dir(target: str | Path) -> None:
+    """Undo what a killed :func:`atomic_dir` left next to ``target``: its temporary folders,
+    and (killed between the swap's two renames) the previous ``target`` moved aside."""
+    target = Path(target)
+    old = target.with_name(f".{target.name}.old")
+    if old.is_dir():
+        if target.exists():
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            log.warning("restoring %s, moved aside by an interrupted run", target)
+            os.replace(old, target)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        if stale.is_dir():
+            log.info("removing leftover of an interrupted run: %s", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _swap_entries(src: Path, target: Path) -> None:
+    for entry in list(target.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    for entry in list(src.iterdir()):
+        os.replace(entry, target / entry.name)
 
 
 def _umask() -> int:

@@ -19,8 +19,7 @@ import numpy as np
 from sasan.atomic import atomic_path
 from sasan.bundle import ModelBundle, predict_stacks
 from sasan.data.config import PreprocessConfig
-from sasan.data.preprocess import PreparedVolume, bounds_for, prepare_loaded, prepare_volume
-from sasan.data.volume import load_volume
+from sasan.data.preprocess import PreparedVolume, prepare_volume
 from sasan.errors import ConfigError, SasanError
 from sasan.train.device import Runtime, resolve_runtime
 
@@ -45,14 +44,7 @@ def infer_volume(bundle: ModelBundle, image_path: str | Path, preprocess: Prepro
     ``bounds_for(preprocess, modality, domain)``, by modality first, then by domain name
     (``domain=None``: by modality only)."""
     runtime = runtime or resolve_runtime("cpu")
-    bounds = bounds_for(preprocess, modality, domain)   # a one-line ConfigError when neither key has bounds
-    if modality.lower() in preprocess.bounds:
-        # bounds_for's first choice, the modality's own entry: exactly what preprocessing runs
-        prepared = prepare_volume(image_path, preprocess, modality)
-    else:
-        # the domain's entry, as preprocessing falls back to (sasan.data.shards): the same
-        # building blocks prepare_volume calls, with these bounds
-        prepared = prepare_loaded(load_volume(image_path), preprocess, bounds, modality=modality)
+    prepared = prepare_volume(image_path, preprocess, modality, domain)
     labels, translated = predict_stacks(bundle, prepared.stacks, runtime, batch_size)
     return VolumeResult(prepared.restore(labels),
                         prepared.restore_intensity(translated) if translated is not None else None,

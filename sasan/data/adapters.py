@@ -268,11 +268,11 @@ def adapt_paired(root: Path) -> AdaptedDataset:
     per_case: dict[str, dict[str, tuple[Path, Optional[Path]]]] = {}
     shared_of: dict[str, Path] = {}
     known = set(DOMAIN_ALIASES) | set(MODALITY_NAMES)
-    for case_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for case_dir in sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p, root)):
         images, labels, shared = {}, {}, None
         for f in sorted(case_dir.iterdir()):
             stem = _nifti_stem(f.name)
-            if stem is None or f.name.startswith("."):
+            if stem is None or is_hidden(f, root):
                 continue
             low = stem.lower()
             if low in PAIRED_SHARED_LABELS:

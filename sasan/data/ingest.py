@@ -164,7 +164,7 @@ def _write_dataset(ds: AdaptedDataset, splits: dict[str, str], tmp: Path, affine
                 raise DataError(f"{err.reason}; a shared {case.label.name} must lie on the grid of every "
                                 "modality of its case (else name it <modality>_label.nii.gz)", err.path) from None
             unknown[case.domain] |= case_unknown
-        spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+        spacing = image.spacing        # pixdim, unless it disagrees with the affine
         entry = case_entry(tmp, case.case_id, case.domain, split, img_out, lbl_out,
                            image.array.shape, spacing, image.orientation)
         if case.subject is not None and case.subject != case.case_id:

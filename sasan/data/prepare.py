@@ -128,9 +128,11 @@ def bounds_for(cfg: PreprocessConfig, modality: str, domain: Optional[str] = Non
                       f"{'' if domain is None else f' or domain {domain!r}'} (keys: {sorted(cfg.bounds)})")
 
 
-def prepare_volume(image_path: str | Path, cfg: PreprocessConfig, modality: str) -> PreparedVolume:
-    """Load and prepare one image volume (every slice, no skipping) for the networks."""
-    return prepare_loaded(load_volume(image_path), cfg, bounds_for(cfg, modality), modality)
+def prepare_volume(image_path: str | Path, cfg: PreprocessConfig, modality: str,
+                   domain: Optional[str] = None) -> PreparedVolume:
+    """Load and prepare one image volume (every slice, no skipping) for the networks, with
+    the bounds preprocessing uses: ``bounds_for(cfg, modality, domain)``."""
+    return prepare_loaded(load_volume(image_path), cfg, bounds_for(cfg, modality, domain), modality)
 
 
 def is_ct(modality: Optional[str]) -> bool:

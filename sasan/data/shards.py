@@ -6,7 +6,7 @@
 ``OUT/<domain>/<split>/index.json``  {"cases", "case_of_slice", "slice_of_case", "shape", "dtype"}
 ``OUT/stats.json``                   per-domain normalisation stats, slice counts, config
 
-The whole output is built in a temporary sibling folder (``.OUT.preprocess-*``) and swapped
+The whole output is built in a temporary sibling folder (``.OUT.tmp-*``, :func:`sasan.atomic.atomic_dir`) and swapped
 in at the end, so a failed or killed run leaves the previous output as it was (shards and
 stats.json of one run, never a mix) or none; leftovers of a killed run are removed by the
 next one. Domains not preprocessed by a run (``--domains``) are carried over from the
@@ -15,15 +15,13 @@ previous output (hard links, no copy of the data).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -88,8 +86,7 @@ def write_dataset_shards(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig,
     unknown = sorted(set(names) - set(dataset.domains))
     if unknown:
         raise DataError(f"unknown domain(s) {unknown}; the data set has {sorted(dataset.domains)}", raw_dir)
-    _recover(out_dir)
-    with _staged_output(out_dir) as staging:
+    with atomic_dir(out_dir) as staging:
         stats: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "domains": {}, "counts": {}}
         for domain in names:
             modality = dataset.domains[domain].modality
@@ -111,69 +108,6 @@ def write_dataset_shards(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig,
         write_json(staging / STATS, stats)
     log.info("preprocess: %s", json.dumps(stats["counts"], sort_keys=True))
     return stats
-
-
-_STAGING = "preprocess-tmp-"  # .OUT.preprocess-tmp-XXXX: the run being written
-_OLD = "preprocess-old"  # .OUT.preprocess-old: the previous output during the swap
-
-
-def _recover(out_dir: Path) -> None:
-    """Undo what a killed run left: its staging folders, and (killed between the two renames
-    of the swap) a previous output moved aside but not yet replaced."""
-    parent = out_dir.parent
-    old = parent / f".{out_dir.name}.{_OLD}"
-    if old.is_dir():
-        if out_dir.exists():
-            log.info("removing leftover of an interrupted run: %s", old)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            log.warning("restoring the previous output %s of an interrupted run", out_dir)
-            os.replace(old, out_dir)
-    for stale in parent.glob(f".{out_dir.name}.{_STAGING}*"):
-        if stale.is_dir():
-            log.info("removing leftover of an interrupted run: %s", stale)
-            shutil.rmtree(stale, ignore_errors=True)
-    if out_dir.is_dir():
-        for domain_dir in out_dir.iterdir():
-            if domain_dir.is_dir():
-                _remove_leftovers(domain_dir)
-
-
-@contextlib.contextmanager
-def _staged_output(out_dir: Path) -> Iterator[Path]:
-    """A temporary sibling of ``out_dir`` that replaces it when the block succeeds (and is
-    removed when it fails)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{_STAGING}", dir=out_dir.parent))
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(staging, 0o777 & ~mask)  # mkdtemp makes it private; shards are read by other users
-        yield staging
-        if not out_dir.exists():
-            os.replace(staging, out_dir)
-            return
-        old = out_dir.parent / f".{out_dir.name}.{_OLD}"
-        try:
-            os.replace(out_dir, old)
-        except OSError as err:  # e.g. out_dir is a mount point: swap its entries instead
-            log.warning("cannot move %s aside (%s): replacing its entries one by one (not atomic)", out_dir, err)
-            _swap_entries(staging, out_dir)
-            return
-        os.replace(staging, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _swap_entries(staging: Path, out_dir: Path) -> None:
-    for entry in list(out_dir.iterdir()):
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-    for entry in list(staging.iterdir()):
-        os.replace(entry, out_dir / entry.name)
 
 
 def _carry_over(out_dir: Path, staging: Path, skip: set[str]) -> None:
@@ -260,15 +194,6 @@ def _assemble(tmp: Path, chunks: Path, kept: list[np.ndarray], cfg: PreprocessCo
             start += len(keep)
         out.flush()
         del out
-
-
-def _remove_leftovers(domain_dir: Path) -> None:
-    """Temporary split folders of a killed run (``.train.*``, ``.test.*``)."""
-    for split in SPLITS:
-        for stale in domain_dir.glob(f".{split}.*"):
-            if stale.is_dir():
-                log.info("removing leftover of an interrupted run: %s", stale)
-                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _summary(volumes: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -200,8 +200,9 @@ def _lock_state(client: MlflowClient, lock: str) -> Optional[tuple[Optional[str]
 
 
 def _break_stale_lock(client: MlflowClient, lock: str, seen: tuple[Optional[str], float]) -> None:
-    """Delete the stale lock ``seen`` only if it is still that one: read it again first, so
-    a lock another waiter broke and took meanwhile (another holder) is left alone."""
+    """Delete the stale lock ``seen`` only if a fresh read still shows it: a lock another
+    waiter broke and took since ``seen`` was read is left alone. MLflow has no conditional
+    delete, so a take-over between this read and the delete can still be lost."""
     if _lock_state(client, lock) != seen:
         return
     log.warning("breaking the stale gate lock %s of %s (held since %.0f s)", lock, seen[0], time.time() - seen[1])

@@ -30,7 +30,7 @@ from sasan.models import build_networks, build_segmenter, count_parameters
 from sasan.train.data import ArraySliceDataset, ConcatSlices
 from sasan.train.device import Runtime, resolve_runtime
 from sasan.train.diagnostics import attention_dice, foreground_fraction, labels_of, pooled_dice, predict_labels
-from sasan.train.distributed import synchronizer
+from sasan.train.distributed import barrier, synchronizer
 from sasan.train.fake_source import translate_to_source
 from sasan.train.fingerprint import supersede_stale_checkpoints, training_record
 from sasan.train.history import History
@@ -252,10 +252,7 @@ class Trainer:
     def run(self, data: TrainData) -> dict[str, Any]:
         if self.is_main:
             supersede_stale_checkpoints(self.out / "checkpoints", self.checkpoint_record)
-        if self.world_size > 1:
-            from sasan.train.distributed import barrier
-
-            barrier()       # the other ranks look for checkpoints only once rank 0 has checked them
+        barrier()           # the other ranks look for checkpoints only once rank 0 has checked them
         seed_everything(self.cfg.experiment.seed)
         if self.is_main:
             save_config(self.cfg, self.out / "config.yaml")

@@ -162,9 +162,6 @@ def test_dot_files_are_not_cases(tmp_path):
     make_brats(tmp_path)
     (tmp_path / "BraTS20_Training_001/._BraTS20_Training_001_t1.nii.gz").write_bytes(b"\x00\x05\x16\x07")
     assert len([c for c in adapt_brats(tmp_path).cases if c.domain == "t1"]) == 3
-    make_mmwhs(tmp_path / "mm")
-    (tmp_path / "mm/mr_train/._mr_train_1001_image.nii.gz").write_bytes(b"\x00\x05\x16\x07")
-    assert len(adapt_mmwhs(tmp_path / "mm").cases) == 5
 
 
 def test_paired_label_seg_and_mask_names(tmp_path):

@@ -195,7 +195,7 @@ def test_sigkill_mid_run_then_rerun(raw_tree, tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == -9
     assert not out.exists()  # never part of an output: the finished ct shards are not there either
-    staging = list(tmp_path.glob(".out.preprocess-tmp-*"))
+    staging = list(tmp_path.glob(".out.tmp-*"))
     assert len(staging) == 1 and (staging[0] / "ct" / "test" / "images.npy").exists()  # the killed run's ...
     run_preprocess(raw_tree, out, PreprocessConfig(**SMALL))
     assert not list(tmp_path.glob(".out.*"))  # ... removed by the rerun
@@ -210,8 +210,8 @@ def test_interrupted_swap_restores_the_previous_output(raw_tree, tmp_path):
     out = tmp_path / "out"
     run_preprocess(raw_tree, out, cfg)
     before = _files(out)
-    out.rename(tmp_path / ".out.preprocess-old")
-    (tmp_path / ".out.preprocess-tmp-x" / "mr").mkdir(parents=True)
+    out.rename(tmp_path / ".out.old")
+    (tmp_path / ".out.tmp-x" / "mr").mkdir(parents=True)
     run_preprocess(raw_tree, out, cfg, domains=["ct"])
     assert _files(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]

@@ -125,13 +125,16 @@ def test_ct_padding_is_air(tmp_path):
     assert prepare_volume(padded_path, cfg, "MR").stats["p_low"] == -3024
 
 
-def test_ct_clamp_is_a_no_op_at_or_above_minus_1024(tmp_path):
-    volume = load_volume(_save(tmp_path / "ct.nii.gz", _ct(np.random.default_rng(2), False), (1, 1, 2)))
-    assert int(volume.array.min()) == -1024
+def test_ct_clamp_is_a_no_op_at_or_above_minus_1024_and_copies_below(tmp_path):
     cfg = PreprocessConfig(axis=2, image_size=96)
+    volume = load_volume(_save(tmp_path / "ct.nii.gz", _ct(np.random.default_rng(2), False), (1, 1, 2)))
+    assert int(volume.array.min()) == -1024  # the phantom's CT floor: recorded shards stay as they were
     a, b = prepare_loaded(volume, cfg, (-2.8, 3.2), "CT"), prepare_loaded(volume, cfg, (-2.8, 3.2))
     assert a.stats == b.stats and np.array_equal(a.slices, b.slices)
-    assert int(volume.array.min()) == -1024  # the loaded volume is not modified
+    padded = load_volume(_save(tmp_path / "padded.nii.gz", _ct(np.random.default_rng(2), True), (1, 1, 2)))
+    clamped = prepare_loaded(padded, cfg, (-2.8, 3.2), "CT")
+    assert clamped.stats["p_low"] >= -1024
+    assert int(padded.array.min()) == -3024  # clamped on a copy: the loaded volume is not modified
 
 
 # ----------------------------------------------------------------------------- affine tolerance

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from sasan.config import config_from_dict
+from sasan.config import config_from_dict, set_dotted
 from sasan.train.fingerprint import SUPERSEDED, training_record
 from sasan.train.recipe import Trainer
 from tests.train.conftest import tiny_config
@@ -23,11 +23,7 @@ def _train(cfg, out, variant, data, identity="d1"):
 
 def _with(cfg, dotted, value):
     data = cfg.to_dict()
-    *parents, leaf = dotted.split(".")
-    node = data
-    for key in parents:
-        node = node[key]
-    node[leaf] = value
+    set_dotted(data, dotted, value)
     return config_from_dict(data)
 
 
