@@ -49,6 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ph.add_argument("--mr-contrast", default="bssfp", choices=["bssfp", "black_blood"],
                     help="MR appearance: bright-blood bSSFP as in MM-WHS (default) or black-blood "
                          "turbo spin echo (blood/myocardium contrast inverted against CT)")
+    ph.add_argument("--paired", action="store_true",
+                    help="write paired subjects instead: OUT/<case>/{ct,mr,label}.nii.gz, one anatomy imaged in "
+                         "both modalities on one grid (--domains does not apply); the paired layout, for "
+                         "`sasan ingest OUT data/raw --layout paired` with experiment.mode: paired")
     ph.set_defaults(func=_phantom)
 
     br = data_sub.add_parser("brain", help="generate unpaired T1/T2 brain MR subjects (CSF/GM/WM) from ICBM152",
@@ -79,12 +83,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _phantom(args: argparse.Namespace) -> int:
     from sasan.config import config_from_dict
+    from sasan.data.phantom import generate_paired_phantom
+    from sasan.errors import ConfigError
     from sasan.stages import phantom
     from sasan.tracking.runs import Tracker
 
-    cfg = config_from_dict({"phantom": {"cases": args.cases, "seed": args.seed, "domains": list(args.domains),
-                                        "mr_contrast": args.mr_contrast}}, "sasan data phantom")
-    summary = phantom.run(phantom.PhantomOutputs(args.out), cfg, Tracker.disabled(), size=args.size)
+    if args.paired:
+        if sorted(args.domains) != ["ct", "mr"]:
+            raise ConfigError("--paired writes both modalities; leave out --domains")
+        summary = generate_paired_phantom(args.out, cases=args.cases, seed=args.seed, size=args.size,
+                                          mr_contrast=args.mr_contrast)
+    else:
+        cfg = config_from_dict({"phantom": {"cases": args.cases, "seed": args.seed, "domains": list(args.domains),
+                                            "mr_contrast": args.mr_contrast}}, "sasan data phantom")
+        summary = phantom.run(phantom.PhantomOutputs(args.out), cfg, Tracker.disabled(), size=args.size)
     summary = {k: v for k, v in summary.items() if k != "domains"} | {
         "domains": {d: {"modality": v["modality"], "cases": v["cases"]} for d, v in summary["domains"].items()}}
     print(json.dumps(summary, sort_keys=True))

@@ -14,7 +14,9 @@ read no voxels; :mod:`sasan.data.ingest` loads, checks, remaps and writes.
   2023 case ids ``BraTS-XXX-NNNNN-TTT`` are time points of subject ``BraTS-XXX-NNNNN``.
 * ``paired``: ``<case>/<modality>.nii.gz`` per subject (e.g. ``ct.nii.gz``, ``mr.nii.gz``),
   optional ``<case>/<modality>_label.nii.gz`` (or ``_seg``), or one ``<case>/label.nii.gz``
-  (or ``seg``) shared by every modality of the case; ``mask`` files are skipped.
+  (or ``seg``) shared by every modality of the case; ``mask`` files are skipped. An optional
+  ``labels.json`` at the top names the label values (``{"background": 0, "MYO": 1, ...}``);
+  without it they are named by value (``label_1``, ...).
 
 A case id shared by several domains is one subject, and so are the cases of one
 :attr:`SourceCase.subject`: ingest keeps a subject in one split. Dot-files (macOS ``._x``
@@ -309,9 +311,24 @@ def adapt_paired(root: Path) -> AdaptedDataset:
         for domain, (img, lbl) in sorted(files.items()):
             ds.cases.append(SourceCase(domain, case_id, img, lbl,
                                        label_shared=lbl is not None and lbl == shared_of.get(case_id)))
+    names = _read_paired_labels(root / PAIRED_LABEL_NAMES)
     for d in domains:
-        ds.domains[d] = DomainSpec(modality=modality_name(d))
+        ds.domains[d] = DomainSpec(modality=modality_name(d), labels=names)
     return ds
+
+
+PAIRED_LABEL_NAMES = "labels.json"
+
+
+def _read_paired_labels(path: Path) -> Optional[dict[str, int]]:
+    """The paired layout's optional label table (name -> value, background 0), or None."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read the label table: {err}", path) from None
+    return check_labels(data, path)
 
 
 ADAPTERS: dict[str, Callable[[Path], AdaptedDataset]] = {

@@ -206,7 +206,7 @@ def _write_label(src: Path, image: Volume, spec: DomainSpec, dst: Path, unknown:
         if spec.labels is not None:
             bad = sorted(set(values) - set(spec.labels.values()))
             if bad:
-                raise DataError(f"label values {bad} are not in dataset.json labels {spec.labels}", src)
+                raise DataError(f"label values {bad} are not in the data set's label table {spec.labels}", src)
         _copy_nifti(src, dst)
         return set(values)
     _check_merged_values(src, values, spec)

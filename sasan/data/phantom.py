@@ -23,11 +23,13 @@ Fat flips from the darkest soft tissue (CT) to the brightest (MR) and bone from 
 darkest, on top of different noise, bias, resolution and field of view: a segmenter trained
 on one domain transfers poorly, as between real MR and CT. Subjects are unpaired (each domain
 draws its own), and every case is deterministic from (seed, domain, case index, contrast),
-independent of how many cases are asked for.
+independent of how many cases are asked for. :func:`generate_paired_phantom` writes the
+paired variant instead: one anatomy per case imaged in both modalities on one grid.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -39,12 +41,18 @@ from tqdm import tqdm
 
 from sasan.atomic import atomic_dir
 from sasan.data import layout
+from sasan.data.adapters import PAIRED_LABEL_NAMES
 from sasan.data.phantom_shapes import CARDIAC_LABELS, TISSUES, Grid, rasterise, sample_subject, smooth_field
 from sasan.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 PHANTOM_DOMAINS: tuple[str, ...] = ("mr", "ct")
+# Stream key of the paired subjects (the unpaired ones use their domain's index in
+# PHANTOM_DOMAINS): a paired case is never one of the unpaired subjects.
+PAIRED_STREAM = 100
+PAIRED_GRID = "ct"                      # protocol whose grid both paired modalities share
+PAIRED_FILES = frozenset({"ct.nii.gz", "mr.nii.gz", "label.nii.gz"})
 
 # Tissue appearance: (mean, between-subject SD). CT in HU; MR in arbitrary units.
 CT_HU: dict[str, tuple[float, float]] = {
@@ -143,12 +151,19 @@ def phantom_anatomy(domain: str, index: int, seed: int = 0, size: int = 128):
     if domain not in PROTOCOLS:
         raise ConfigError(f"unknown phantom domain {domain!r}; choose from {sorted(PROTOCOLS)}")
     rng = np.random.default_rng([seed, PHANTOM_DOMAINS.index(domain), index])
+    tissue, label, grid = _anatomy(rng, PROTOCOLS[domain], size)
+    return tissue, label, grid, rng
+
+
+def _anatomy(rng: np.random.Generator, protocol: Protocol, size: int):
+    """Draw a subject from ``rng`` and rasterise it on a ``protocol`` grid around its heart:
+    (tissue map uint8, label uint8, grid)."""
     subject = sample_subject(rng)
     # Volume centred just above the LV centre, with a random offset (position variation).
     center = np.asarray(subject.heart_center) + np.array([rng.uniform(-8, 8), rng.uniform(-8, 8), 14 + rng.uniform(-6, 6)])
-    grid = _grid(PROTOCOLS[domain], size, center, rng)
+    grid = _grid(protocol, size, center, rng)
     tissue, label = rasterise(subject, grid, rng)
-    return tissue, label, grid, rng
+    return tissue, label, grid
 
 
 def phantom_case(domain: str, index: int, seed: int = 0, size: int = 128, mr_contrast: str = "bssfp"):
@@ -161,6 +176,16 @@ def phantom_case(domain: str, index: int, seed: int = 0, size: int = 128, mr_con
     return image, label, grid.affine
 
 
+def _check_args(cases: int, seed: int, size: int, mr_contrast: str) -> None:
+    if cases < 1:
+        raise ConfigError(f"cases must be >= 1, got {cases}")
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {seed}")
+    _check_contrast(mr_contrast)
+    if size < 16:
+        raise ConfigError(f"size must be >= 16, got {size}")
+
+
 def generate_phantom(out_dir: str | Path, cases: int = 10, seed: int = 0,
                      domains: tuple[str, ...] = ("mr", "ct"), *, size: int = 128,
                      mr_contrast: str = "bssfp") -> dict:
@@ -169,13 +194,7 @@ def generate_phantom(out_dir: str | Path, cases: int = 10, seed: int = 0,
     ``size`` scales the voxel counts (128 = MR 128x128x64, CT 176x176x96) at a fixed field
     of view; ``mr_contrast`` picks the MR appearance (MR_CONTRASTS). Written atomically: on
     failure ``out_dir`` is left as it was."""
-    if cases < 1:
-        raise ConfigError(f"cases must be >= 1, got {cases}")
-    if seed < 0:
-        raise ConfigError(f"seed must be >= 0, got {seed}")
-    _check_contrast(mr_contrast)
-    if size < 16:
-        raise ConfigError(f"size must be >= 16, got {size}")
+    _check_args(cases, seed, size, mr_contrast)
     bad = [d for d in domains if d not in PROTOCOLS]
     if bad or len(set(domains)) != len(domains) or not domains:
         raise ConfigError(f"phantom domains must be distinct values of {sorted(PROTOCOLS)}, got {list(domains)}")
@@ -202,3 +221,60 @@ def generate_phantom(out_dir: str | Path, cases: int = 10, seed: int = 0,
     summary["out_dir"] = str(out_dir)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     return summary
+
+
+def paired_phantom_case(index: int, seed: int = 0, size: int = 128, mr_contrast: str = "bssfp"):
+    """One paired subject: (ct int16 HU, mr float32 a.u., label uint8, affine 4x4 RAS mm), all
+    three of one shape on one grid (the CT protocol's, see :func:`generate_paired_phantom`).
+
+    Streams: ``SeedSequence([seed, PAIRED_STREAM, index])`` spawns three, for the anatomy, the
+    CT rendering and the MR rendering, so each modality has its own noise and bias, the case
+    does not depend on how many are generated, and the MR contrast changes intensities only."""
+    _check_contrast(mr_contrast)
+    anatomy_ss, ct_ss, mr_ss = np.random.SeedSequence([seed, PAIRED_STREAM, index]).spawn(3)
+    tissue, label, grid = _anatomy(np.random.default_rng(anatomy_ss), PROTOCOLS[PAIRED_GRID], size)
+    ct = render_ct(tissue, grid, np.random.default_rng(ct_ss))
+    mr = render_mr(tissue, grid, np.random.default_rng(mr_ss), mr_contrast)
+    return ct, mr, label, grid.affine
+
+
+def _is_paired_phantom(path: Path) -> bool:
+    entries = [e for e in path.iterdir() if e.name != PAIRED_LABEL_NAMES]
+    return bool(entries) and all(e.is_dir() and {f.name for f in e.iterdir()} == PAIRED_FILES for e in entries)
+
+
+def generate_paired_phantom(out_dir: str | Path, cases: int = 10, seed: int = 0, *, size: int = 128,
+                            mr_contrast: str = "bssfp") -> dict:
+    """Write a paired (RIRE-style) phantom to ``out_dir``: per case ``pair_NNN/`` holds
+    ``ct.nii.gz`` (int16, HU), ``mr.nii.gz`` (float32, a.u., ``mr_contrast``) and the shared
+    ``label.nii.gz`` (uint8, 0 background, 1 MYO, 2 LA, 3 LV, 4 AA) of ONE subject; the
+    label names in ``labels.json`` at the top.
+
+    Grid: all three lie on the CT protocol's grid (at ``size`` = 128: 176 x 176 x 96 voxels of
+    0.7-0.8 mm in-plane and 1.0-1.25 mm slices, ~130 mm field of view on the heart), with one
+    affine: perfectly co-registered, as RIRE pairs are after registration; the MR is thus
+    rendered at CT resolution. ``size`` scales the voxel counts at a fixed field of view.
+    Every case is deterministic from (seed, case index, contrast) and independent of
+    ``cases``; its anatomy differs from the unpaired subjects' (:func:`paired_phantom_case`).
+    Read by ``sasan ingest OUT RAW --layout paired`` (``experiment.mode: paired``). Written
+    atomically; an existing non-empty ``out_dir`` is replaced only if it is a paired phantom."""
+    _check_args(cases, seed, size, mr_contrast)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not _is_paired_phantom(out_dir))):
+        raise DataError("output exists and is not a paired phantom; refusing to replace it", out_dir)
+    start = time.perf_counter()
+    shapes = []
+    with atomic_dir(out_dir) as tmp:
+        for i in tqdm(range(cases), desc="paired phantom", unit="case", leave=False):
+            ct, mr, label, affine = paired_phantom_case(i, seed=seed, size=size, mr_contrast=mr_contrast)
+            case_dir = tmp / f"pair_{i + 1:03d}"
+            layout.save_nifti(case_dir / "ct.nii.gz", ct, affine)
+            layout.save_nifti(case_dir / "mr.nii.gz", mr, affine)
+            layout.save_nifti(case_dir / "label.nii.gz", label, affine)
+            shapes.append(list(ct.shape))
+        (tmp / PAIRED_LABEL_NAMES).write_text(json.dumps(dict(CARDIAC_LABELS), indent=2) + "\n")
+        log.info("paired phantom: %d cases", cases)
+    return {"dataset": "phantom_paired", "layout": "paired", "grid": PAIRED_GRID, "seed": seed, "cases": cases,
+            "size": size, "mr_contrast": mr_contrast,
+            "domains": {d: {"modality": PROTOCOLS[d].modality, "cases": cases, "shapes": shapes} for d in ("ct", "mr")},
+            "out_dir": str(out_dir), "seconds": round(time.perf_counter() - start, 2)}

@@ -102,6 +102,19 @@ def test_paired(tmp_path):
     assert next(c for c in ds.cases if c.case_id == "p04" and c.domain == "ct").label.name == "ct_label.nii.gz"
 
 
+def test_paired_label_table(tmp_path):
+    make_paired(tmp_path)
+    (tmp_path / "labels.json").write_text('{"background": 0, "bone": 1}')
+    assert all(d.labels == {"background": 0, "bone": 1} for d in adapt_paired(tmp_path).domains.values())
+    (tmp_path / "labels.json").write_text('{"bone": 1}')
+    with pytest.raises(DataError, match="background") as err:
+        adapt_paired(tmp_path)
+    assert "labels.json" in str(err.value)
+    (tmp_path / "labels.json").write_text('{"background": 0,')
+    with pytest.raises(DataError, match="cannot read the label table"):
+        adapt_paired(tmp_path)
+
+
 def test_paired_incomplete_pair_names_the_case(tmp_path):
     make_paired(tmp_path)
     (tmp_path / "p02/mr.nii.gz").unlink()

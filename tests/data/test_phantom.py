@@ -8,7 +8,8 @@ import pytest
 
 from sasan.cli import main
 from sasan.data import layout, phantom
-from sasan.data.phantom import PROTOCOLS, generate_phantom, phantom_anatomy, phantom_case
+from sasan.data.phantom import (PROTOCOLS, generate_paired_phantom, generate_phantom, paired_phantom_case,
+                                 phantom_anatomy, phantom_case)
 from sasan.data.phantom_shapes import TISSUES
 from sasan.errors import ConfigError, DataError
 
@@ -169,3 +170,123 @@ def test_cli_phantom(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:   # argparse: one-line usage error, exit 2
         main(["data", "phantom", str(tmp_path / "bad"), "--mr-contrast", "flair"])
     assert exc.value.code == 2 and not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------------- paired ---
+
+PAIRED_SIZE = 32
+
+
+def _load(path):
+    img = nib.load(path)
+    return np.asarray(img.dataobj), img.affine, img.get_data_dtype()
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paired")
+    summary = generate_paired_phantom(root / "two", cases=2, seed=3, size=PAIRED_SIZE)
+    return root, summary
+
+
+def test_paired_cases_share_one_grid_and_one_label(paired):
+    root, summary = paired
+    assert summary["layout"] == "paired" and summary["grid"] == "ct" and summary["cases"] == 2
+    assert sorted(p.name for p in (root / "two").iterdir()) == ["labels.json", "pair_001", "pair_002"]
+    cases = ["pair_001", "pair_002"]
+    for case in cases:
+        ct, ct_aff, ct_dtype = _load(root / "two" / case / "ct.nii.gz")
+        mr, mr_aff, mr_dtype = _load(root / "two" / case / "mr.nii.gz")
+        lbl, lbl_aff, lbl_dtype = _load(root / "two" / case / "label.nii.gz")
+        assert ct.shape == mr.shape == lbl.shape and np.array_equal(ct_aff, mr_aff) and np.array_equal(ct_aff, lbl_aff)
+        assert (ct_dtype, mr_dtype, lbl_dtype) == (np.int16, np.float32, np.uint8)
+        assert set(np.unique(lbl)) == {0, 1, 2, 3, 4}
+        # the CT protocol's grid: its voxel counts and (scaled) spacing
+        scale = PAIRED_SIZE / 128.0
+        assert ct.shape == (round(176 * scale), round(176 * scale), round(96 * scale))
+        assert PROTOCOLS["ct"].inplane_mm[0] - 1e-6 <= ct_aff[0, 0] * scale <= PROTOCOLS["ct"].inplane_mm[1] + 1e-6
+        # CT in HU: contrast blood above myocardium, lung/air present; MR magnitude, bright blood
+        assert 200 < _median(ct, lbl, 3) < 450 and 40 < _median(ct, lbl, 1) < 160
+        assert ct.min() >= -1024 and np.percentile(ct, 1) < -600
+        assert mr.min() >= 0 and mr.max() < 3000
+        assert _median(mr, lbl, 3) > 1.8 * _median(mr, lbl, 1)
+
+
+def test_paired_is_deterministic_independent_of_count_and_not_unpaired(paired, tmp_path):
+    root, _ = paired
+    generate_paired_phantom(tmp_path / "one", cases=1, seed=3, size=PAIRED_SIZE)
+    for name in ("ct.nii.gz", "mr.nii.gz", "label.nii.gz"):
+        one, one_aff, _ = _load(tmp_path / "one/pair_001" / name)
+        two, two_aff, _ = _load(root / "two/pair_001" / name)
+        assert np.array_equal(one, two) and np.array_equal(one_aff, two_aff), name
+    ct, mr, lbl, aff = paired_phantom_case(0, seed=3, size=PAIRED_SIZE)
+    assert np.array_equal(ct, _load(root / "two/pair_001/ct.nii.gz")[0])
+    assert np.array_equal(mr, _load(root / "two/pair_001/mr.nii.gz")[0])
+    # the same seed twice: byte-identical arrays; another seed: another subject
+    again = paired_phantom_case(0, seed=3, size=PAIRED_SIZE)
+    assert all(np.array_equal(a, b) and a.tobytes() == b.tobytes() for a, b in zip((ct, mr, lbl, aff), again))
+    assert not np.array_equal(paired_phantom_case(0, seed=4, size=PAIRED_SIZE)[2], lbl)
+    # a different person from the unpaired subject 0 (same grid protocol, so same shape)
+    _, unpaired_lbl, _ = phantom_case("ct", 0, seed=3, size=PAIRED_SIZE)
+    assert unpaired_lbl.shape == lbl.shape and not np.array_equal(unpaired_lbl, lbl)
+    # the contrast changes the MR intensities only: same anatomy, same CT
+    ct_bb, mr_bb, lbl_bb, _ = paired_phantom_case(0, seed=3, size=PAIRED_SIZE, mr_contrast="black_blood")
+    assert np.array_equal(ct_bb, ct) and np.array_equal(lbl_bb, lbl)
+    assert _median(mr_bb, lbl, 3) < 0.5 * _median(mr_bb, lbl, 1)
+
+
+def test_paired_guards_args_and_foreign_folders(paired, tmp_path):
+    root, _ = paired
+    generate_paired_phantom(root / "two", cases=2, seed=3, size=PAIRED_SIZE)  # replaces its own output
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/thesis.tex").write_text("precious")
+    with pytest.raises(DataError, match="not a paired phantom") as exc:
+        generate_paired_phantom(tmp_path / "mine", cases=1, size=20)
+    assert "\n" not in str(exc.value)
+    assert (tmp_path / "mine/thesis.tex").read_text() == "precious"
+    generate_phantom(tmp_path / "unpaired", cases=1, size=16, domains=("mr",))
+    with pytest.raises(DataError, match="refusing"):   # a canonical phantom is not a paired one
+        generate_paired_phantom(tmp_path / "unpaired", cases=1, size=16)
+    for bad in ({"cases": 0}, {"seed": -1}, {"size": 8}, {"mr_contrast": "t1"}):
+        with pytest.raises(ConfigError):
+            generate_paired_phantom(tmp_path / "x", **bad)
+    assert not (tmp_path / "x").exists()
+
+
+def test_paired_phantom_is_read_by_the_paired_adapter_and_ingested(paired, tmp_path):
+    from sasan.config import config_from_dict
+    from sasan.data.adapters import adapt_paired
+    from sasan.data.layout import read_dataset_json
+    from sasan.data.manifest import read_manifest
+    from sasan.stages import ingest
+    from sasan.tracking.runs import Tracker
+
+    root, _ = paired
+    ds = adapt_paired(root / "two")
+    assert sorted(ds.domains) == ["ct", "mr"] and len(ds.cases) == 4
+    assert all(c.label_shared and c.label.name == "label.nii.gz" for c in ds.cases)
+    assert all(spec.labels == {"background": 0, "MYO": 1, "LA": 2, "LV": 3, "AA": 4} for spec in ds.domains.values())
+    cfg = config_from_dict({"ingest": {"layout": "paired", "test_fraction": 0.5, "seed": 0}}, "test")
+    summary = ingest.run(ingest.IngestInputs(str(root / "two")), ingest.IngestOutputs(tmp_path / "raw"), cfg,
+                         Tracker.disabled())
+    assert summary["domains"] == {"ct": {"train": 1, "test": 1}, "mr": {"train": 1, "test": 1}}
+    split = {}
+    for case in read_manifest(tmp_path / "raw")["cases"]:
+        split.setdefault(case["case_id"], set()).add(case["split"])
+        assert case["label"] is not None
+    assert sorted(split) == ["pair_001", "pair_002"] and all(len(s) == 1 for s in split.values())
+    for domain in ("ct", "mr"):         # the structures keep their names through ingest
+        assert read_dataset_json(tmp_path / "raw" / domain).labels["AA"] == 4
+
+
+def test_cli_phantom_paired(tmp_path, capsys):
+    assert main(["data", "phantom", str(tmp_path / "out"), "--paired", "--cases", "1", "--size", "16",
+                 "--mr-contrast", "black_blood"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["layout"] == "paired" and summary["mr_contrast"] == "black_blood"
+    assert summary["domains"]["mr"] == {"cases": 1, "modality": "MR"}
+    assert sorted(p.name for p in (tmp_path / "out/pair_001").iterdir()) == ["ct.nii.gz", "label.nii.gz",
+                                                                            "mr.nii.gz"]
+    assert json.loads((tmp_path / "out/labels.json").read_text())["MYO"] == 1
+    assert main(["data", "phantom", str(tmp_path / "bad"), "--paired", "--domains", "mr"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
