@@ -14,7 +14,7 @@ a process that builds both trainers and alternates their steps (S C, C S, ...): 
 the per-pair ratios is what the machine's drift (other processes, clock changes) cannot bias,
 as it can bias two mins measured minutes apart. Writes bench/results/train_step.json.
 
-    python bench/train_step.py [--iters 5] [--scales demo paper] [--device cpu|cuda|all] [--compile] [--split] [--paired]
+    python bench/train_step.py [--iters 5] [--scales demo paper] [--device cpu|cuda|all] [--compile] [--split] [--paired [--pairs 30]]
 """
 
 from __future__ import annotations
@@ -83,6 +83,15 @@ def random_batch(torch, cfg, size: int, batch: int) -> dict:
             "y_x": torch.randint(0, c, (batch, size, size))}
 
 
+def median_ci95(values: list[float], resamples: int = 2000) -> list[float]:
+    """Percentile-bootstrap 95 % interval of the median (fixed seed: the record reproduces)."""
+    import random
+
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]
+
+
 def paired(device: str, scale: str, batch: int, iters: int) -> dict:
     """Both trainers in one process, steps alternated (the order flipped every pair so neither
     always runs second); per-pair SASAN / CycleGAN ratios."""
@@ -111,6 +120,7 @@ def paired(device: str, scale: str, batch: int, iters: int) -> dict:
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return {"device": device, "scale": scale, "batch_size": batch, "pairs": iters, "times": times,
             "ratios": ratios, "ratio_median": statistics.median(ratios), "ratio_quartiles": [q[0], q[2]],
+            "ratio_median_ci95": median_ci95(ratios),
             "ratio_of_medians": statistics.median(times["sasan"]) / statistics.median(times["cyclegan"]),
             "threads": torch.get_num_threads()}
 
@@ -160,12 +170,13 @@ def main() -> None:
     ap.add_argument("--split", action="store_true", help="also record convolution vs other time (profiler)")
     ap.add_argument("--paired", action="store_true",
                     help="also time both variants alternately in one process (per-pair ratios)")
+    ap.add_argument("--pairs", type=int, default=30, help="alternated pairs of steps for --paired")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "train_step.json")
     ap.add_argument("--child", nargs=4, metavar=("VARIANT", "DEVICE", "SCALE", "COMPILED"), help=argparse.SUPPRESS)
     ap.add_argument("--pair-child", nargs=2, metavar=("DEVICE", "SCALE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.pair_child:
-        print(json.dumps(paired(*args.pair_child, args.batch, args.iters)))
+        print(json.dumps(paired(*args.pair_child, args.batch, args.pairs)))
         return
     if args.child:
         variant, device, scale, compiled = args.child
@@ -198,10 +209,13 @@ def main() -> None:
                     print(f"{key:32s} {run['s_per_it']:.3f} s/it (median {run['s_per_it_median']:.3f}), "
                           f"warm-up {run['warmup_s_two_iters']:.1f} s, peak {run['peak_mem_mb']:.0f} MB", flush=True)
             if args.paired:
-                pair = report["runs"][f"{device}/{scale}/paired"] = child(["--pair-child", device, scale])
+                pair = report["runs"][f"{device}/{scale}/paired"] = child(
+                    ["--pair-child", device, scale, "--pairs", str(args.pairs)])
                 lo, hi = pair["ratio_quartiles"]
+                c_lo, c_hi = pair["ratio_median_ci95"]
                 print(f"{device}/{scale}/paired: sasan/cyclegan per pair, median {pair['ratio_median']:.2f} "
-                      f"(quartiles {lo:.2f}-{hi:.2f}, {pair['pairs']} pairs)", flush=True)
+                      f"(95% interval {c_lo:.2f}-{c_hi:.2f}; quartiles {lo:.2f}-{hi:.2f}, {pair['pairs']} pairs)",
+                      flush=True)
     main_dev = devices[-1]
     report["device"] = main_dev
     report["scales"] = {}
@@ -218,6 +232,7 @@ def main() -> None:
             pair = report["runs"][f"{main_dev}/{scale}/paired"]
             entry["paired_ratio_median"] = pair["ratio_median"]
             entry["paired_ratio_quartiles"] = pair["ratio_quartiles"]
+            entry["paired_ratio_median_ci95"] = pair["ratio_median_ci95"]
         if args.split:
             ss, cs = sasan["split"], cyc["split"]
             entry["split_ratio"] = {"conv": ss["conv_ms"] / cs["conv_ms"], "other": ss["other_ms"] / cs["other_ms"],

@@ -20,7 +20,7 @@ def test_train_step_bench_records_ratio_and_split(tmp_path: Path) -> None:
     out = tmp_path / "train_step.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(ROOT / "bench" / "train_step.py"), "--scales", "demo", "--device", "cpu",
-                    "--iters", "2", "--batch", "1", "--split", "--paired", "--out", str(out)],
+                    "--iters", "2", "--batch", "1", "--split", "--paired", "--pairs", "2", "--out", str(out)],
                    cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600)
     report = json.loads(out.read_text())
     sasan, cyc = report["runs"]["cpu/demo/sasan"], report["runs"]["cpu/demo/cyclegan"]
@@ -41,3 +41,5 @@ def test_train_step_bench_records_ratio_and_split(tmp_path: Path) -> None:
     assert pair["ratios"] == pytest.approx([s / c for s, c in zip(pair["times"]["sasan"], pair["times"]["cyclegan"])])
     assert demo["paired_ratio_median"] == pytest.approx(sum(pair["ratios"]) / 2)     # median of two
     assert len(demo["paired_ratio_quartiles"]) == 2
+    lo, hi = demo["paired_ratio_median_ci95"]          # bootstrap medians of two ratios: each or their mean
+    assert min(pair["ratios"]) <= lo <= hi <= max(pair["ratios"])
