@@ -59,11 +59,13 @@ def train(config: Input[Artifact], shards: Input[Dataset], run: Input[Artifact],
 def evaluate(config: Input[Artifact], raw: Input[Dataset], sasan_model: Input[Model],
              baseline_models: Input[List[Model]], run: Input[Artifact], metrics: Output[Metrics],
              evaluation: Output[Artifact], table: Output[Markdown]):
-    """3-D Dice / ASSD per structure of every trained variant on the target test volumes.
+    """3-D Dice / ASSD per structure of every trained variant on the target test volumes
+    (paired mode: MAE, RMSE, PSNR, SSIM, Pearson of the translations, ``<method>.<score>.mean``).
     ``metrics``: ``<method>.dice.<structure>`` and means (the Kubeflow metrics view);
     ``evaluation``: the metrics JSON and the report folder; ``table``: Markdown with the
     results table and the report's images embedded as data URIs. The stage logs the numbers
     and pictures to the pipeline's MLflow run (``run``) and each variant's child run."""
+    import math
     import os
     import tempfile
     from pathlib import Path
@@ -83,10 +85,17 @@ def evaluate(config: Input[Artifact], raw: Input[Dataset], sasan_model: Input[Mo
         results = stage.run(stage.EvaluateInputs(raw_dir, {m: bundles[m] for m in order}),
                             stage.EvaluateOutputs(out / "evaluation.json", out / "report"), cfg, parent,
                             save_predictions=False, progress=False)
+    paired = stage.is_paired_results(results)
     for method, r in results.items():
+        if paired:       # translation scored by image metrics (experiment.mode: paired)
+            for key, value in r["mean"].items():
+                if math.isfinite(value):
+                    metrics.log_metric(f"{method}.{key}.mean", round(float(value), 4))
+            continue
         for name, s in r["per_structure"].items():
             metrics.log_metric(f"{method}.dice.{name}", round(float(s["dice"]), 4))
         metrics.log_metric(f"{method}.dice.mean", round(float(r["mean"]["dice"]), 4))
         metrics.log_metric(f"{method}.assd_mm.mean", round(float(r["mean"]["assd_mm"]), 3))
-    title = f"{cfg.experiment.source} -> {cfg.experiment.target}: target test Dice (ASSD mm)"
+    title = (f"{cfg.experiment.target} -> {cfg.experiment.source} translation: mean (sd) over test subjects"
+             if paired else f"{cfg.experiment.source} -> {cfg.experiment.target}: target test Dice (ASSD mm)")
     Path(table.path).write_text(stage.markdown_report(results, order, title, out / "report"))

@@ -3,11 +3,16 @@ U-Net), their resolved configuration, and what the model is (variant, domains); 
 forward pass on slice stacks (:func:`predict_stacks`), shared by whole-volume inference and
 the served MLflow model.
 
+A paired-mode model (``experiment.mode: paired``, supervised translation) has no U-Net: it
+translates only (``segmenter`` None; ``segments`` False), and is scored by image metrics.
+Bundles written before that rule carry an untrained U-Net; :func:`load_bundle` drops it.
+
 A bundle is rebuilt from its own saved configuration, never from today's params.yaml, and
 loads with ``torch.load(weights_only=True)``."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -23,18 +28,28 @@ from sasan.models import AttentionModule, SynthesisModule, UNet, build_segmenter
 from sasan.train.checkpoint import load_checkpoint
 from sasan.train.device import Runtime
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class ModelBundle:
     cfg: Config
     variant: str
-    segmenter: UNet
+    segmenter: Optional[UNet]                   # None: the bundle translates only (paired mode)
     att_t: Optional[AttentionModule] = None     # None: no attention (CycleGAN) or no translation
     syn_s: Optional[SynthesisModule] = None     # None: segment target images directly
+
+    def __post_init__(self) -> None:
+        if self.segmenter is None and self.syn_s is None:
+            raise ValueError("a model bundle needs a segmenter, a translator (S_s) or both")
 
     @property
     def translates(self) -> bool:
         return self.syn_s is not None
+
+    @property
+    def segments(self) -> bool:
+        return self.segmenter is not None
 
     def eval(self) -> "ModelBundle":
         for m in (self.segmenter, self.att_t, self.syn_s):
@@ -55,7 +70,7 @@ def save_bundle(path: str | Path, bundle: ModelBundle) -> None:
         "format": "sasan-bundle/1",
         "variant": bundle.variant,
         "config_yaml": yaml.safe_dump(bundle.cfg.to_dict(), sort_keys=False),
-        "segmenter": bundle.segmenter.state_dict(),
+        "segmenter": bundle.segmenter.state_dict() if bundle.segmenter is not None else None,
         "att_t": bundle.att_t.state_dict() if bundle.att_t is not None else None,
         "syn_s": bundle.syn_s.state_dict() if bundle.syn_s is not None else None,
     }
@@ -69,8 +84,16 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> M
         raise CheckpointError("not a SASAN model bundle (format tag missing)", path)
     cfg = config_from_dict(yaml.safe_load(state["config_yaml"]), f"{path}:config")
     m = cfg.model
-    segmenter = build_segmenter(m)
-    segmenter.load_state_dict(state["segmenter"])
+    segmenter = None
+    if state["segmenter"] is not None and not (cfg.experiment.mode == "paired" and state["syn_s"] is not None):
+        segmenter = build_segmenter(m)
+        segmenter.load_state_dict(state["segmenter"])
+    elif state["segmenter"] is not None:
+        # a paired-mode translator written before paired bundles left the U-Net out: its U-Net
+        # was never trained (paired training has no segmentation phase)
+        log.info("%s: paired-mode bundle; its untrained U-Net is ignored (the bundle translates only)", path)
+    if state["segmenter"] is None and state["syn_s"] is None:
+        raise CheckpointError("model bundle holds neither a segmenter nor a translator", path)
     att_t = syn_s = None
     if state["att_t"] is not None:
         att_t = AttentionModule(m.in_channels, m.k, m.num_classes, m.attention_width)
@@ -83,9 +106,10 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> M
 
 @torch.no_grad()
 def predict_stacks(bundle: ModelBundle, stacks: np.ndarray, runtime: Runtime,
-                   batch_size: int = 16) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """(Z, S, H, W) float32 in [-1, 1] -> labels (Z, H, W) uint8 and the centre slice of the
-    translation (Z, H, W) float32 (None when the bundle does not translate).
+                   batch_size: int = 16) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """(Z, S, H, W) float32 in [-1, 1] -> labels (Z, H, W) uint8 (None when the bundle does
+    not segment: a paired-mode translator) and the centre slice of the translation (Z, H, W)
+    float32 (None when the bundle does not translate).
 
     Memory formats as in training: the U-Net in channels_last (on CPU too: its batch-16
     forward at 256 px takes about 0.48 s a slice instead of 0.65 s; docs/cpu-speed.md), A_t and
@@ -93,7 +117,7 @@ def predict_stacks(bundle: ModelBundle, stacks: np.ndarray, runtime: Runtime,
     labels, translated = [], []
     centre = stacks.shape[1] // 2
     unet_rt = runtime.for_unet()
-    segmenter = unet_rt.prepare_module(bundle.segmenter)
+    segmenter = unet_rt.prepare_module(bundle.segmenter) if bundle.segmenter is not None else None
     att_t, syn_s = (runtime.prepare_module(m) if m is not None else None for m in (bundle.att_t, bundle.syn_s))
     for start in range(0, len(stacks), batch_size):
         x = runtime.batch(torch.from_numpy(np.ascontiguousarray(stacks[start:start + batch_size])))
@@ -101,9 +125,12 @@ def predict_stacks(bundle: ModelBundle, stacks: np.ndarray, runtime: Runtime,
             if syn_s is not None:
                 x = syn_s(x, att_t(x)[0] if att_t is not None else None)
                 translated.append(x[:, centre].float().cpu().numpy())
-            logits = segmenter(unet_rt.batch(x))
-        labels.append(logits.argmax(1).to(torch.uint8).cpu().numpy())
-    if not labels:                      # no slices
+            if segmenter is not None:
+                logits = segmenter(unet_rt.batch(x))
+        if segmenter is not None:
+            labels.append(logits.argmax(1).to(torch.uint8).cpu().numpy())
+    if len(stacks) == 0:                # no slices
         empty = np.zeros((0, *stacks.shape[2:]), np.float32)
-        return empty.astype(np.uint8), (empty if syn_s is not None else None)
-    return np.concatenate(labels), (np.concatenate(translated) if translated else None)
+        return (empty.astype(np.uint8) if segmenter is not None else None), (empty if syn_s is not None else None)
+    return (np.concatenate(labels) if segmenter is not None else None), \
+        (np.concatenate(translated) if translated else None)

@@ -130,6 +130,8 @@ class RegisterConfig(StrictModel):
     enabled: bool = True
     model_name: str = "sasan-segmenter"
     min_dice: float = Field(0.5, ge=0.0, le=1.0)
+    min_ssim: float = Field(0.5, ge=-1.0, le=1.0,
+                            description="paired mode: the gate's threshold on the mean SSIM of the translations")
     alias: str = "champion"
 
 

@@ -3,7 +3,8 @@ label volume out, on the input's grid with its affine and header.
 
 Every slice j is stacked with (j-1, j+1) (edge replication), translated to the source
 modality with G_s(stack, A_t(stack)), segmented by the U-Net and argmax-ed, in batches
-(:func:`sasan.bundle.predict_stacks`, which the served MLflow model runs too)."""
+(:func:`sasan.bundle.predict_stacks`, which the served MLflow model runs too). A bundle
+without a U-Net (paired mode) gives the translation only; one without S_s the labels only."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 @dataclass
 class VolumeResult:
-    labels: nib.Nifti1Image                  # uint8 label volume on the input grid
+    labels: Optional[nib.Nifti1Image]        # uint8 label volume on the input grid (None: no segmenter)
     translated: Optional[nib.Nifti1Image]    # source-modality rendering in [-1, 1] (None: no translation)
     prepared: PreparedVolume
 
@@ -46,7 +47,7 @@ def infer_volume(bundle: ModelBundle, image_path: str | Path, preprocess: Prepro
     runtime = runtime or resolve_runtime("cpu")
     prepared = prepare_volume(image_path, preprocess, modality, domain)
     labels, translated = predict_stacks(bundle, prepared.stacks, runtime, batch_size)
-    return VolumeResult(prepared.restore(labels),
+    return VolumeResult(prepared.restore(labels) if labels is not None else None,
                         prepared.restore_intensity(translated) if translated is not None else None,
                         prepared)
 

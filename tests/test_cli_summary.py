@@ -45,6 +45,19 @@ def test_defaults_are_the_pipeline_paths(tmp_path, capsys, monkeypatch):
         assert path in out
 
 
+def test_a_paired_evaluation_prints_its_image_metrics(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scores = {"mae": 0.12, "rmse": 0.2, "psnr": 21.5, "ssim": 0.71, "pearson": 0.9}
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluation.json").write_text(json.dumps({"sasan": {
+        "mode": "paired", "n_subjects": 2, "mean": scores, "sd": {k: 0.01 for k in scores}, "per_subject": []}}))
+    assert main(["summary"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["method", "MAE", "PSNR", "(dB)", "SSIM"]
+    assert "0.1200 +- 0.0100" in out and "21.50 +- 0.01" in out and "0.7100 +- 0.0100" in out
+    assert "reports/evaluation/translations.png" in out and "segmentations.png" not in out
+
+
 @pytest.mark.parametrize("text", ["{", "[1, 2]"])
 def test_a_bad_metrics_file_is_one_line(tmp_path, capsys, text):
     metrics = tmp_path / "evaluation.json"

@@ -288,3 +288,86 @@ def test_translate_modality_without_bounds_uses_the_target_domain(bundle_path, c
     assert main(["translate", str(path), str(b), "--bundle", str(bundle_path), "--device", "cpu",
                  "--modality", "CT-scan"]) == 0
     assert np.array_equal(nib.load(a).get_fdata(), nib.load(b).get_fdata())
+
+
+# --- paired mode: a bundle that translates only ------------------------------------------------
+
+def _paired_bundle(tmp_path, with_untrained_unet=False, name="paired.pt"):
+    """A paired-mode model (experiment.mode: paired): A_t and S_s, no U-Net; or as the code
+    before that rule wrote it, with an untrained U-Net beside them."""
+    torch.manual_seed(0)
+    cfg = config_from_dict({**TINY, "experiment": {"mode": "paired"}})
+    nets = build_networks(cfg.model, seg_adversary=False)
+    unet = build_segmenter(cfg.model).eval() if with_untrained_unet else None
+    path = tmp_path / name
+    save_bundle(path, ModelBundle(cfg, "sasan", unet, nets.att_t, nets.syn_s))
+    return path
+
+
+def test_a_paired_bundle_has_no_segmenter_and_saves_and_loads_as_such(tmp_path):
+    path = _paired_bundle(tmp_path)
+    assert torch.load(path, weights_only=True)["segmenter"] is None
+    bundle = load_bundle(path)
+    assert bundle.segmenter is None and not bundle.segments and bundle.translates
+    stacks = np.random.default_rng(3).uniform(-1, 1, (5, 3, 32, 32)).astype(np.float32)
+    labels, translated = predict_stacks(bundle, stacks, resolve_runtime("cpu"), batch_size=2)
+    assert labels is None and translated.shape == (5, 32, 32) and translated.dtype == np.float32
+    with torch.no_grad():
+        x = torch.from_numpy(stacks)
+        fake = bundle.syn_s(x, bundle.att_t(x)[0])[:, 1].numpy()
+    assert np.allclose(translated, fake, atol=1e-6)
+    labels, translated = predict_stacks(bundle, stacks[:0], resolve_runtime("cpu"))
+    assert labels is None and translated.shape == (0, 32, 32)
+    with pytest.raises(ValueError, match="segmenter, a translator"):
+        ModelBundle(bundle.cfg, "sasan", None)
+
+
+def test_an_old_paired_bundle_loads_without_its_untrained_unet(tmp_path):
+    old = _paired_bundle(tmp_path, with_untrained_unet=True)
+    assert torch.load(old, weights_only=True)["segmenter"] is not None      # written as before
+    bundle = load_bundle(old)
+    assert bundle.segmenter is None and bundle.translates
+    new = load_bundle(_paired_bundle(tmp_path, name="new.pt"))
+    for a, b in zip(bundle.syn_s.state_dict().values(), new.syn_s.state_dict().values()):
+        assert torch.equal(a, b)
+    # a segmenter-only model of a paired configuration (upper_bound) trained its U-Net: kept
+    cfg = config_from_dict({**TINY, "experiment": {"mode": "paired"}})
+    save_bundle(tmp_path / "ub.pt", ModelBundle(cfg, "upper_bound", build_segmenter(cfg.model).eval()))
+    assert load_bundle(tmp_path / "ub.pt").segments
+
+
+def test_unpaired_bundles_still_segment(bundle_path, tmp_path):
+    assert load_bundle(bundle_path).segments and load_bundle(_no_adaptation_bundle(tmp_path)).segments
+
+
+def test_translate_refuses_labels_for_a_bundle_that_does_not_segment(tmp_path, ct_volume, capsys, monkeypatch):
+    import sasan.inference
+
+    def never(*a, **k):
+        raise AssertionError("inference ran")
+
+    monkeypatch.setattr(sasan.inference, "infer_volume", never)
+    path, _ = ct_volume
+    for old_style in (False, True):
+        bundle = _paired_bundle(tmp_path, with_untrained_unet=old_style, name=f"p{old_style}.pt")
+        for outputs in (["--labels", str(tmp_path / "o" / "l.nii.gz")],
+                        [str(tmp_path / "o" / "t.nii.gz"), "--labels", str(tmp_path / "o" / "l.nii.gz")]):
+            assert main(["translate", str(path), *outputs, "--bundle", str(bundle), "--device", "cpu"]) == 2
+            line = _one_line_error(capsys, bundle, "does not segment")
+            assert "OUT" in line
+            assert not (tmp_path / "o").exists()
+
+
+def test_translate_writes_the_translation_of_a_paired_bundle(tmp_path, ct_volume, capsys):
+    path, img = ct_volume
+    bundle = _paired_bundle(tmp_path)
+    out = tmp_path / "o" / "fake_mr.nii.gz"
+    assert main(["translate", str(path), str(out), "--bundle", str(bundle), "--device", "cpu"]) == 0
+    assert _files(tmp_path / "o") == ["fake_mr.nii.gz"]
+    written = nib.load(out)
+    assert written.shape == img.shape and np.allclose(written.affine, img.affine)
+    loaded = load_bundle(bundle)
+    res = infer_volume(loaded, path, loaded.cfg.preprocess, "ct", resolve_runtime("cpu"))
+    assert res.labels is None
+    assert np.array_equal(written.get_fdata(), res.translated.get_fdata())
+    assert "translated:" in capsys.readouterr().out

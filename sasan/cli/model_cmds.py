@@ -43,7 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     ev = sub.add_parser("evaluate", help="score each trained variant on the target test volumes",
                         description="3-D Dice and ASSD (voxels and mm) per structure on whole target test "
-                                    "volumes, for every variant listed in evaluate.methods.")
+                                    "volumes, for every variant listed in evaluate.methods. Paired mode "
+                                    "(experiment.mode: paired, translate-only bundles): MAE, RMSE, PSNR, SSIM "
+                                    "and Pearson correlation of each translation against the real source image "
+                                    "of the same subject.")
     ev.add_argument("raw", type=Path, help="ingested data set (canonical layout + manifest.json)")
     ev.add_argument("models", type=Path, help="training output folder (OUT of `sasan train`)")
     ev.add_argument("--metrics", type=Path, default=Path("metrics/evaluation.json"),
@@ -70,14 +73,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Translate a target-modality volume into the source modality (OUT) and/or "
                                     "segment it (--labels); outputs keep the input's affine and header and are "
                                     "written only when all of them succeeded. A bundle that does not translate "
-                                    "(no_adaptation, upper_bound) takes --labels without OUT. Output paths, the "
+                                    "(no_adaptation, upper_bound) takes --labels without OUT; one that does not "
+                                    "segment (paired mode) takes OUT without --labels. Output paths, the "
                                     "device and the bundle kind are checked before the inference.")
     tl.add_argument("image", type=Path, help="input NIfTI (.nii or .nii.gz)")
     tl.add_argument("out", type=Path, nargs="?", default=None,
                     help="translated volume, values in [-1, 1] (.nii.gz gzip-compressed, .nii not); "
                          "optional with --labels, refused for a bundle that does not translate")
     tl.add_argument("--bundle", type=Path, required=True, help="model bundle (OUT/<variant>/model.pt)")
-    tl.add_argument("--labels", type=Path, default=None, help="write the label volume here (.nii or .nii.gz)")
+    tl.add_argument("--labels", type=Path, default=None,
+                    help="write the label volume here (.nii or .nii.gz); refused for a bundle that does not segment")
     tl.add_argument("--modality", default=None,
                     help="input modality key for the intensity bounds (preprocess.bounds); looked up first, "
                          "then the bundle's target domain, as preprocessing does (default: the target domain)")
@@ -189,6 +194,9 @@ def _translate(args: argparse.Namespace) -> int:
     if args.out is not None and not bundle.translates:
         raise ConfigError(f"bundle {bundle.variant!r} does not translate: drop OUT and give --labels only",
                           args.bundle)
+    if args.labels is not None and not bundle.segments:
+        raise ConfigError(f"bundle {bundle.variant!r} does not segment (a paired-mode model translates only): "
+                          "drop --labels and give OUT only", args.bundle)
     bundle = bundle.to(runtime.device)
     domain = bundle.cfg.experiment.target
     modality = args.modality or domain
@@ -262,10 +270,15 @@ def _summary(args: argparse.Namespace) -> int:
         url = runs_table_url(exp) if exp else url
     # the validation and register reports are written next to the evaluation report
     reports = args.report.parent
+    from sasan.stages.evaluate import is_paired_results
+
+    pictures = ([(f"{args.report / 'translations.png'}", "translations of every method on a paired test subject")]
+                if is_paired_results(results) else
+                [(f"{args.report / 'segmentations.png'}", "predictions of every method on a target test volume"),
+                 (f"{args.report / 'dice_per_structure.png'}", "")])
     rows = [
         (f"{_on_path('mlflow')} ui", "then open the runs table (curves, images, model):"),
-        (f"{args.report / 'segmentations.png'}", "predictions of every method on a target test volume"),
-        (f"{args.report / 'dice_per_structure.png'}", ""),
+        *pictures,
         (f"{args.models / 'sasan' / 'samples'}/", "translations and attention maps"),
         (f"{reports / 'validation' / 'validation.html'}", "data validation report"),
         (f"{reports / 'register' / 'register.md'}", "registry decision"),

@@ -12,11 +12,13 @@ from sasan.cli.params import add_params_args, load_params
 
 DESCRIPTION = """\
 Log the model bundle as an MLflow pyfunc model (target-modality slice stacks in, label maps
-out) on the pipeline's MLflow run, register it as a new version of register.model_name, and
-move the alias register.alias ("champion") to it only when the target mean Dice of METHOD in
-the evaluation metrics is >= register.min_dice AND beats the current champion's, compared
-only when both were evaluated on the same identity (data set digest, test split, image
-size, profile: EVALUATION_REPORT/identity.json; a version without one is never promoted).
+out; a paired-mode model returns its translation) on the pipeline's MLflow run, register it
+as a new version of register.model_name, and move the alias register.alias ("champion") to
+it only when the target mean Dice of METHOD in the evaluation metrics is >= register.min_dice
+(a paired evaluation: the mean SSIM of its translations >= register.min_ssim) AND beats the
+current champion's, compared only when both were scored by the same metric on the same
+identity (data set digest, test split, image size, profile, paired mode:
+EVALUATION_REPORT/identity.json; a version without one is never promoted).
 The inputs must belong together, or nothing is registered: the bundle must be a METHOD
 model, and identity.json must have been written by the `sasan evaluate` run that wrote
 METRICS (sha256 of the metrics file) and evaluated this very bundle as METHOD (sha256 of
@@ -41,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_params_args(p)
     p.add_argument("--report", type=Path, default=Path("reports/register"), help="report folder")
     p.add_argument("--method", default="sasan",
-                   help="method whose mean Dice is gated; the bundle must be of this variant (default: sasan)")
+                   help="method whose mean Dice (paired evaluation: mean SSIM) is gated; the bundle must be of "
+                        "this variant (default: sasan)")
     p.add_argument("--evaluation-report", type=Path, default=Path("reports/evaluation"),
                    help="the report folder of the evaluate run that wrote --metrics; its identity.json is "
                         "checked against --metrics and --bundle and compared by the gate "
@@ -69,8 +72,11 @@ def _register(args: argparse.Namespace) -> int:
     outcome = (f"promoted to @{report['alias']}" if report["promoted"] else
                f"not promoted (@{report['alias']}: "
                f"{'v' + report['champion_version'] if report['champion_version'] else 'unset'})")
-    print(f"{report['model_name']} v{report['version']}: target mean Dice {report['target_mean_dice']:.4f}, "
-          f"{outcome}; report: {args.report / 'register.md'}")
+    from sasan.tracking.registry import METRIC_NAMES, SCORE_TAGS, report_metric
+
+    metric = report_metric(report)
+    print(f"{report['model_name']} v{report['version']}: target mean {METRIC_NAMES[metric]} "
+          f"{report[SCORE_TAGS[metric]]:.4f}, {outcome}; report: {args.report / 'register.md'}")
     return 0
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from sasan.data.layout import DOMAIN_RE, check_case_id, check_domain, check_labels, is_hidden
+from sasan.data.layout import DOMAIN_RE, PAIRED_LABEL_NAMES, check_case_id, check_domain, check_labels, is_hidden
 from sasan.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -315,9 +315,6 @@ def adapt_paired(root: Path) -> AdaptedDataset:
     for d in domains:
         ds.domains[d] = DomainSpec(modality=modality_name(d), labels=names)
     return ds
-
-
-PAIRED_LABEL_NAMES = "labels.json"
 
 
 def _read_paired_labels(path: Path) -> Optional[dict[str, int]]:

@@ -29,6 +29,7 @@ SPLIT_DIRS: dict[str, tuple[str, str]] = {"train": ("imagesTr", "labelsTr"), "te
 DOMAIN_RE = re.compile(r"^[a-z][a-z0-9]*$")
 CASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 REQUIRED_FIELDS = ("name", "modality", "channel_names", "labels", "numTraining", "file_ending")
+PAIRED_LABEL_NAMES = "labels.json"  # paired layout: optional label table next to the case folders
 
 
 @dataclass(frozen=True)

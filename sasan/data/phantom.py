@@ -41,7 +41,6 @@ from tqdm import tqdm
 
 from sasan.atomic import atomic_dir
 from sasan.data import layout
-from sasan.data.adapters import PAIRED_LABEL_NAMES
 from sasan.data.phantom_shapes import CARDIAC_LABELS, TISSUES, Grid, rasterise, sample_subject, smooth_field
 from sasan.errors import ConfigError, DataError
 
@@ -239,7 +238,7 @@ def paired_phantom_case(index: int, seed: int = 0, size: int = 128, mr_contrast:
 
 
 def _is_paired_phantom(path: Path) -> bool:
-    entries = [e for e in path.iterdir() if e.name != PAIRED_LABEL_NAMES]
+    entries = [e for e in path.iterdir() if e.name != layout.PAIRED_LABEL_NAMES]
     return bool(entries) and all(e.is_dir() and {f.name for f in e.iterdir()} == PAIRED_FILES for e in entries)
 
 
@@ -272,7 +271,7 @@ def generate_paired_phantom(out_dir: str | Path, cases: int = 10, seed: int = 0,
             layout.save_nifti(case_dir / "mr.nii.gz", mr, affine)
             layout.save_nifti(case_dir / "label.nii.gz", label, affine)
             shapes.append(list(ct.shape))
-        (tmp / PAIRED_LABEL_NAMES).write_text(json.dumps(dict(CARDIAC_LABELS), indent=2) + "\n")
+        (tmp / layout.PAIRED_LABEL_NAMES).write_text(json.dumps(dict(CARDIAC_LABELS), indent=2) + "\n")
         log.info("paired phantom: %d cases", cases)
     return {"dataset": "phantom_paired", "layout": "paired", "grid": PAIRED_GRID, "seed": seed, "cases": cases,
             "size": size, "mr_contrast": mr_contrast,

@@ -13,6 +13,10 @@ z-scores to [-1, 1] with the modality's fixed bounds, and cut ``slices``-channel
 The body threshold is Otsu's on the volume's voxels; when that gives a degenerate body (no
 slice kept, or a box of under 1% of the volume: a few hot voxels stretch the histogram)
 it is taken again on the voxels clipped at ``clip_percentiles``, with a warning.
+
+Paired mode (:func:`prepare_pair`): the modalities of one subject, on one voxel grid, are cut
+with one box (the union of their body boxes) so that their slices coincide pixel by pixel;
+each keeps its own threshold and intensity normalisation.
 :class:`PreparedVolume` keeps the geometry so that predictions are put back on the original
 grid (:meth:`PreparedVolume.restore`).
 """
@@ -22,14 +26,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import nibabel as nib
 import numpy as np
 
 from sasan.data import slice_geometry as geo
 from sasan.data.config import PreprocessConfig
-from sasan.data.volume import Volume, check_pair, load_volume
+from sasan.data.volume import Volume, affines_match, check_pair, load_volume
 from sasan.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,9 @@ class PreparedVolume:
     header: nib.Nifti1Header | nib.Nifti2Header
     stats: dict[str, float]
     n_channels: int
+    # the body box found in this volume (RAS, resampled grid, before the field-of-view limit);
+    # the crop unless prepare_loaded was given another
+    body_box: Optional[tuple[tuple[int, int], ...]] = None
 
     @property
     def stacks(self) -> np.ndarray:
@@ -140,9 +147,12 @@ def is_ct(modality: Optional[str]) -> bool:
 
 
 def prepare_loaded(volume: Volume, cfg: PreprocessConfig, bounds: tuple[float, float],
-                   modality: Optional[str] = None) -> PreparedVolume:
+                   modality: Optional[str] = None,
+                   crop_box: Optional[tuple[tuple[int, int], ...]] = None) -> PreparedVolume:
     """:func:`prepare_volume` on an already loaded volume. ``modality`` "CT" clamps the
-    intensities at -1024 HU before any statistic."""
+    intensities at -1024 HU before any statistic. ``crop_box`` ((lo, hi) per RAS axis of the
+    resampled grid, before the field-of-view limit): cut this box instead of the body box
+    found (the body threshold is still the volume's own; :func:`prepare_pair`)."""
     transform = geo.ras_transform(volume.affine)
     ras = geo.to_ras(volume.array, transform)
     if is_ct(modality) and ras.size and float(ras.min()) < CT_AIR_HU:
@@ -169,6 +179,8 @@ def prepare_loaded(volume: Volume, cfg: PreprocessConfig, bounds: tuple[float, f
         still = _degenerate(found, ras.shape, body, cfg)
         if still:
             log.warning("%s: the clipped body threshold %.6g still gives %s", volume.path, threshold, still)
+    if crop_box is not None and crop_box != found:
+        _, box, content, planes, body = _cut(ras, spacing, threshold, cfg, crop_box)
     normalised, stats = normalise(planes, cfg.clip_percentiles, bounds, volume.path)
     geometry = Geometry(shape=tuple(volume.array.shape), transform=transform, ras_shape=ras_shape,
                         grid_shape=tuple(grid_shape), box=box, axis=cfg.axis, content=content,
@@ -177,17 +189,18 @@ def prepare_loaded(volume: Volume, cfg: PreprocessConfig, bounds: tuple[float, f
     if fallback:  # only then: stats.json of volumes that need no fallback is unchanged
         stats["body_threshold_fallback"] = 1.0
     return PreparedVolume(slices=geo.to_canvas(normalised, cfg.image_size, -1.0), body=body, geometry=geometry,
-                          affine=volume.affine, header=volume.header, stats=stats, n_channels=cfg.slices)
+                          affine=volume.affine, header=volume.header, stats=stats, n_channels=cfg.slices,
+                          body_box=found)
 
 
-def _cut(ras: np.ndarray, spacing: tuple[float, float, float], threshold: float, cfg: PreprocessConfig
+def _cut(ras: np.ndarray, spacing: tuple[float, float, float], threshold: float, cfg: PreprocessConfig,
+         box: Optional[tuple[tuple[int, int], ...]] = None
          ) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...], tuple[int, int], np.ndarray, np.ndarray]:
-    """The body box found, the box cut (after the field-of-view limit), the in-plane content
-    size, the resized (Z, h, w) planes and each plane's body fraction."""
-    if cfg.crop == "body":
-        box = geo.body_box(ras, threshold, cfg.body_fraction, cfg.crop_margin)
-    else:
-        box = tuple((0, n) for n in ras.shape)
+    """The body box found (or ``box``, when given), the box cut (after the field-of-view
+    limit), the in-plane content size, the resized (Z, h, w) planes and each plane's body fraction."""
+    if box is None:
+        box = (geo.body_box(ras, threshold, cfg.body_fraction, cfg.crop_margin) if cfg.crop == "body"
+               else tuple((0, n) for n in ras.shape))
     found = box
     if cfg.field_of_view_mm is not None:
         box = geo.limit_box(box, spacing, cfg.axis, cfg.field_of_view_mm)
@@ -264,10 +277,43 @@ def prepare_case(image_path: Path, label_path: Optional[Path], cfg: PreprocessCo
     within ``affine_atol_mm``: the validate stage's ``validate.affine_atol_mm``)."""
     image = load_volume(image_path)
     prepared = prepare_loaded(image, cfg, bounds, modality)
+    return prepared, _label_slices(image, prepared, label_path, affine_atol_mm)
+
+
+def prepare_pair(image_paths: Sequence[Path], label_paths: Sequence[Optional[Path]], cfg: PreprocessConfig,
+                 bounds: Sequence[tuple[float, float]], modalities: Sequence[Optional[str]],
+                 affine_atol_mm: float = 1e-3) -> list[tuple[PreparedVolume, Optional[np.ndarray]]]:
+    """:func:`prepare_case` for the images of ONE subject in several modalities (paired mode),
+    onto identical slices: the images must share one grid (shape, and affines within
+    ``affine_atol_mm``), and all are cut with the union of their body boxes, so geometry,
+    slice count and canvas coincide. Thresholds and normalisation stay per image."""
+    images = [load_volume(path) for path in image_paths]
+    first = images[0]
+    for other in images[1:]:
+        if other.array.shape != first.array.shape:
+            what = "shape"
+        elif not affines_match(first.affine, other.affine, affine_atol_mm):
+            what = "affine"
+        else:
+            continue
+        raise DataError(f"paired cases must share a grid (resample/register them first): the {what} of "
+                        f"{other.path} differs from that of {first.path}")
+    alone = [prepare_loaded(image, cfg, b, m) for image, b, m in zip(images, bounds, modalities)]
+    box = tuple((min(lo for lo, _ in axis), max(hi for _, hi in axis))
+                for axis in zip(*(p.body_box for p in alone)))
+    prepared = [p if p.body_box == box else prepare_loaded(image, cfg, b, m, crop_box=box)
+                for p, image, b, m in zip(alone, images, bounds, modalities)]
+    return [(p, _label_slices(image, p, label_path, affine_atol_mm))
+            for p, image, label_path in zip(prepared, images, label_paths)]
+
+
+def _label_slices(image: Volume, prepared: PreparedVolume, label_path: Optional[Path],
+                  affine_atol_mm: float) -> Optional[np.ndarray]:
+    """The label at ``label_path`` (if any) on ``prepared``'s slices, checked against ``image``'s grid."""
     if label_path is None:
-        return prepared, None
+        return None
     label = load_volume(label_path, kind="label")
     check_pair(image, label, affine_atol_mm)
     if label.array.size and int(label.array.max()) > 255:
         raise DataError(f"label value {int(label.array.max())} does not fit uint8 shards", label_path)
-    return prepared, prepared.forward_label(label.array)
+    return prepared.forward_label(label.array)

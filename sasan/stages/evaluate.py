@@ -1,4 +1,5 @@
-"""Evaluate stage: segmentation transfer on whole target test volumes (METHOD.md section 6).
+"""Evaluate stage: segmentation transfer on whole target test volumes (METHOD.md section 6);
+for paired mode, translation quality by image metrics (:mod:`sasan.stages.evaluate_paired`).
 
 For every method (a model bundle) and every target test case of the manifest: infer the
 label volume in the original geometry and score 3-D Dice and ASSD (voxels and mm) per
@@ -16,13 +17,17 @@ the target (by modality, else by domain name, as ``sasan preprocess`` resolves t
 ``report_dir/identity.json`` records what the scores were measured on, the sha256 and
 variant of each evaluated bundle and the sha256 of ``metrics_path``, so that ``sasan
 register`` gates only the bundle that was evaluated, with these metrics.
+
+The evaluation is paired (:func:`evaluation_mode`) when ``experiment.mode`` is paired or
+every bundle translates only (a paired-mode model, no U-Net); a mix of segmenting and
+translate-only bundles is refused. A paired evaluation's identity adds ``"mode": "paired"``.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -39,6 +44,7 @@ from sasan.data.volume import check_pair, load_volume
 from sasan.errors import ConfigError, DataError
 from sasan.inference import infer_volume, save_nifti
 from sasan.metrics import aggregate_subjects, gap_closed, segmentation_scores
+from sasan.stages.evaluation_bundles import BundleInfo, inspect_bundles, read_manifest_file  # noqa: F401
 from sasan.stages.evaluation_pictures import dice_bars, segmentation_montage
 from sasan.tracking.lineage import data_identity, split_digest
 from sasan.tracking.names import metric_name
@@ -62,19 +68,11 @@ class EvaluateInputs:
 
 
 @dataclass(frozen=True)
-class BundleInfo:
-    """What evaluate needs to know of a bundle before it runs it."""
-
-    path: Path
-    variant: str
-    sha256: str                     # of the model.pt file: register checks it is the one evaluated
-    cfg: Config                     # the bundle's own config (preprocess, model.num_classes)
-
-
-@dataclass(frozen=True)
 class EvaluateOutputs:
-    metrics: Path                   # {method: {per_structure, mean, n_subjects}} (DVC metrics)
+    metrics: Path                   # {method: {per_structure, mean, n_subjects}} (DVC metrics); paired:
+                                    # {method: {mode, n_subjects, mean, sd, per_subject}}
     report: Path                    # per_structure.json, per_subject.json, PNGs, identity.json, predictions/
+                                    # (paired: per_subject.json, translations.png, identity.json, translations/)
 
 
 def run(inputs: EvaluateInputs, outputs: EvaluateOutputs, cfg: Config, tracker: "Tracker",
@@ -104,29 +102,48 @@ def evaluation_identity(raw_dir: Path, cfg: Config, models: dict[str, Path],
                         bundles: Optional[dict[str, BundleInfo]] = None) -> dict[str, Any]:
     """Data set digest, target test split (sorted ids and their digest), image size per
     method (from each bundle's own config), profile (experiment name) and, per method, the
-    sha256 and variant of the bundle evaluated."""
+    sha256 and variant of the bundle evaluated; ``"mode": "paired"`` for a paired evaluation
+    (a segmentation evaluation's identity has no ``mode``: it is what it always was)."""
     data = data_identity(raw_dir)
     target = cfg.experiment.target
     cases = sorted(data.test_cases.get(target, []))
     bundles = bundles if bundles is not None else inspect_bundles(models)
     sizes = {method: int(bundles[method].cfg.preprocess.image_size) for method in models}
     evaluated = {method: {"sha256": bundles[method].sha256, "variant": bundles[method].variant} for method in models}
-    return {"dataset": data.name, "data_digest": data.digest, "source": cfg.experiment.source, "target": target,
-            "test_split": split_digest(cases), "test_cases": cases, "image_size": sizes,
-            "profile": cfg.experiment.name, "bundles": evaluated}
+    identity = {"dataset": data.name, "data_digest": data.digest, "source": cfg.experiment.source, "target": target,
+                "test_split": split_digest(cases), "test_cases": cases, "image_size": sizes,
+                "profile": cfg.experiment.name, "bundles": evaluated}
+    if evaluation_mode(cfg, bundles) == "paired":
+        identity["mode"] = "paired"
+    return identity
 
 
-def inspect_bundles(models: dict[str, Path]) -> dict[str, BundleInfo]:
-    """Each bundle's variant, file digest and config (loaded on the CPU), in ``models`` order."""
-    infos = {}
-    for method, path in models.items():
-        bundle = load_bundle(path, map_location="cpu")
-        infos[method] = BundleInfo(Path(path), bundle.variant, file_sha256(path), bundle.cfg)
-    return infos
+def evaluation_mode(cfg: Config, bundles: dict[str, BundleInfo]) -> str:
+    """``paired`` (translations scored by image metrics against the real source image) when
+    ``experiment.mode`` is paired or every bundle translates only; else ``segmentation``.
+    Refused (one line naming a bundle): segmenting and translate-only bundles together, and
+    a paired evaluation of a bundle that does not translate."""
+    translate_only = [m for m, b in bundles.items() if not b.segments]
+    segmenting = [m for m, b in bundles.items() if b.segments]
+    if translate_only and segmenting:
+        raise ConfigError(f"the {', '.join(translate_only)} bundle(s) translate only (paired mode) but "
+                          f"{', '.join(segmenting)} segment: one evaluation scores either translations or "
+                          "segmentations; evaluate them separately (evaluate.methods)",
+                          bundles[translate_only[0]].path)
+    paired = cfg.experiment.mode == "paired" or bool(translate_only)
+    if paired:
+        for method, info in bundles.items():
+            if not info.translates:
+                raise ConfigError(f"paired evaluation scores translations, but the {method} bundle does not "
+                                  "translate: leave it out of evaluate.methods", info.path)
+    return "paired" if paired else "segmentation"
 
 
 def loggable_scores(result: dict[str, Any]) -> dict[str, Any]:
-    """The mean and per-structure scores of one method, without spreads and counts."""
+    """The mean and per-structure scores of one method, without spreads and counts (a
+    paired evaluation's: its finite mean scores)."""
+    if result.get("mode") == "paired":
+        return {"mean": {k: v for k, v in result["mean"].items() if math.isfinite(v)}}
     per = {n: {k: v for k, v in s.items() if not k.endswith("_std") and k != "n_missing"}
            for n, s in result["per_structure"].items()}
     return {"mean": result["mean"], **per}
@@ -143,29 +160,27 @@ def _log_to_children(tracker: "Tracker", models: dict[str, Path], results: dict[
 
 def markdown_report(results: dict[str, Any], order: list[str], title: str, report_dir: Path,
                     embed_images: bool = True) -> str:
-    """The results table (Dice and ASSD in mm per structure) and the report's pictures
-    (embedded as data URIs, for viewers without the files: the Kubeflow UI)."""
-    structures = list(next(iter(results.values()))["per_structure"])
-    lines = [f"# {title}", "", "| method | " + " | ".join(structures) + " | mean |",
-             "|---" * (len(structures) + 2) + "|"]
-    for method in [m for m in order if m in results]:
-        r = results[method]
-        cells = [f"{r['per_structure'][n]['dice']:.3f} ({r['per_structure'][n]['assd_mm']:.2f})" for n in structures]
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {r['mean']['dice']:.3f} ({r['mean']['assd_mm']:.2f}) |")
+    """The results table (Dice and ASSD in mm per structure; a paired evaluation's image
+    metrics, mean (sd)) and the report's pictures (embedded as data URIs, for viewers without
+    the files: the Kubeflow UI)."""
+    if is_paired_results(results):
+        from sasan.stages.evaluate_paired import paired_markdown_rows
+
+        lines = [f"# {title}", "", *paired_markdown_rows(results, order)]
+    else:
+        structures = list(next(iter(results.values()))["per_structure"])
+        lines = [f"# {title}", "", "| method | " + " | ".join(structures) + " | mean |",
+                 "|---" * (len(structures) + 2) + "|"]
+        for method in [m for m in order if m in results]:
+            r = results[method]
+            cells = [f"{r['per_structure'][n]['dice']:.3f} ({r['per_structure'][n]['assd_mm']:.2f})"
+                     for n in structures]
+            lines.append(f"| {method} | " + " | ".join(cells)
+                         + f" | {r['mean']['dice']:.3f} ({r['mean']['assd_mm']:.2f}) |")
     for png in sorted(Path(report_dir).glob("*.png")):
         src = f"data:image/png;base64,{base64.b64encode(png.read_bytes()).decode('ascii')}" if embed_images else png.name
         lines += ["", f"## {png.stem.replace('_', ' ')}", "", f"![{png.stem}]({src})"]
     return "\n".join(lines) + "\n"
-
-
-def _read_manifest(raw_dir: Path) -> dict[str, Any]:
-    manifest_path = raw_dir / "manifest.json"
-    try:
-        return json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise DataError("manifest.json not found: run `sasan ingest` first", manifest_path) from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"manifest is not valid JSON: {err}", manifest_path) from None
 
 
 def _label_map(info: dict[str, Any]) -> dict[str, int]:
@@ -175,7 +190,7 @@ def _label_map(info: dict[str, Any]) -> dict[str, int]:
 def target_test_cases(raw_dir: Path, domain: str) -> tuple[list[dict[str, Any]], dict[str, int], str]:
     """(cases, label names -> values, modality) of the target domain's test split."""
     manifest_path = raw_dir / "manifest.json"
-    manifest = _read_manifest(raw_dir)
+    manifest = read_manifest_file(raw_dir)
     if domain not in manifest.get("domains", {}):
         raise DataError(f"domain {domain!r} not in manifest (has {sorted(manifest.get('domains', {}))})", manifest_path)
     info = manifest["domains"][domain]
@@ -190,7 +205,7 @@ def check_label_maps(raw_dir: Path, source: str, target: str) -> None:
     segmenter learnt the source's label map). A source domain absent from the manifest
     cannot be compared (a target-only test set): nothing to check."""
     manifest_path = raw_dir / "manifest.json"
-    domains = _read_manifest(raw_dir).get("domains", {})
+    domains = read_manifest_file(raw_dir).get("domains", {})
     if source not in domains or source == target:
         return
     src, tgt = _label_map(domains[source]), _label_map(domains[target])
@@ -251,13 +266,18 @@ def check_test_volumes(raw_dir: Path, cases: list[dict[str, Any]], bundles: dict
 def run_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_path: str | Path,
                  report_dir: str | Path, cfg: Config, save_predictions: bool = True,
                  progress: bool = True, bundles: Optional[dict[str, BundleInfo]] = None) -> dict[str, Any]:
+    bundles = bundles if bundles is not None else inspect_bundles(models)
+    if evaluation_mode(cfg, bundles) == "paired":
+        from sasan.stages.evaluate_paired import run_paired_evaluate
+
+        return run_paired_evaluate(models, raw_dir, metrics_path, report_dir, cfg, save_predictions, progress,
+                                   bundles)
     raw_dir, report_dir = Path(raw_dir), Path(report_dir)
     target = cfg.experiment.target
     cases, labels, modality = target_test_cases(raw_dir, target)
     manifest_path = raw_dir / "manifest.json"
     check_structure_names(labels, manifest_path)
     check_label_maps(raw_dir, cfg.experiment.source, target)
-    bundles = bundles if bundles is not None else inspect_bundles(models)
     check_bundles(bundles, labels, modality, target, manifest_path)
     check_test_volumes(raw_dir, cases, bundles, cfg.validate_.affine_atol_mm)
     runtime = resolve_runtime(cfg.train.device, cfg.train.bf16, cfg.train.channels_last)
@@ -308,10 +328,20 @@ def run_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_path: str
     return results
 
 
+def is_paired_results(results: dict[str, Any]) -> bool:
+    """Whether ``results`` (the metrics JSON) is a paired evaluation's."""
+    return any(isinstance(r, dict) and r.get("mode") == "paired" for r in results.values())
+
+
 def summary_table(results: dict[str, Any], order: Optional[list[str]] = None,
                   structures: Optional[list[str]] = None) -> str:
     """A plain-text table: per-structure Dice and ASSD (voxels) for each method; columns in
-    ``structures`` order (e.g. label order) where given, else as stored."""
+    ``structures`` order (e.g. label order) where given, else as stored. A paired
+    evaluation's: MAE, PSNR and SSIM (mean +- sd) per method."""
+    if is_paired_results(results):
+        from sasan.stages.evaluate_paired import paired_summary_table
+
+        return paired_summary_table(results, order)
     methods = order or list(results)
     stored = list(next(iter(results.values()))["per_structure"])
     names = [n for n in structures or [] if n in stored] + [n for n in stored if n not in (structures or [])]

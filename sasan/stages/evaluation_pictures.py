@@ -1,4 +1,5 @@
-"""Pictures of the evaluation: per-structure Dice bars and a segmentation montage."""
+"""Pictures of the evaluation: per-structure Dice bars and a segmentation montage; for a
+paired evaluation, a translation montage."""
 
 from __future__ import annotations
 
@@ -53,6 +54,32 @@ def segmentation_montage(image: np.ndarray, gt: np.ndarray, preds: dict[str, np.
             ax.imshow(cut(image), cmap="gray", vmin=lo, vmax=hi)
             ax.imshow(np.ma.masked_equal(data, 0), cmap=cmap, vmin=0, vmax=9, alpha=0.6, interpolation="nearest")
         ax.set_title(name, fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_png(fig, png, dpi=90)
+
+
+def translation_montage(image: np.ndarray, translations: dict[str, tuple[np.ndarray, dict[str, float]]],
+                        real: np.ndarray, png: Path, title: str) -> None:
+    """Middle slice (last array axis) of the target input, each method's translation (its
+    MAE and SSIM on the subject in the title) and the real source image, normalised to
+    [-1, 1] as the model sees it."""
+    plt = pyplot()
+    j = image.shape[2] // 2
+
+    def cut(v: np.ndarray) -> np.ndarray:
+        return np.rot90(np.take(v, j, axis=2))
+
+    lo, hi = np.percentile(image, [1, 99])
+    panels = [("target input", cut(image), (lo, hi))]
+    panels += [(f"{m}\nMAE {s['mae']:.3f}  SSIM {s['ssim']:.3f}", cut(fake), (-1.0, 1.0))
+               for m, (fake, s) in translations.items()]
+    panels.append(("real source", cut(real), (-1.0, 1.0)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 3.0))
+    for ax, (name, data, (vmin, vmax)) in zip(np.atleast_1d(axes), panels):
+        ax.imshow(data, cmap="gray", vmin=vmin, vmax=vmax)
+        ax.set_title(name, fontsize=8)
         ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

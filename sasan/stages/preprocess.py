@@ -1,5 +1,9 @@
 """Preprocess stage: raw volumes -> per-domain, per-split slice-stack shards, plus the raw
-data set's identity (``data_identity.json``) so training knows which data it saw."""
+data set's identity (``data_identity.json``) so training knows which data it saw.
+
+With ``experiment.mode: paired`` the source and target volumes of each subject are prepared
+together, so that slice i of both domains' shards is one pair (:mod:`sasan.data.shards`);
+the raw data's layout does not decide it (a paired layout in unpaired mode is cut per volume)."""
 
 from __future__ import annotations
 
@@ -36,8 +40,9 @@ def run(inputs: PreprocessInputs, outputs: PreprocessOutputs, cfg: Config, track
     ``preprocess.bounds`` need not cover."""
     domains = list(inputs.domains) if inputs.domains else list(dict.fromkeys(
         (cfg.experiment.source, cfg.experiment.target)))
+    pair = (cfg.experiment.source, cfg.experiment.target) if cfg.experiment.mode == "paired" else None
     stats = write_dataset_shards(Path(inputs.raw), Path(outputs.shards), cfg.preprocess, domains,
-                                 affine_atol_mm=cfg.validate_.affine_atol_mm)
+                                 affine_atol_mm=cfg.validate_.affine_atol_mm, pair=pair)
     identity = data_identity(inputs.raw, code_dir)
     write_identity(outputs.shards, identity)
     tracker.log_metrics({"slices": stats["counts"]}, prefix="preprocess")

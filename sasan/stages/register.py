@@ -18,7 +18,7 @@ from sasan.errors import CheckpointError, ConfigError, DataError
 from sasan.tracking.client import TrackingError
 from sasan.tracking.pyfunc_model import log_bundle_model
 from sasan.data.manifest import sha256_file as file_sha256
-from sasan.tracking.registry import DEFAULT_METHOD, load_evaluation, register_and_gate, target_mean_dice
+from sasan.tracking.registry import DEFAULT_METHOD, gate_score, load_evaluation, register_and_gate
 from sasan.tracking.run_ref import read_run_ref
 from sasan.train.checkpoint import load_checkpoint
 
@@ -73,17 +73,17 @@ def checked_inputs(inputs: RegisterInputs,
     ``method`` model and, with an identity, the identity was recorded with these metrics
     after evaluating this bundle as ``method``."""
     metrics = load_evaluation(inputs.metrics)
-    target_mean_dice(metrics, method, inputs.metrics)
+    metric, _ = gate_score(metrics, method, inputs.metrics)     # mean Dice, or mean SSIM (paired)
     if not Path(inputs.bundle).is_file():
         raise CheckpointError("model bundle not found (written by `sasan train`)", inputs.bundle)
     variant = bundle_variant(inputs.bundle)
     if variant != method:
         raise ConfigError(f"the bundle is a {variant!r} model but the gated method is {method!r}: its "
-                          f"{method}.mean.dice does not score it (pass the {method} bundle, or --method {variant})",
+                          f"{method}.mean.{metric} does not score it (pass the {method} bundle, or --method {variant})",
                           inputs.bundle)
     identity = _read_identity(inputs.identity)
     if identity is not None:
-        check_evaluated(identity, inputs, method)
+        check_evaluated(identity, inputs, method, metric)
     return metrics, identity
 
 
@@ -96,7 +96,7 @@ def bundle_variant(path: Path) -> str:
     return state["variant"]
 
 
-def check_evaluated(identity: dict[str, Any], inputs: RegisterInputs, method: str) -> None:
+def check_evaluated(identity: dict[str, Any], inputs: RegisterInputs, method: str, metric: str = "dice") -> None:
     """The identity was written with these metrics, after evaluating this bundle as ``method``."""
     where = inputs.identity
     recorded = identity.get("metrics_sha256")
@@ -114,7 +114,7 @@ def check_evaluated(identity: dict[str, Any], inputs: RegisterInputs, method: st
         raise DataError(f"the bundle evaluated as {method} was a {entry['variant']!r} model", where)
     if file_sha256(inputs.bundle) != entry["sha256"]:
         raise DataError(f"the bundle {inputs.bundle} is not the one evaluated as {method} (sha256 "
-                        f"{entry['sha256'][:12]}...): its {method}.mean.dice does not score it; evaluate it first",
+                        f"{entry['sha256'][:12]}...): its {method}.mean.{metric} does not score it; evaluate it first",
                         where)
 
 

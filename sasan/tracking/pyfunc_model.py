@@ -1,13 +1,17 @@
-"""The trained model as an MLflow pyfunc: target-modality slice stacks in, label maps out.
+"""The trained model as an MLflow pyfunc: target-modality slice stacks in, label maps out
+(or, for a paired-mode bundle, which translates only, the translation).
 
 ``predict`` takes float32 ``(N, S, H, W)`` stacks in [-1, 1] (S = the bundle's input
 channels; H and W multiples of 16, at least 32 for a bundle with an attention module; the
 stacks ``sasan preprocess`` writes, of the training ``image_size``) and returns int64
 ``(N, H, W)`` labels: translate to the source modality with ``G_s(x, A_t(x))`` when the
 bundle translates, then segment with the U-Net and argmax (METHOD.md 4.5), in fp32 on CPU.
-Input that breaks these rules (NaN or inf, values outside [-1, 1], a size the networks
-cannot take) is refused with one line before the networks run. The model's metadata
-(``sasan``) records what to send: image size, domain, intensity bounds. The model ships the
+A bundle without a U-Net (``experiment.mode: paired``) returns the centre slice of each
+stack's translation instead: float32 ``(N, H, W)`` in [-1, 1], source-modality intensities
+as preprocessing normalises them. Input that breaks these rules (NaN or inf, values outside
+[-1, 1], a size the networks cannot take) is refused with one line before the networks run.
+The model's metadata (``sasan``) records what to send and what comes back (``output``:
+``labels`` or ``translation``): image size, domain, intensity bounds. The model ships the
 ``sasan`` package (``code_paths``) and pinned requirements, so ``mlflow.pyfunc.load_model``
 works in any environment that installs them.
 """
@@ -43,7 +47,8 @@ REQUIREMENTS = ("torch", "numpy", "mlflow", "PyYAML", "pydantic", "tqdm", "cloud
 
 
 class SasanSegmenterModel(mlflow.pyfunc.PythonModel):
-    """Loads the bundle from the model's ``bundle`` artifact; see the module docstring."""
+    """Loads the bundle from the model's ``bundle`` artifact; see the module docstring (the
+    name predates translate-only bundles, which it serves too: ``pyfunc_entry.py`` names it)."""
 
     def load_context(self, context) -> None:
         from sasan.bundle import load_bundle
@@ -62,8 +67,22 @@ class SasanSegmenterModel(mlflow.pyfunc.PythonModel):
 def predict_labels(bundle, stacks: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
     """(N, S, H, W) float32 in [-1, 1] -> (N, H, W) int64 labels, on CPU, in batches: the
     forward pass of ``sasan evaluate`` and ``sasan translate`` (:func:`sasan.bundle.predict_stacks`).
-    Input is checked first (:func:`check_stacks`, a one-line ValueError)."""
+    Input is checked first (:func:`check_stacks`, a one-line ValueError); a bundle that does
+    not segment (paired mode) is a ValueError too (:func:`predict_output` serves it)."""
+    if not bundle.segments:
+        raise ValueError(f"the {bundle.variant} bundle does not segment (a paired-mode model translates only)")
     return _forward(bundle, check_stacks(bundle, stacks, batch_size), batch_size)
+
+
+def predict_output(bundle, stacks: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """What the served model returns for ``stacks``: int64 labels (N, H, W), or, for a bundle
+    that translates only, the translation's centre slices (N, H, W) float32 in [-1, 1]."""
+    return _forward(bundle, check_stacks(bundle, stacks, batch_size), batch_size)
+
+
+def output_kind(bundle) -> str:
+    """``labels`` (the bundle segments) or ``translation`` (it translates only)."""
+    return "labels" if bundle.segments else "translation"
 
 
 def check_stacks(bundle, stacks: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
@@ -105,14 +124,17 @@ def _forward(bundle, stacks: np.ndarray, batch_size: int) -> np.ndarray:
     from sasan.bundle import predict_stacks
     from sasan.train.device import resolve_runtime
 
-    labels, _ = predict_stacks(bundle, stacks, resolve_runtime("cpu"), batch_size)
+    labels, translated = predict_stacks(bundle, stacks, resolve_runtime("cpu"), batch_size)
+    if labels is None:                  # translate-only bundle: the translation is the output
+        return np.asarray(translated, dtype=np.float32)
     return labels.astype(np.int64)
 
 
 def model_metadata(bundle, modality: Optional[str] = None) -> dict:
-    """What a client must send, stored in the logged model's metadata (``sasan``): the
-    image size and stack depth, the target domain (and modality when known) and the
-    intensity bounds preprocessing maps to [-1, 1] (by modality, then by domain)."""
+    """What a client must send and gets back, stored in the logged model's metadata
+    (``sasan``): the image size and stack depth, the target domain (and modality when known),
+    the intensity bounds preprocessing maps to [-1, 1] (by modality, then by domain), and the
+    ``output``: ``labels`` or ``translation`` (a bundle that translates only)."""
     cfg = bundle.cfg
     prep = cfg.preprocess
     domain = cfg.experiment.target
@@ -121,6 +143,9 @@ def model_metadata(bundle, modality: Optional[str] = None) -> dict:
     return {"sasan": {
         "variant": bundle.variant,
         "input": "float32 (N, S, H, W) target-modality slice stacks in [-1, 1], as `sasan preprocess` writes them",
+        "output": output_kind(bundle),
+        "output_format": ("int64 (N, H, W) label maps" if bundle.segments else
+                          "float32 (N, H, W) source-modality translation of each stack's centre slice, in [-1, 1]"),
         "domain": domain,
         "source_domain": cfg.experiment.source,
         "modality": modality,
@@ -138,13 +163,15 @@ def model_metadata(bundle, modality: Optional[str] = None) -> dict:
     }}
 
 
-def model_signature(in_channels: int) -> ModelSignature:
+def model_signature(in_channels: int, output: str = "labels") -> ModelSignature:
     """Tensor signature: any batch size, fixed stack depth. H and W are -1 because a tensor
     spec cannot say "multiple of 16": :func:`check_stacks` enforces that, and the model's
-    metadata and input example give the training image size."""
+    metadata and input example give the training image size. ``output``: ``labels`` (int64)
+    or ``translation`` (float32)."""
+    out_dtype = {"labels": np.int64, "translation": np.float32}[output]
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, in_channels, -1, -1))]),
-        outputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1, -1))]),
+        outputs=Schema([TensorSpec(np.dtype(out_dtype), (-1, -1, -1))]),
         params=ParamSchema([ParamSpec("batch_size", "long", DEFAULT_BATCH_SIZE)]),
     )
 
@@ -199,14 +226,14 @@ def log_bundle_model(tracker: Tracker, bundle_path: str | Path, name: str = "mod
     client = tracker.client
     requirements = pinned_requirements(constraints or default_constraints())
     logged = mlflow_call(client.create_logged_model, tracker.tracking_uri, tracker.experiment_id, name=name,
-                   source_run_id=tracker.run_id, model_type="segmentation",
+                   source_run_id=tracker.run_id, model_type="segmentation" if bundle.segments else "translation",
                    tags={"sasan.variant": bundle.variant})
     with tempfile.TemporaryDirectory(prefix="sasan-code-") as tmp, process_tracking_uri(tracker.tracking_uri):
         code = _package_copy(Path(tmp))
         info = mlflow.pyfunc.log_model(
             name=name, model_id=logged.model_id, python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             artifacts={"bundle": str(bundle_path)}, code_paths=[str(code)],
-            signature=model_signature(bundle.cfg.model.in_channels),
+            signature=model_signature(bundle.cfg.model.in_channels, output_kind(bundle)),
             input_example=np.asarray(example, np.float32),
             pip_requirements=requirements,
             metadata=model_metadata(bundle, modality),

@@ -81,10 +81,13 @@ def seed_everything(seed: int) -> None:
 
 def open_shards(shards: Path, cfg: Config, variant: str) -> TrainData:
     from sasan.data.dataset import SliceDataset  # heavy imports only when used
+    from sasan.data.shards import check_paired_shards
 
     src, tgt, seed = cfg.experiment.source, cfg.experiment.target, cfg.experiment.seed
     aug = cfg.train.augment
     paired = cfg.experiment.mode == "paired"
+    if paired:      # the joint step pairs slice i of the source with slice i of the target
+        check_paired_shards(shards / src / "train", shards / tgt / "train")
     return TrainData(
         source=SliceDataset(shards / src / "train", augment=aug, with_labels=not paired, seed=seed),
         # paired mode: the same seed gives both domains the same augmentation per index
@@ -295,9 +298,8 @@ class Trainer:
                 if data.target_plain_truth is not None and len(data.target_plain_truth) == len(labels):
                     pseudo["diagnosis_only_dice"] = pooled_dice(labels, labels_of(data.target_plain_truth), n_cls)
                 self._diagnose("pseudo_labels", pseudo)
+        # paired mode trains and bundles no U-Net: its model translates only, scored by image metrics
         unet = self.segmenter(ConcatSlices(parts), data.source_test) if not paired else None
-        if unet is None:  # paired mode evaluates translation, not segmentation
-            unet = build_segmenter(self.cfg.model).eval()
         bundle = ModelBundle(self.cfg, self.variant, unet, nets.att_t, nets.syn_s)
         return self._finish(bundle)
 

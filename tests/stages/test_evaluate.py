@@ -188,3 +188,216 @@ def test_no_bounds_for_the_target_is_one_line_naming_the_bundle(tmp_path, no_inf
     with pytest.raises(ConfigError, match=re.escape(f"{bundle}: preprocess.bounds has no entry for modality "
                                                     "'CTscan' or domain 'ct'")):
         _run(raw, {"sasan": bundle}, tmp_path / "out")
+
+
+# --- paired mode: translations scored by image metrics against the real source image -----------
+
+PAIRED_SHAPE = (32, 12, 32)         # axis 1 slices: 12 planes of 32 x 32 = the canvas (no resizing)
+
+
+def _paired_config(**preprocess):
+    return config_from_dict({"experiment": {"source": "mr", "target": "ct", "mode": "paired"},
+                             "train": {"device": "cpu"}, "evaluate": {"batch_size": 8},
+                             "ingest": {"layout": "paired", "test_fraction": 0.5},
+                             "preprocess": {"image_size": 32, "crop": "none", **preprocess}, "model": MODEL})
+
+
+def _paired_bundle(path, variant="sasan", seed=0, constant=False):
+    """A paired-mode model (no U-Net); ``constant``: its S_s ends in a zero convolution, so
+    every translation is exactly 0."""
+    torch.manual_seed(seed)
+    cfg = _paired_config()
+    nets = build_networks(cfg.model, seg_adversary=False)
+    if constant:
+        for p in nets.syn_s.head[1].parameters():
+            torch.nn.init.zeros_(p)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_bundle(path, ModelBundle(cfg, variant, None, nets.att_t if variant == "sasan" else None, nets.syn_s))
+    return path
+
+
+def _body(seed):
+    """A body ellipse (background 0 outside) and random intensities inside it."""
+    x, _, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in PAIRED_SHAPE], indexing="ij")
+    body = (x / 0.8) ** 2 + (z / 0.7) ** 2 < 1
+    return body, np.random.default_rng(seed)
+
+
+@pytest.fixture
+def paired_raw(tmp_path):
+    """Four subjects <case>/{ct,mr,label}.nii.gz on one grid, ingested with `--layout paired`
+    (the real ingest stage): two subjects in test."""
+    from sasan.stages import ingest
+
+    src = tmp_path / "src"
+    for i in range(1, 5):
+        body, rng = _body(i)
+        mr = np.where(body, rng.uniform(100, 200, PAIRED_SHAPE), 0.0).astype(np.float32)
+        ct = np.where(body, 40 + 0.5 * mr + rng.normal(0, 10, PAIRED_SHAPE), -1000).astype(np.int16)
+        _save(src / f"s{i}" / "mr.nii.gz", mr, np.eye(4))
+        _save(src / f"s{i}" / "ct.nii.gz", ct, np.eye(4))
+        _save(src / f"s{i}" / "label.nii.gz", body.astype(np.uint8), np.eye(4))
+    raw = tmp_path / "raw"
+    ingest.run(ingest.IngestInputs(str(src)), ingest.IngestOutputs(raw), _paired_config(), Tracker.disabled())
+    return raw
+
+
+def _paired_tests(raw):
+    manifest = json.loads((raw / "manifest.json").read_text())
+    by = {(c["domain"], c["case_id"]): c for c in manifest["cases"]}
+    return [(cid, raw / by[("ct", cid)]["image"], raw / by[("mr", cid)]["image"])
+            for (d, cid), c in by.items() if d == "ct" and c["split"] == "test"]
+
+
+def _normalised_by_hand(path, bounds=(-1.8, 4.4), percentiles=(2.0, 98.0)):
+    """METHOD.md 5 on the whole volume (crop none, 32 x 32 planes: no resizing): clip at the
+    percentiles, z-score, bounds -> [-1, 1], clip."""
+    v = nib.load(path).get_fdata().astype(np.float64)
+    lo, hi = np.percentile(v.astype(np.float32), percentiles)
+    c = np.clip(v, lo, hi)
+    z = (c - c.mean()) / c.std()
+    return np.clip(2 * (z - bounds[0]) / (bounds[1] - bounds[0]) - 1, -1, 1)
+
+
+def _run_paired(raw, models, out, cfg=None, save_predictions=True):
+    return evaluate.run(evaluate.EvaluateInputs(raw, models),
+                        evaluate.EvaluateOutputs(out / "evaluation.json", out / "report"),
+                        cfg or _paired_config(), Tracker.disabled(), save_predictions=save_predictions,
+                        progress=False)
+
+
+def test_paired_evaluation_scores_translations_against_the_real_source(tmp_path, paired_raw):
+    from sasan.bundle import load_bundle
+    from sasan.data.preprocess import prepare_volume
+    from sasan.inference import infer_volume
+    from sasan.metrics import body_mask, translation_scores
+
+    models = {"sasan": _paired_bundle(tmp_path / "m" / "sasan" / "model.pt", constant=True),
+              "cyclegan": _paired_bundle(tmp_path / "m" / "cyclegan" / "model.pt", "cyclegan", seed=1)}
+    out = tmp_path / "out"
+    results = _run_paired(paired_raw, models, out)
+    metrics = json.loads((out / "evaluation.json").read_text())
+    assert sorted(metrics) == ["cyclegan", "sasan"] and metrics == json.loads(json.dumps(results))
+    tests = _paired_tests(paired_raw)
+    assert len(tests) == 2
+    keys = {"mae", "rmse", "psnr", "ssim", "pearson"}
+    for method in metrics:
+        m = metrics[method]
+        assert set(m) == {"mode", "n_subjects", "mean", "sd", "per_subject"} and m["mode"] == "paired"
+        assert m["n_subjects"] == 2 and set(m["mean"]) == set(m["sd"]) == keys
+        assert [r["case_id"] for r in m["per_subject"]] == [cid for cid, _, _ in tests]
+        for k in keys:
+            values = [r[k] for r in m["per_subject"]]
+            assert m["mean"][k] == pytest.approx(np.mean(values), nan_ok=True)
+            assert m["sd"][k] == pytest.approx(np.std(values), nan_ok=True)
+    assert all(np.isfinite(v) for v in [*metrics["cyclegan"]["mean"].values(), *metrics["cyclegan"]["sd"].values()])
+    # the constant model translates every voxel to 0: its scores follow from the real image alone
+    for row, (cid, _, mr) in zip(metrics["sasan"]["per_subject"], tests):
+        real = _normalised_by_hand(mr)
+        body = nib.load(mr).get_fdata() > 0
+        err = real[body]
+        assert row["mae"] == pytest.approx(np.abs(err).mean(), rel=1e-5)
+        assert row["rmse"] == pytest.approx(np.sqrt((err ** 2).mean()), rel=1e-5)
+        assert row["psnr"] == pytest.approx(10 * np.log10(4.0 / (err ** 2).mean()), rel=1e-5)
+        assert np.isnan(row["pearson"])                  # a constant translation correlates with nothing
+    # the trained-shape model: translation_scores on the arrays inference and preprocessing give
+    bundle = load_bundle(models["cyclegan"])
+    prep = bundle.cfg.preprocess
+    for row, (cid, ct, mr) in zip(metrics["cyclegan"]["per_subject"], tests):
+        fake = np.asarray(infer_volume(bundle, ct, prep, "CT", domain="ct").translated.dataobj)
+        prepared = prepare_volume(mr, prep, "MR", "mr")
+        real = np.asarray(prepared.restore_intensity(prepared.slices).dataobj)
+        assert np.allclose(real, _normalised_by_hand(mr), atol=1e-5)
+        assert {k: row[k] for k in keys} == pytest.approx(translation_scores(fake, real, body_mask(real), 2.0))
+    # the report: per-subject rows, translated volumes, the picture; no segmentation files
+    report = out / "report"
+    per_subject = json.loads((report / "per_subject.json").read_text())
+    assert per_subject["cyclegan"][tests[0][0]] == {k: metrics["cyclegan"]["per_subject"][0][k] for k in keys}
+    for method in models:
+        for cid, ct, _ in tests:
+            assert nib.load(report / "translations" / method / f"{cid}.nii.gz").shape == nib.load(ct).shape
+    assert (report / "translations.png").stat().st_size > 0
+    assert not (report / "per_structure.json").exists() and not (report / "segmentations.png").exists()
+    identity = json.loads((report / "identity.json").read_text())
+    assert identity["mode"] == "paired" and identity["metrics_sha256"] == evaluate.file_sha256(out / "evaluation.json")
+    table = evaluate.summary_table(results, ["sasan", "cyclegan"])
+    assert table.splitlines()[0].split() == ["method", "MAE", "PSNR", "(dB)", "SSIM"]
+    assert "mean +- sd over 2 test subject(s)" in table
+    assert evaluate.loggable_scores(results["sasan"]) == {
+        "mean": {k: v for k, v in results["sasan"]["mean"].items() if k != "pearson"}}
+    md = evaluate.markdown_report(results, ["sasan", "cyclegan"], "paired", report, embed_images=False)
+    assert "| method | MAE | RMSE | PSNR | SSIM | Pearson |" in md and "translations.png" in md
+
+
+def test_unpaired_identity_has_no_mode(tmp_path):
+    raw = make_raw(tmp_path / "raw")
+    _run(raw, {"sasan": _bundle(tmp_path / "m.pt")}, tmp_path / "out")
+    assert "mode" not in json.loads((tmp_path / "out" / "report" / "identity.json").read_text())
+
+
+def test_translate_only_bundles_are_evaluated_paired_whatever_the_config(tmp_path, paired_raw):
+    """The bundles' kind decides too: an unpaired config evaluating translate-only bundles."""
+    unpaired_cfg = config_from_dict({**_paired_config().to_dict(), "experiment": {"source": "mr", "target": "ct"}})
+    results = _run_paired(paired_raw, {"sasan": _paired_bundle(tmp_path / "m.pt")}, tmp_path / "out", unpaired_cfg,
+                          save_predictions=False)
+    assert results["sasan"]["mode"] == "paired" and not (tmp_path / "out" / "report" / "translations").exists()
+
+
+def test_subjects_without_a_source_image_are_skipped_with_one_warning(tmp_path, paired_raw, caplog):
+    tests = _paired_tests(paired_raw)
+    manifest = json.loads((paired_raw / "manifest.json").read_text())
+    manifest["cases"] = [c for c in manifest["cases"] if (c["domain"], c["case_id"]) != ("mr", tests[0][0])]
+    (paired_raw / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="sasan.stages.evaluate_paired"):
+        results = _run_paired(paired_raw, {"sasan": _paired_bundle(tmp_path / "m.pt")}, tmp_path / "out",
+                              save_predictions=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and tests[0][0] in warnings[0] and tests[1][0] not in warnings[0]
+    assert results["sasan"]["n_subjects"] == 1
+    assert [r["case_id"] for r in results["sasan"]["per_subject"]] == [tests[1][0]]
+
+
+def test_no_paired_subject_left_is_one_line_before_inference(tmp_path, paired_raw, no_inference):
+    manifest = json.loads((paired_raw / "manifest.json").read_text())
+    manifest["cases"] = [c for c in manifest["cases"] if not (c["domain"] == "mr" and c["split"] == "test")]
+    (paired_raw / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"manifest.json: none of the 2 'ct' test case\(s\) has a 'mr' test image"):
+        _run_paired(paired_raw, {"sasan": _paired_bundle(tmp_path / "m.pt")}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_source_image_off_the_target_grid_is_refused_before_inference(tmp_path, paired_raw, no_inference):
+    _, ct, mr = _paired_tests(paired_raw)[1]
+    _save(mr, np.zeros((32, 12, 30), np.float32), np.eye(4))
+    with pytest.raises(DataError, match=re.escape(f"{mr}: source image shape (32, 12, 30) differs from the paired "
+                                                  f"target image's (32, 12, 32) ({ct.name})")):
+        _run_paired(paired_raw, {"sasan": _paired_bundle(tmp_path / "m.pt")}, tmp_path / "out")
+    _save(mr, np.zeros(PAIRED_SHAPE, np.float32), np.diag([1.0, 1.0, 1.5, 1.0]))
+    with pytest.raises(DataError, match="source image affine differs from the paired target image's"):
+        _run_paired(paired_raw, {"sasan": _paired_bundle(tmp_path / "m.pt")}, tmp_path / "out")
+
+
+def test_segmenting_and_translate_only_bundles_are_not_evaluated_together(tmp_path, paired_raw, no_inference):
+    paired = _paired_bundle(tmp_path / "paired.pt")
+    segmenting = _bundle(tmp_path / "unpaired.pt")
+    for cfg in (_paired_config(), _config()):
+        with pytest.raises(ConfigError, match=re.escape(f"{paired}: the sasan bundle(s) translate only (paired mode) "
+                                                        "but no_adaptation segment")):
+            _run_paired(paired_raw, {"sasan": paired, "no_adaptation": segmenting}, tmp_path / "out", cfg)
+    # a paired evaluation of a bundle that does not translate
+    no_adaptation = _bundle(tmp_path / "na.pt", "no_adaptation")
+    with pytest.raises(ConfigError, match=re.escape(f"{no_adaptation}: paired evaluation scores translations, but "
+                                                    "the no_adaptation bundle does not translate")):
+        _run_paired(paired_raw, {"no_adaptation": no_adaptation}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_paired_bounds_are_checked_for_both_modalities(tmp_path, paired_raw, no_inference):
+    cfg = _paired_config(bounds={"ct": (-2.8, 3.2)})
+    torch.manual_seed(0)
+    nets = build_networks(cfg.model, seg_adversary=False)
+    path = tmp_path / "m.pt"
+    save_bundle(path, ModelBundle(cfg, "sasan", None, nets.att_t, nets.syn_s))
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: preprocess.bounds has no entry for modality 'MR' or "
+                                                    "domain 'mr'")):
+        _run_paired(paired_raw, {"sasan": path}, tmp_path / "out", cfg)

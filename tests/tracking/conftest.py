@@ -58,6 +58,16 @@ def tiny_bundle(variant: str = "sasan", seed: int = 0) -> ModelBundle:
     return ModelBundle(cfg, variant, build_segmenter(m), att_t, syn_s).eval()
 
 
+def tiny_paired_bundle(seed: int = 0) -> ModelBundle:
+    """A small random paired-mode bundle (experiment.mode: paired): A_t + S_s, no U-Net."""
+    torch.manual_seed(seed)
+    cfg = config_from_dict({**tiny_config().to_dict(), "experiment": {"mode": "paired"}})
+    m = cfg.model
+    att_t = AttentionModule(m.in_channels, m.k, m.num_classes, m.attention_width)
+    syn_s = SynthesisModule(m.in_channels, m.in_channels, m.k, m.synth_width, m.norm_hidden)
+    return ModelBundle(cfg, "sasan", None, att_t, syn_s).eval()
+
+
 @pytest.fixture
 def bundle_path(tmp_path):
     path = tmp_path / "bundle.pt"

@@ -15,10 +15,10 @@ import torch
 from mlflow import MlflowClient
 
 from sasan.bundle import save_bundle
-from sasan.tracking.pyfunc_model import log_bundle_model, pinned_requirements, predict_labels
+from sasan.tracking.pyfunc_model import log_bundle_model, pinned_requirements, predict_labels, predict_output
 from sasan.tracking.client import process_tracking_uri
 from sasan.tracking.runs import Tracker
-from tests.tracking.conftest import tiny_bundle
+from tests.tracking.conftest import tiny_bundle, tiny_paired_bundle
 
 
 def _reference_labels(bundle, x: np.ndarray) -> np.ndarray:
@@ -213,7 +213,7 @@ def test_logged_model_metadata_says_what_to_send(logged):
     assert meta["bounds_table"]["mr"] == list(bundle.cfg.preprocess.bounds["mr"])
     assert meta["value_range"] == [-1.0, 1.0]
     assert meta["size_multiple"] == 16 and meta["min_size"] == 32
-    assert meta["variant"] == "sasan"
+    assert meta["variant"] == "sasan" and meta["output"] == "labels"
 
 
 def test_metadata_prefers_the_modality_bounds_as_preprocessing_does():
@@ -223,3 +223,46 @@ def test_metadata_prefers_the_modality_bounds_as_preprocessing_does():
     assert (meta["modality"], meta["bounds_key"], meta["domain"]) == ("MR", "mr", "ct")
     assert meta["min_size"] == 16
     assert model_metadata(tiny_bundle("sasan"), modality="pet")["sasan"]["bounds_key"] == "ct"
+
+
+# --- a paired-mode bundle translates only: the served model returns the translation ---------------
+
+
+def _reference_translation(bundle, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        t = torch.from_numpy(x)
+        return bundle.syn_s(t, bundle.att_t(t)[0])[:, x.shape[1] // 2].numpy()
+
+
+def test_a_paired_bundle_predicts_its_translation():
+    bundle = tiny_paired_bundle(seed=2)
+    x = _stacks(4)
+    out = predict_output(bundle, x, batch_size=3)
+    assert out.shape == (4, 32, 32) and out.dtype == np.float32
+    assert out.min() >= -1.0 and out.max() <= 1.0
+    np.testing.assert_allclose(out, _reference_translation(bundle, x), atol=1e-5)
+    np.testing.assert_array_equal(predict_output(tiny_bundle("sasan", seed=3), x), _reference_labels(
+        tiny_bundle("sasan", seed=3), x))                                      # a segmenting bundle: labels
+    with pytest.raises(ValueError, match="does not segment"):
+        predict_labels(bundle, x)
+    with pytest.raises(ValueError, match="non-finite"):
+        predict_output(bundle, np.full((1, 3, 32, 32), np.nan, np.float32))
+
+
+def test_a_logged_paired_model_serves_translations(tmp_path, tracking_uri):
+    bundle = tiny_paired_bundle(seed=4)
+    save_bundle(tmp_path / "paired.pt", bundle)
+    tracker = Tracker.start(tracking_uri, "exp", "pipeline")
+    model_uri = log_bundle_model(tracker, tmp_path / "paired.pt")          # the default example: valid
+    tracker.end()
+    with process_tracking_uri(tracking_uri):
+        model = mlflow.pyfunc.load_model(model_uri)
+    x = _stacks(3, seed=5)
+    out = model.predict(x)
+    assert out.shape == (3, 32, 32) and out.dtype == np.float32
+    np.testing.assert_allclose(out, _reference_translation(bundle, x), atol=1e-5)
+    [sig_out] = model.metadata.signature.outputs.inputs
+    assert (sig_out.type, sig_out.shape) == (np.dtype("float32"), (-1, -1, -1))
+    meta = model.metadata.metadata["sasan"]
+    assert meta["output"] == "translation" and meta["variant"] == "sasan"
+    assert MlflowClient(tracking_uri).get_logged_model(model_uri.split("/")[-1]).model_type == "translation"

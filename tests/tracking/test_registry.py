@@ -7,7 +7,8 @@ from mlflow import MlflowClient
 
 from sasan.config import RegisterConfig
 from sasan.tracking.registry import (
-    DICE_TAG, MetricsError, decide, gate_identity, load_evaluation, register_and_gate, target_mean_dice,
+    DICE_TAG, SSIM_TAG, MetricsError, decide, gate_identity, gate_score, load_evaluation, register_and_gate,
+    target_mean_dice,
 )
 from sasan.tracking.runs import Tracker
 
@@ -314,3 +315,82 @@ def test_a_stale_lock_still_held_by_the_same_holder_is_broken(monkeypatch):
     with registry.gate_lock(store, "seg", "me", wait_s=10.0, poll_s=0.5):
         assert store.deletes == ["seg.gate-lock"]                # broken once, after the re-read
     assert store.gets == 2 and clock.sleeps == [0.5]
+
+
+# --- paired mode: the gate on mean SSIM, never against a Dice champion -----------------------------------
+
+PAIRED_GATE = RegisterConfig(model_name="seg", min_dice=0.5, min_ssim=0.6, alias="champion")
+PAIRED_IDENTITY = {**IDENTITY, "mode": "paired"}       # what evaluate writes for a paired evaluation
+
+
+def paired_evaluation(sasan_ssim: float) -> dict:
+    """A paired evaluation's metrics (`sasan evaluate` with experiment.mode: paired)."""
+    scores = {"mae": 0.1, "rmse": 0.2, "psnr": 20.0, "ssim": sasan_ssim, "pearson": 0.8}
+    return {"sasan": {"mode": "paired", "n_subjects": 2, "mean": scores,
+                      "sd": {k: 0.01 for k in scores}, "per_subject": []}}
+
+
+def paired_gate(tracking_uri, candidate, ssim, report_dir, cfg=PAIRED_GATE, identity=PAIRED_IDENTITY):
+    run_id, model_uri = candidate()
+    return register_and_gate(tracking_uri, model_uri, paired_evaluation(ssim), cfg, run_id, report_dir,
+                             identity=identity)
+
+
+def test_a_paired_model_is_gated_on_mean_ssim(tracking_uri, candidate, tmp_path):
+    assert gate_score(paired_evaluation(0.7)) == ("ssim", 0.7) and gate_score(evaluation(0.7)) == ("dice", 0.7)
+    low = paired_gate(tracking_uri, candidate, 0.55, tmp_path / "low")       # above min_dice, below min_ssim
+    assert low["promoted"] is False and low["target_mean_ssim"] == 0.55 and low["min_ssim"] == 0.6
+    assert "target_mean_dice" not in low and "min_dice" not in low
+    assert "target mean SSIM 0.5500 < threshold 0.6000" in low["reasons"][0]
+    first = paired_gate(tracking_uri, candidate, 0.65, tmp_path / "first")
+    assert first["promoted"] is True and champion(tracking_uri) == "2"
+    tags = MlflowClient(tracking_uri).get_model_version("seg", "2").tags
+    assert float(tags[SSIM_TAG]) == 0.65 and DICE_TAG not in tags and tags["sasan.eval.mode"] == "paired"
+    md = (tmp_path / "first" / "register.md").read_text()
+    assert "target mean SSIM" in md and "register.min_ssim" in md and "Dice" not in md
+    better = paired_gate(tracking_uri, candidate, 0.70, tmp_path / "better")
+    assert better["promoted"] is True and champion(tracking_uri) == "3"
+    assert better["previous_champion"] == {"version": "2", "target_mean_ssim": 0.65,
+                                           "identity": gate_identity(PAIRED_IDENTITY)}
+    assert "target mean SSIM 0.7000 > champion v2's 0.6500" in better["reasons"][1]
+    worse = paired_gate(tracking_uri, candidate, 0.68, tmp_path / "worse")
+    assert worse["promoted"] is False and champion(tracking_uri) == "3"
+
+
+def test_a_dice_champion_and_an_ssim_candidate_are_never_compared(tracking_uri, candidate, tmp_path):
+    gate(tracking_uri, candidate, 0.60, tmp_path / "dice")                     # a segmentation champion
+    report = paired_gate(tracking_uri, candidate, 0.95, tmp_path / "ssim")
+    assert report["promoted"] is False and champion(tracking_uri) == "1"
+    assert "gated on target mean Dice" in report["reasons"][1] and "not compared" in report["reasons"][1]
+    assert report["previous_champion"]["target_mean_ssim"] is None
+    assert "| previous champion | v1 | n/a |" in (tmp_path / "ssim" / "register.md").read_text()
+
+
+def test_an_ssim_champion_is_not_compared_with_a_dice_candidate(tracking_uri, candidate, tmp_path):
+    paired_gate(tracking_uri, candidate, 0.9, tmp_path / "ssim")
+    report = gate(tracking_uri, candidate, 0.99, tmp_path / "dice")
+    assert report["promoted"] is False and champion(tracking_uri) == "1"
+    assert "gated on target mean SSIM" in report["reasons"][1]
+
+
+def test_paired_and_segmentation_identities_differ():
+    assert gate_identity(IDENTITY) == FIELDS and "mode" not in FIELDS           # unchanged for segmentation
+    assert gate_identity(PAIRED_IDENTITY) == {**FIELDS, "mode": "paired"}
+    d = decide(0.9, 0.5, "1", 0.2, gate_identity(PAIRED_IDENTITY), FIELDS, metric="ssim", champion_metric="ssim")
+    assert d.promote is False and "another identity" in d.reasons[1] and "mode" in d.reasons[1]
+    d = decide(0.9, 0.5, "1", None, FIELDS, FIELDS, metric="ssim", champion_metric="dice")
+    assert d.promote is False and "not compared" in d.reasons[1]
+
+
+@pytest.mark.parametrize("mean, message", [
+    ({"mae": 0.1}, "no sasan.mean.ssim"),
+    ({"ssim": float("nan")}, "must be a finite number"),
+    ({"ssim": 1.5}, r"must lie in \[-1, 1\]"),
+])
+def test_malformed_paired_metrics_fail_before_anything_is_registered(tracking_uri, candidate, tmp_path, mean,
+                                                                    message):
+    run_id, model_uri = candidate()
+    metrics = {"sasan": {"mode": "paired", "mean": mean}}
+    with pytest.raises(MetricsError, match=message):
+        register_and_gate(tracking_uri, model_uri, metrics, PAIRED_GATE, run_id, tmp_path, metrics_origin="m.json")
+    assert MlflowClient(tracking_uri).search_registered_models() == []

@@ -14,8 +14,8 @@ from sasan.stages import register as register_stage
 from sasan.tracking.client import process_tracking_uri
 from sasan.data.manifest import sha256_file as file_sha256
 from sasan.tracking.runs import Tracker, write_run_ref
-from tests.tracking.conftest import tiny_bundle
-from tests.tracking.test_registry import IDENTITY, evaluation
+from tests.tracking.conftest import tiny_bundle, tiny_paired_bundle
+from tests.tracking.test_registry import IDENTITY, evaluation, paired_evaluation
 
 
 def evaluated(metrics_path, bundles):
@@ -184,3 +184,39 @@ def test_register_refuses_inputs_that_do_not_belong_together(tracking_uri, tmp_p
     assert MlflowClient(tracking_uri).search_registered_models() == []
     assert MlflowClient(tracking_uri).get_run(tracker.run_id).info.status == "FINISHED"
     assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.slow
+def test_register_gates_a_paired_model_on_ssim(tracking_uri, tmp_path, monkeypatch, capsys):
+    """A translate-only bundle with a paired evaluation: logged as a translation model and
+    gated on register.min_ssim; a bundle other than the one evaluated names the SSIM."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    bundle = tmp_path / "train" / "sasan" / "model.pt"
+    bundle.parent.mkdir(parents=True)
+    save_bundle(bundle, tiny_paired_bundle(seed=1))
+    (tmp_path / "params.yaml").write_text("register:\n  model_name: mr-synth\n  min_ssim: 0.6\n")
+    metrics = tmp_path / "evaluation.json"
+    metrics.write_text(json.dumps(paired_evaluation(0.7)))
+    (tmp_path / "evaluation").mkdir()
+    identity = tmp_path / "evaluation" / "identity.json"
+    identity.write_text(json.dumps({**evaluated(metrics, {"sasan": bundle}), "mode": "paired"}))
+    assert register_stage.checked_inputs(register_stage.RegisterInputs(bundle, metrics, identity)) == \
+        (paired_evaluation(0.7), json.loads(identity.read_text()))
+    tracker = Tracker.start(tracking_uri, "sasan-test", "pipeline")
+    write_run_ref(tmp_path / "run.json", tracker)
+    tracker.end()
+    code = main(["register", "--bundle", str(bundle), "--metrics", str(metrics), "--run-ref", str(tmp_path / "run.json"),
+                 "--report", str(tmp_path / "report"), "--evaluation-report", str(identity.parent),
+                 "--params", str(tmp_path / "params.yaml")])
+    assert code == 0
+    assert "mr-synth v1: target mean SSIM 0.7000, promoted to @champion" in capsys.readouterr().out
+    report = json.loads((tmp_path / "report" / "register.json").read_text())
+    assert report["identity"]["mode"] == "paired" and (report["target_mean_ssim"], report["min_ssim"]) == (0.7, 0.6)
+    with process_tracking_uri(tracking_uri):
+        model = mlflow.pyfunc.load_model("models:/mr-synth@champion")
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
+    out = model.predict(x)
+    assert out.shape == (2, 32, 32) and out.dtype == np.float32
+    save_bundle(bundle, tiny_paired_bundle(seed=9))                   # retrained since the evaluation
+    with pytest.raises(DataError, match="its sasan.mean.ssim does not score it"):
+        register_stage.check_inputs(register_stage.RegisterInputs(bundle, metrics, identity))

@@ -93,6 +93,18 @@ def test_paired_mode_uses_voxel_loss_and_no_segmentation_terms():
     assert "G/orthogonality" in logs
 
 
+def test_paired_recipe_bundles_a_translator_without_a_u_net(tmp_path, tiny_data):
+    """Paired mode trains no segmenter, and its bundle holds none (it held an untrained one)."""
+    from sasan.bundle import load_bundle
+    from sasan.train.recipe import Trainer
+
+    summary = Trainer(tiny_config(experiment={"mode": "paired"}), tmp_path, "sasan", progress=False).run(tiny_data)
+    assert "joint" in summary and "segmenter" not in summary
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["segmenter"] is None
+    bundle = load_bundle(tmp_path / "model.pt")
+    assert not bundle.segments and bundle.translates and bundle.att_t is not None
+
+
 @pytest.mark.slow
 def test_translator_fits_a_fixed_batch():
     """Cycle and identity losses fall clearly when the same batch is seen repeatedly."""

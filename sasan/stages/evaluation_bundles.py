@@ -1,0 +1,47 @@
+"""What both evaluations (segmentation, :mod:`sasan.stages.evaluate`; paired translation,
+:mod:`sasan.stages.evaluate_paired`) read before they run a model: each bundle's kind and
+digest, and the raw data set's manifest."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sasan.bundle import load_bundle
+from sasan.config import Config
+from sasan.data.manifest import sha256_file as file_sha256
+from sasan.errors import DataError
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What evaluate needs to know of a bundle before it runs it."""
+
+    path: Path
+    variant: str
+    sha256: str                     # of the model.pt file: register checks it is the one evaluated
+    cfg: Config                     # the bundle's own config (preprocess, model.num_classes)
+    segments: bool = True           # has a U-Net (False: a paired-mode model, translation only)
+    translates: bool = True         # has S_s (False: no_adaptation, upper_bound)
+
+
+def inspect_bundles(models: dict[str, Path]) -> dict[str, BundleInfo]:
+    """Each bundle's variant, file digest, config and kind (loaded on the CPU), in ``models`` order."""
+    infos = {}
+    for method, path in models.items():
+        bundle = load_bundle(path, map_location="cpu")
+        infos[method] = BundleInfo(Path(path), bundle.variant, file_sha256(path), bundle.cfg, bundle.segments,
+                                   bundle.translates)
+    return infos
+
+
+def read_manifest_file(raw_dir: Path) -> dict[str, Any]:
+    manifest_path = raw_dir / "manifest.json"
+    try:
+        return json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise DataError("manifest.json not found: run `sasan ingest` first", manifest_path) from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"manifest is not valid JSON: {err}", manifest_path) from None

@@ -1,0 +1,202 @@
+"""Paired preprocessing (experiment.mode: paired): each subject's CT and MR are cut with one
+box and one set of kept slices, so slice i of both domains' shards is one pair; and
+:func:`check_paired_shards`, which refuses shards that are not aligned."""
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from sasan.config import config_from_dict
+from sasan.data.manifest import read_manifest
+from sasan.data.phantom import generate_paired_phantom
+from sasan.data.prepare import prepare_pair, prepare_volume
+from sasan.data.shards import PAIRED_KEYS, check_paired_shards, open_shard
+from sasan.errors import ConfigError, DataError
+from sasan.stages import ingest, preprocess
+from sasan.tracking.runs import Tracker
+
+torch.set_num_threads(1)
+SPLITS = ("train", "test")
+
+
+def _cfg(mode, source="mr", target="ct"):
+    return config_from_dict({"ingest": {"layout": "paired", "test_fraction": 0.5, "seed": 0},
+                             "experiment": {"source": source, "target": target, "mode": mode},
+                             "preprocess": {"image_size": 32}}, "test")
+
+
+def _preprocess(raw, out, mode, domains=None, **experiment):
+    return preprocess.run(preprocess.PreprocessInputs(raw, domains), preprocess.PreprocessOutputs(out),
+                          _cfg(mode, **experiment), Tracker.disabled())
+
+
+@pytest.fixture(scope="module")
+def paired_raw(tmp_path_factory):
+    """A 2-subject paired phantom (1 train, 1 test) whose CT and MR bodies differ in extent, as
+    on a scanner: every volume padded with air on one grid, and a CT table plate at the
+    posterior end that the MR lacks (more CT slices with body, a larger CT body box)."""
+    root = tmp_path_factory.mktemp("paired")
+    generate_paired_phantom(root / "src", cases=2, size=32)
+    for case in sorted((root / "src").glob("pair_*")):
+        for name, air in (("ct", -1024), ("mr", 0), ("label", 0)):
+            img = nib.load(case / f"{name}.nii.gz")
+            array = np.pad(np.asarray(img.dataobj), ((0, 8), (8, 0), (0, 0)), constant_values=air)
+            if name == "ct":
+                array[:, :5, :] = 300  # RAS: posterior coronal planes (the slicing axis, preprocess.axis 1)
+            nib.save(nib.Nifti1Image(array, img.affine, img.header), case / f"{name}.nii.gz")
+    ingest.run(ingest.IngestInputs(str(root / "src")), ingest.IngestOutputs(root / "raw"), _cfg("paired"),
+               Tracker.disabled())
+    return root / "raw"
+
+
+@pytest.fixture(scope="module")
+def shards(paired_raw, tmp_path_factory):
+    """The paired raw set preprocessed in both modes: {"paired": dir, "unpaired": dir}."""
+    root = tmp_path_factory.mktemp("shards")
+    for mode in ("paired", "unpaired"):
+        _preprocess(paired_raw, root / mode, mode)
+    return {mode: root / mode for mode in ("paired", "unpaired")}
+
+
+def _case(raw, domain, split):
+    entry = next(c for c in read_manifest(raw)["cases"] if c["domain"] == domain and c["split"] == split)
+    return entry["case_id"], raw / entry["image"], raw / entry["label"]
+
+
+def _tissue(shard, stats, domain, raw_threshold):
+    """Per slice, the pixels above a raw intensity (a function of the volume's stats), found in
+    the shard's normalised centre slices through the volume's own clip, z-score and bounds."""
+    lo, hi = stats["domains"][domain]["bounds"]
+    masks = []
+    for row, case in enumerate(shard.index["case_of_slice"]):
+        s = stats["domains"][domain]["volumes"][shard.index["cases"][case]]
+        z = (np.clip(raw_threshold(s), s["p_low"], s["p_high"]) - s["mean"]) / s["std"]
+        masks.append(np.asarray(shard.images[row, 1], np.float32) > 2 * (z - lo) / (hi - lo) - 1)
+    return np.array(masks)
+
+
+def test_paired_shards_hold_the_same_slices_of_each_pair(shards, paired_raw):
+    stats = json.loads((shards["paired"] / "stats.json").read_text())
+    for split in SPLITS:
+        mr, ct = (open_shard(shards["paired"] / d / split) for d in ("mr", "ct"))
+        assert {k: mr.index[k] for k in PAIRED_KEYS} == {k: ct.index[k] for k in PAIRED_KEYS}
+        assert mr.images.shape == ct.images.shape and len(mr.index["cases"]) == 1
+        assert np.array_equal(mr.labels, ct.labels)  # one shared label through one geometry
+        # the same anatomy in both: CT tissue (> -500 HU) and MR tissue (> 10% of its p_high) coincide
+        a = _tissue(mr, stats, "mr", lambda s: 0.1 * s["p_high"])
+        b = _tissue(ct, stats, "ct", lambda s: -500.0)
+        assert (a & b).sum() / (a | b).sum() > 0.8
+        check_paired_shards(mr.path, ct.path)
+
+        # each shard row is prepare_pair's slice: one crop for both, slices where both have body
+        case_id, ct_image, ct_label = _case(paired_raw, "ct", split)
+        _, mr_image, mr_label = _case(paired_raw, "mr", split)
+        (pm, _), (pc, _) = prepare_pair([mr_image, ct_image], [mr_label, ct_label], _cfg("paired").preprocess,
+                                        [(-1.8, 4.4), (-2.8, 3.2)], ["MR", "CT"])
+        assert (pm.geometry.box, pm.geometry.content) == (pc.geometry.box, pc.geometry.content)
+        assert pm.body_box != pc.body_box  # the table: a larger CT body box
+        keep = np.flatnonzero(np.minimum(pm.body, pc.body) >= 0.01)
+        assert mr.index["slice_of_case"] == keep.tolist()
+        assert np.array_equal(ct.images, pc.stacks[keep].astype(np.float16))
+        assert np.array_equal(mr.images, pm.stacks[keep].astype(np.float16))
+
+        # each modality keeps its own normalisation: CT air at -1024 HU, MR in a.u. >= 0, own bounds
+        assert stats["domains"]["ct"]["volumes"][case_id]["p_low"] == -1024.0
+        assert stats["domains"]["mr"]["volumes"][case_id]["p_low"] >= 0.0
+        assert stats["domains"]["ct"]["bounds"] != stats["domains"]["mr"]["bounds"]
+        # the CT table's slices have no MR body: dropped, though CT alone keeps them
+        unpaired_ct = open_shard(shards["unpaired"] / "ct" / split)
+        assert unpaired_ct.images.shape[0] > ct.images.shape[0]
+
+
+def test_unpaired_mode_prepares_each_volume_alone(shards, paired_raw):
+    """A paired layout in unpaired mode: today's per-volume shards (own crop, own kept slices)."""
+    cfg = _cfg("unpaired").preprocess
+    for domain, modality in (("ct", "CT"), ("mr", "MR")):
+        shard = open_shard(shards["unpaired"] / domain / "train")
+        prepared = prepare_volume(_case(paired_raw, domain, "train")[1], cfg, modality)
+        keep = np.flatnonzero(prepared.body >= cfg.body_fraction)
+        assert shard.index["slice_of_case"] == keep.tolist()
+        assert np.array_equal(shard.images, prepared.stacks[keep].astype(np.float16))
+
+
+@pytest.mark.parametrize("change", ["affine", "shape"])
+def test_a_pair_on_different_grids_is_refused(paired_raw, tmp_path, change):
+    raw = tmp_path / "raw"
+    shutil.copytree(paired_raw, raw)
+    _, mr_image, _ = _case(raw, "mr", "train")
+    _, ct_image, _ = _case(raw, "ct", "train")
+    img = nib.load(mr_image)
+    array, affine = np.asarray(img.dataobj), img.affine.copy()
+    if change == "affine":
+        affine[0, 3] += 1.0
+    else:
+        array = array[:-1]
+    nib.save(nib.Nifti1Image(array, affine), mr_image)
+    with pytest.raises(DataError) as err:
+        _preprocess(raw, tmp_path / "out", "paired")
+    message = str(err.value)
+    assert "paired cases must share a grid (resample/register them first)" in message
+    assert f"the {change} of" in message and str(mr_image) in message and str(ct_image) in message
+    assert "\n" not in message and not (tmp_path / "out").exists()
+
+
+def test_a_subject_in_one_domain_only_is_refused(paired_raw, make_raw, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(paired_raw, raw)
+    manifest = json.loads((raw / "manifest.json").read_text())
+    lonely, _, _ = _case(raw, "mr", "test")
+    manifest["cases"] = [c for c in manifest["cases"] if not (c["domain"] == "ct" and c["split"] == "test")]
+    (raw / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=f"case '{lonely}' \\(test\\) is in domain 'mr' but not in 'ct'") as err:
+        _preprocess(raw, tmp_path / "out", "paired")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="give both or neither"):  # one half of the pair alone
+        _preprocess(paired_raw, tmp_path / "out", "paired", domains=("mr",))
+
+    # a domain outside the pair is cut volume by volume, as in unpaired mode
+    other = make_raw(tmp_path / "three", domains=(("mr", "MR"), ("ct", "CT"), ("t1", "MR")))
+    with pytest.raises(DataError, match="is in domain"):  # make_raw's case ids differ per domain
+        _preprocess(other, tmp_path / "o1", "paired")
+    _preprocess(other, tmp_path / "o2", "paired", domains=("t1",))
+    _preprocess(other, tmp_path / "o3", "unpaired", domains=("t1",))
+    for split in SPLITS:
+        for name in ("images.npy", "labels.npy", "index.json"):
+            assert (tmp_path / "o2/t1" / split / name).read_bytes() == (tmp_path / "o3/t1" / split / name).read_bytes()
+
+
+def test_check_paired_shards(shards, tmp_path):
+    check_paired_shards(shards["paired"] / "mr" / "train", shards["paired"] / "ct" / "train")
+    source, target = shards["unpaired"] / "mr" / "train", shards["unpaired"] / "ct" / "train"
+    with pytest.raises(DataError, match="paired mode needs aligned shards") as err:
+        check_paired_shards(source, target)
+    message = str(err.value)
+    assert str(source) in message and str(target) in message and "\n" not in message
+    assert "experiment.mode: paired" in message
+
+    edited = tmp_path / "ct"
+    shutil.copytree(shards["paired"] / "ct" / "train", edited)
+    index = json.loads((edited / "index.json").read_text())
+    index["slice_of_case"][0] += 1
+    (edited / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match="differ in index.json slice_of_case"):
+        check_paired_shards(shards["paired"] / "mr" / "train", edited)
+    with pytest.raises(DataError, match="not a shard folder"):
+        check_paired_shards(shards["paired"] / "mr" / "train", tmp_path / "nowhere")
+
+
+def test_paired_training_refuses_misaligned_shards(shards):
+    """The joint step pairs slice i of the source with slice i of the target: training opens
+    paired shards, and refuses per-volume (unpaired-mode) shards of the same data."""
+    from sasan.train.recipe import open_shards
+
+    cfg = _cfg("paired")
+    data = open_shards(shards["paired"], cfg, "sasan")
+    assert len(data.source) == len(data.target)
+    with pytest.raises(DataError, match="paired mode needs aligned shards"):
+        open_shards(shards["unpaired"], cfg, "sasan")
+    open_shards(shards["unpaired"], _cfg("unpaired"), "sasan")      # unpaired training does not pair slices
