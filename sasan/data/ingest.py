@@ -3,9 +3,9 @@
 Steps: fetch the source (local, archive, S3, DVC; :mod:`sasan.data.sources`), list its
 cases (:mod:`sasan.data.adapters`), fix the train/test split per subject (seeded; a case the
 source already holds out stays test; a subject never straddles splits; only labelled subjects
-fill the test quota), then load and check every volume, remap label values, and write the
-canonical tree and manifest into a temporary sibling of OUT that replaces OUT only when
-everything succeeded.
+fill the test quota, or in paired mode the subjects with every modality, labelled or not),
+then load and check every volume, remap label values, and write the canonical tree and
+manifest into a temporary sibling of OUT that replaces OUT only when everything succeeded.
 
 Manifest case entries get two optional fields, written only when they apply: ``subject``
 (the patient, where it differs from the case id: BraTS 2023+ time points) and
@@ -38,14 +38,20 @@ from sasan.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 
-def assign_splits(cases: list[SourceCase], test_fraction: float, seed: int) -> dict[str, str]:
+def assign_splits(cases: list[SourceCase], test_fraction: float, seed: int, paired: bool = False) -> dict[str, str]:
     """case id -> "train" | "test". Subjects (:attr:`SourceCase.subject_id`: the case id, or
     the patient of several case ids) are stratified by the set of domains they appear in. In
     each stratum round(test_fraction * n) of its n labelled subjects (a label in any domain)
     are test (at least one when n >= 2, at least one left for train), counting the labelled
     ones the source already holds out. Every held-out subject stays test; an unlabelled
     subject never counts toward nor is drawn for the quota: it stays test when held out, else
-    train (where a target domain uses it unlabelled)."""
+    train (where a target domain uses it unlabelled).
+
+    ``paired`` (paired layout or ``experiment.mode: paired``; RIRE has no labels): the quota
+    counts the subjects that have every modality of the data set (complete pairs, which
+    paired evaluation scores), labelled or not, by the same rule and draw; a subject lacking
+    a modality never counts nor is drawn. A fully labelled paired data set splits as without
+    ``paired``."""
     domains_of: dict[str, set[str]] = defaultdict(set)
     forced: set[str] = set()
     labelled: set[str] = set()
@@ -61,9 +67,13 @@ def assign_splits(cases: list[SourceCase], test_fraction: float, seed: int) -> d
     strata: dict[str, list[str]] = defaultdict(list)
     for subject, doms in domains_of.items():
         strata["+".join(sorted(doms))].append(subject)
+    complete = "+".join(sorted({c.domain for c in cases}))  # the stratum of subjects with every modality
     split_of: dict[str, str] = {}
     for name in sorted(strata):
-        subjects = sorted(s for s in strata[name] if s in labelled)
+        if paired:
+            subjects = sorted(strata[name]) if name == complete else []
+        else:
+            subjects = sorted(s for s in strata[name] if s in labelled)
         n = len(subjects)
         n_test = min(max(int(round(test_fraction * n)), 1 if n >= 2 else 0), n - 1) if n else 0
         free = [s for s in subjects if s not in forced]
@@ -76,11 +86,13 @@ def assign_splits(cases: list[SourceCase], test_fraction: float, seed: int) -> d
 
 
 def run_ingest(source: str | Path, out_dir: str | Path, layout: str = "nnunet", test_fraction: float = 0.2,
-               seed: int = 0, affine_atol_mm: float = 1e-3) -> dict:
+               seed: int = 0, affine_atol_mm: float = 1e-3, paired: bool = False) -> dict:
     """Convert ``source`` (see :mod:`sasan.data.sources`) in layout ``layout`` into the
     canonical layout in ``out_dir`` with ``manifest.json``; returns a summary dict.
     ``affine_atol_mm``: how far a label's affine may differ from its image's (the
-    ``validate.affine_atol_mm`` setting)."""
+    ``validate.affine_atol_mm`` setting). ``paired`` (``experiment.mode: paired``; implied by
+    layout ``paired``): the test quota counts complete pairs, labelled or not
+    (:func:`assign_splits`)."""
     layout_name = layout
     if layout_name not in ADAPTERS:
         raise ConfigError(f"unknown layout {layout_name!r}; choose from {', '.join(ADAPTERS)}")
@@ -100,7 +112,7 @@ def run_ingest(source: str | Path, out_dir: str | Path, layout: str = "nnunet", 
             raise DataError("output folder must lie outside the source folder", out_dir)
         ds = ADAPTERS[layout_name](root)
         _check_unique(ds)
-        splits = assign_splits(ds.cases, test_fraction, seed)
+        splits = assign_splits(ds.cases, test_fraction, seed, paired=paired or layout_name == "paired")
         with atomic_dir(out_dir) as tmp:
             entries, domains = _write_dataset(ds, splits, tmp, affine_atol_mm)
             write_manifest(tmp, build_manifest(ds.name, seed, test_fraction, domains, entries,

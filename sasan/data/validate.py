@@ -2,6 +2,12 @@
 data-set checks (cases per domain and split, leakage across splits, dataset.json labels and,
 given the experiment, labels of its source's train and its target's test split).
 
+Paired mode (``experiment.mode: paired``, or without an experiment a manifest of layout
+``paired``; RIRE has no labels) requires no label anywhere (a label present is checked as
+ever: grid, values) but complete paired subjects: at least ``min_cases_test`` with a test
+image in both the experiment's target and source (without an experiment: in every domain),
+the pairs paired evaluation scores, and at least ``min_cases_train`` such subjects in train.
+
 Writes ``validation.json`` (machine-readable) and ``validation.html`` (for people) and
 raises :class:`ValidationFailed` naming the first offending file when any error-level
 check fails.
@@ -195,13 +201,15 @@ def dataset_checks(dataset: RawDataset, table: pd.DataFrame, cfg: ValidateConfig
     counts = Counter(zip(table["domain"], table["split"]))
     paired = (experiment is not None and experiment.mode == "paired") or \
         (dataset.manifest or {}).get("layout") == "paired"
-    return [
+    # Labels matter to what the run does: an unpaired experiment segments (paired layout or not).
+    translate_only = paired if experiment is None else experiment.mode == "paired"
+    checks = [
         _check("minimum cases per domain and split", "error", _too_few_cases(dataset, counts, cfg)),
         _check("no case in two splits (leakage)", "error", _case_in_two_splits(dataset)),
         _check("no identical image across splits (leakage)", "error", _identical_images(dataset, table, True)),
         _check("no duplicate image within a split", "warning", _identical_images(dataset, table, False)),
         _check("dataset.json agrees with the cases and manifest", "warning", _dataset_json_drift(dataset, counts)),
-        _check("labels present per domain", "warning", _unlabelled_domains(dataset, table)),
+        _check("labels present per domain", "warning", [] if translate_only else _unlabelled_domains(dataset, table)),
         _check("no subject in two splits (leakage)", "error", _subject_leakage(dataset, across_domains=False)),
         _check("no subject in train in one domain and test in another (leakage)", "error" if paired else "warning",
                _subject_leakage(dataset, across_domains=True)),
@@ -209,6 +217,9 @@ def dataset_checks(dataset: RawDataset, table: pd.DataFrame, cfg: ValidateConfig
         _check("source training cases are labelled", "error", _source_train_unlabelled(dataset, experiment)),
         _check("no unknown raw label values (written as background)", "warning", _unknown_raw_labels(dataset)),
     ]
+    if paired:
+        checks.append(_check("minimum paired subjects per split", "error", _too_few_pairs(dataset, cfg, experiment)))
+    return checks
 
 
 def _too_few_cases(dataset: RawDataset, counts: Counter, cfg: ValidateConfig) -> list[dict[str, Any]]:
@@ -271,7 +282,9 @@ def _subject_leakage(dataset: RawDataset, across_domains: bool) -> list[dict[str
 
 
 def _target_test_unlabelled(dataset: RawDataset, experiment: "Optional[ExperimentConfig]") -> list[dict[str, Any]]:
-    if experiment is None or experiment.target not in dataset.domains:
+    # Paired evaluation scores translations against the subject's source image, not labels
+    # (its test pairs: "minimum paired subjects per split").
+    if experiment is None or experiment.mode == "paired" or experiment.target not in dataset.domains:
         return []
     target = experiment.target
     test = [c for c in dataset.cases if c.domain == target and c.split == "test"]
@@ -296,6 +309,42 @@ def _source_train_unlabelled(dataset: RawDataset, experiment: "Optional[Experime
                      f"{len(missing)} of its {len(train)} train case(s) have no label (first: "
                      f"'{missing[0].case_id}'); remove them or make '{source}' the target", domain=source,
                      split="train", case_id=missing[0].case_id)]
+
+
+def _too_few_pairs(dataset: RawDataset, cfg: ValidateConfig,
+                   experiment: "Optional[ExperimentConfig]") -> list[dict[str, Any]]:
+    """Paired subjects per split: a subject is a pair in a split when it has an image of that
+    split in each domain of the pair (the experiment's target and source; without an
+    experiment every domain). Paired evaluation scores each target test image against the
+    source test image of its subject: a paired experiment needs at least one such subject."""
+    if experiment is not None:
+        pair = [experiment.target, experiment.source]
+        roles = {experiment.target: "target", experiment.source: "source"}
+    else:
+        pair, roles = sorted(dataset.domains), {}
+    subject_of = _subject_of(dataset)
+    have: dict[tuple[str, str], set[str]] = defaultdict(set)      # (domain, split) -> subjects
+    for case in dataset.cases:
+        have[(case.domain, case.split)].add(subject_of[(case.domain, case.case_id)])
+    need = {"train": cfg.min_cases_train, "test": cfg.min_cases_test}
+    if experiment is not None and experiment.mode == "paired":
+        need["test"] = max(need["test"], 1)
+    missing = [d for d in pair if d not in dataset.domains]
+    where = (f" (domain{'s' if len(missing) > 1 else ''} {', '.join(repr(d) for d in missing)} "
+             "not in the data set)") if missing else ""
+    names = " and ".join(f"'{d}'" + (f" ({roles[d]})" if d in roles else "") for d in pair)
+    fails = []
+    for split in ("test", "train"):
+        subjects = set.intersection(*(have[(d, split)] for d in pair)) if pair else set()
+        if len(subjects) >= need[split]:
+            continue
+        why = (": paired evaluation scores each target test image against the source test image of the same "
+               "subject" if split == "test" else ": paired training learns from each subject's aligned images")
+        fails.append(_failure(dataset.root / pair[0] if pair and not missing else dataset.root,
+                              f"paired mode: {len(subjects)} subject(s) have a {split} image in each of {names}"
+                              f"{where}, at least {need[split]} required{why}", domain=pair[0] if pair else None,
+                              split=split))
+    return fails
 
 
 def _unknown_raw_labels(dataset: RawDataset) -> list[dict[str, Any]]:

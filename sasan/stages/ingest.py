@@ -31,7 +31,9 @@ class IngestOutputs:
 def run(inputs: IngestInputs, outputs: IngestOutputs, cfg: Config, tracker: "Tracker") -> dict[str, Any]:
     """Ingest ``inputs.source`` with ``cfg.ingest``'s layout, test fraction and seed, and
     ``cfg.validate_.affine_atol_mm`` as the image/label affine tolerance; the summary
-    carries the data set's identity (manifest content digest, test split)."""
+    carries the data set's identity (manifest content digest, test split). In paired mode
+    (``cfg.experiment.mode: paired`` or layout ``paired``) the test quota counts subjects
+    with every modality, labelled or not."""
     from sasan.stages import phantom
 
     c = cfg.ingest
@@ -41,7 +43,7 @@ def run(inputs: IngestInputs, outputs: IngestOutputs, cfg: Config, tracker: "Tra
             source, layout = str(Path(scratch) / "phantom"), "nnunet"
             phantom.run(phantom.PhantomOutputs(Path(source)), cfg, tracker)
         summary = run_ingest(source, outputs.raw, layout=layout, test_fraction=c.test_fraction, seed=c.seed,
-                             affine_atol_mm=cfg.validate_.affine_atol_mm)
+                             affine_atol_mm=cfg.validate_.affine_atol_mm, paired=cfg.experiment.mode == "paired")
     identity = data_identity(outputs.raw)
     tracker.set_tags(identity.tags())
     return {**summary, "data_digest": identity.digest}

@@ -1,6 +1,7 @@
 """Validate stage: checks of the raw data set, and of what ``cfg.experiment`` needs of it
-(labelled source train cases, labelled target test cases, paired subjects in one split);
-reports as JSON and HTML. Raises :class:`sasan.errors.ValidationFailed` (after writing the
+(unpaired: labelled source train cases, labelled target test cases; paired: no labels, but
+complete paired subjects in test and train, each subject in one split); reports as JSON and
+HTML. Raises :class:`sasan.errors.ValidationFailed` (after writing the
 reports) on an error-level check."""
 
 from __future__ import annotations

@@ -81,6 +81,22 @@ def test_each_domain_gets_a_test_set_and_pairs_stay_together():
     assert list(sp) and sum(v == "test" for v in sp.values()) == 1  # one subject, both its scans
 
 
+def test_paired_quota_counts_complete_subjects_labelled_or_not():
+    ids = [f"p{i:02d}" for i in range(10)]
+    unlabelled = _cases(ids, "ct", unlabelled=ids) + _cases(ids, "mr", unlabelled=ids)
+    assert set(assign_splits(unlabelled, 0.2, seed=0).values()) == {"train"}  # unpaired rule: labelled only
+    sp = assign_splits(unlabelled, 0.2, seed=0, paired=True)
+    assert sum(v == "test" for v in sp.values()) == 2  # round(0.2 x 10) subjects, both their scans
+    labelled = _cases(ids, "ct") + _cases(ids, "mr")
+    assert assign_splits(labelled, 0.2, seed=0, paired=True) == assign_splits(labelled, 0.2, seed=0) == sp
+    # a subject lacking a modality is never drawn (nothing to score its translation against)
+    lonely = [f"m{i}" for i in range(4)]
+    mixed = unlabelled + _cases(lonely, "mr")
+    sp = assign_splits(mixed, 0.2, seed=0, paired=True)
+    assert all(sp[i] == "train" for i in lonely) and sum(v == "test" for v in sp.values()) == 2
+    assert sum(assign_splits(mixed, 0.2, seed=0)[i] == "test" for i in lonely) == 1  # unpaired: labelled count
+
+
 # ------------------------------------------------------------------------ end to end ---
 
 def test_ingest_phantom_writes_manifest(tmp_path, phantom_src):
@@ -149,6 +165,40 @@ def test_paired_without_labels_and_non_ras_orientation(tmp_path):
     assert {c["label"] for c in doc["cases"]} == {None}
     assert {c["orientation"] for c in doc["cases"] if c["domain"] == "ct"} == {"LPS"}
     assert doc["domains"]["ct"]["labels"] == {"background": 0}
+
+
+def _splits(out):
+    return {(c["domain"], c["case_id"]): c["split"] for c in read_manifest(out)["cases"]}
+
+
+def test_unlabelled_paired_subjects_fill_the_test_quota(tmp_path):
+    from sasan.data.phantom import generate_paired_phantom
+
+    generate_paired_phantom(tmp_path / "src", cases=5, size=32)
+    run_ingest(tmp_path / "src", tmp_path / "labelled", layout="paired", test_fraction=0.2, seed=0)
+    for label in (tmp_path / "src").glob("*/label.nii.gz"):
+        label.unlink()  # RIRE: no segmentation labels
+    summary = run_ingest(tmp_path / "src", tmp_path / "out", layout="paired", test_fraction=0.2, seed=0)
+    assert summary["domains"] == {"ct": {"train": 4, "test": 1}, "mr": {"train": 4, "test": 1}}
+    splits = _splits(tmp_path / "out")
+    test = {case for (_, case), split in splits.items() if split == "test"}
+    assert len(test) == 1 and all(splits[(d, c)] == "test" for d in ("ct", "mr") for c in test)
+    assert splits == _splits(tmp_path / "labelled")  # labelled or not: one draw
+    assert {c["label"] for c in read_manifest(tmp_path / "out")["cases"]} == {None}
+
+
+def test_paired_experiment_mode_reaches_the_split(tmp_path, phantom_src):
+    from sasan.config import config_from_dict
+    from sasan.stages import ingest
+    from sasan.tracking.runs import Tracker
+
+    def stage(out, mode):  # the phantom's MR and CT cases are different subjects: no complete pair
+        cfg = config_from_dict({"experiment": {"mode": mode}, "ingest": {"test_fraction": 0.2}})
+        return ingest.run(ingest.IngestInputs(str(phantom_src)), ingest.IngestOutputs(out), cfg, Tracker.disabled())
+
+    one_each = {"train": 4, "test": 1}
+    assert stage(tmp_path / "u", "unpaired")["domains"] == {"ct": one_each, "mr": one_each}
+    assert stage(tmp_path / "p", "paired")["domains"] == {"ct": {"train": 5, "test": 0}, "mr": {"train": 5, "test": 0}}
 
 
 # ------------------------------------------------------------------------- bad input ---

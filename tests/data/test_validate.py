@@ -244,6 +244,8 @@ def _check_named(report_dir, name):
 
 
 CROSS = "no subject in train in one domain and test in another (leakage)"
+PAIRS = {f"{d}_{s}_{i:03d}": f"{s}{i}"  # raw_tree's mr and ct cases as subjects train0, train1, test0
+         for d in ("mr", "ct") for s, n in (("train", 2), ("test", 1)) for i in range(n)}
 
 
 def test_subject_across_domains_warns_unpaired_and_fails_paired(raw_tree, tmp_path):
@@ -296,4 +298,88 @@ def test_unlabelled_source_train_case_fails_unpaired_only(raw_tree, tmp_path):
         run_validate(raw_tree, tmp_path / "a", ValidateConfig(), ExperimentConfig(source="mr", target="ct"))
     assert run_validate(raw_tree, tmp_path / "b", ValidateConfig(),
                         ExperimentConfig(source="ct", target="mr"))["success"]
+    _edit_manifest(raw_tree, lambda d: _set_subject(d, PAIRS))  # paired mode needs paired subjects
     assert run_validate(raw_tree, tmp_path / "c", ValidateConfig(), ExperimentConfig(mode="paired"))["success"]
+
+
+# --------------------------------------------------------------- paired mode (RIRE) ---
+
+PAIRED_CHECK = "minimum paired subjects per split"
+
+
+@pytest.fixture
+def unlabelled_pairs(tmp_path):
+    """A paired phantom without labels (RIRE-like), ingested with layout paired: 4 + 1 subjects."""
+    from sasan.data.ingest import run_ingest
+    from sasan.data.phantom import generate_paired_phantom
+
+    generate_paired_phantom(tmp_path / "src", cases=5, size=32)
+    for label in (tmp_path / "src").glob("*/label.nii.gz"):
+        label.unlink()
+    run_ingest(tmp_path / "src", tmp_path / "raw", layout="paired", test_fraction=0.2, seed=0)
+    return tmp_path / "raw"
+
+
+def test_unlabelled_pairs_pass_in_paired_mode(unlabelled_pairs, tmp_path):
+    from sasan.config import ExperimentConfig
+
+    report = run_validate(unlabelled_pairs, tmp_path / "a", ValidateConfig(), ExperimentConfig(mode="paired"))
+    assert report["success"] and report["n_warnings"] == 0  # no "labels present" warning either
+    assert report["counts"] == {"ct": {"test": 1, "train": 4}, "mr": {"test": 1, "train": 4}}
+    assert report["labelled_counts"] == {"ct": {"test": 0, "train": 0}, "mr": {"test": 0, "train": 0}}
+    assert _check_named(tmp_path / "a", PAIRED_CHECK)["success"]
+    assert run_validate(unlabelled_pairs, tmp_path / "b", ValidateConfig())["success"]  # layout paired, no experiment
+    with pytest.raises(ValidationFailed, match="evaluation target"):  # an unpaired run segments: labels needed
+        run_validate(unlabelled_pairs, tmp_path / "c", ValidateConfig(), ExperimentConfig())
+
+
+def test_paired_mode_fails_without_a_complete_test_pair(unlabelled_pairs, tmp_path):
+    from sasan.config import ExperimentConfig
+
+    def split_test_pair(doc):  # the MR test image now belongs to another subject: no test pair left
+        next(c for c in doc["cases"] if c["domain"] == "mr" and c["split"] == "test")["subject"] = "elsewhere"
+
+    _edit_manifest(unlabelled_pairs, split_test_pair)
+    with pytest.raises(ValidationFailed) as err:
+        run_validate(unlabelled_pairs, tmp_path / "a", ValidateConfig(), ExperimentConfig(mode="paired"))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{unlabelled_pairs / 'ct'}: paired mode: 0 subject(s) have a test "
+                                              "image in each of 'ct' (target) and 'mr' (source), at least 1 required")
+    assert f"[{PAIRED_CHECK}]" in msg
+    check = _check_named(tmp_path / "a", PAIRED_CHECK)
+    assert check["severity"] == "error" and [f["split"] for f in check["failures"]] == ["test"]
+    with pytest.raises(ValidationFailed, match="0 subject.* test image in each of 'ct' and 'mr'"):
+        run_validate(unlabelled_pairs, tmp_path / "b", ValidateConfig())  # layout paired: every domain
+    # evaluation needs a pair even where the per-domain minimum is 0
+    with pytest.raises(ValidationFailed, match=re.escape("at least 1 required: paired evaluation")):
+        run_validate(unlabelled_pairs, tmp_path / "c", ValidateConfig(min_cases_test=0),
+                     ExperimentConfig(mode="paired"))
+
+
+def test_paired_mode_counts_train_pairs_and_still_checks_labels(unlabelled_pairs, tmp_path):
+    from sasan.config import ExperimentConfig
+
+    assert run_validate(unlabelled_pairs, tmp_path / "a", ValidateConfig(min_cases_train=4),
+                        ExperimentConfig(mode="paired"))["success"]
+
+    def split_train_pair(doc):  # 4 MR train images still, but 3 train pairs
+        next(c for c in doc["cases"] if c["domain"] == "mr" and c["split"] == "train")["subject"] = "elsewhere"
+
+    _edit_manifest(unlabelled_pairs, split_train_pair)
+    with pytest.raises(ValidationFailed, match=r"paired mode: 3 subject\(s\) have a train image .* at least 4"):
+        run_validate(unlabelled_pairs, tmp_path / "b", ValidateConfig(min_cases_train=4),
+                     ExperimentConfig(mode="paired"))
+    _edit_manifest(unlabelled_pairs, lambda d: [c.pop("subject", None) for c in d["cases"]])
+    case = next(c for c in json.loads((unlabelled_pairs / "manifest.json").read_text())["cases"]
+                if c["domain"] == "ct")
+    image = nib.load(unlabelled_pairs / case["image"])
+    label = np.zeros(image.shape, np.uint8)
+    label[0, 0, 0] = 9  # a label, where there is one, is checked as ever
+    rel = case["image"].replace("images", "labels").replace("_0000.nii.gz", ".nii.gz")
+    (unlabelled_pairs / rel).parent.mkdir(exist_ok=True)
+    nib.save(nib.Nifti1Image(label, image.affine), unlabelled_pairs / rel)
+    _edit_manifest(unlabelled_pairs, lambda d: next(c for c in d["cases"] if c["image"] == case["image"])
+                   .update(label=rel, sha256={**case["sha256"], "label": None}))
+    _rehash(unlabelled_pairs)
+    with pytest.raises(ValidationFailed, match=r"unknown label values \[9\]"):
+        run_validate(unlabelled_pairs, tmp_path / "c", ValidateConfig(), ExperimentConfig(mode="paired"))
