@@ -197,8 +197,7 @@ def side_by_side(seeds: list[int], jobs: int, raw: Path, shards: Path, work: Pat
             for future in as_completed(futures):
                 seed = futures[future]
                 per_seed[seed] = future.result()
-                print(f"seed {seed}: " + ", ".join(f"{m} {per_seed[seed][m]['mean']['dice']:.3f}" for m in methods),
-                      flush=True)
+                print(f"seed {seed}: " + ", ".join(f"{m} {headline(per_seed[seed][m])}" for m in methods), flush=True)
         except BaseException:
             _STOP.set()
             pool.shutdown(wait=False, cancel_futures=True)
@@ -206,6 +205,12 @@ def side_by_side(seeds: list[int], jobs: int, raw: Path, shards: Path, work: Pat
                 proc.terminate()
             raise
     return per_seed
+
+
+def headline(scores: dict) -> str:
+    """A method's mean Dice, or for a paired (translation) evaluation its mean SSIM."""
+    mean = scores["mean"]
+    return f"{mean['dice']:.3f}" if "dice" in mean else f"SSIM {mean['ssim']:.3f}"
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:

@@ -121,6 +121,10 @@ class EvaluateConfig(StrictModel):
     methods: tuple[str, ...] = ("no_adaptation", "cyclegan", "sasan", "upper_bound")
     assd_cap_vox: float = 50.0
     batch_size: int = Field(16, ge=1)
+    translation_mask: Literal["body", "field_of_view"] = Field(
+        "body", description="paired mode: the voxels the translation metrics cover: the body mask of the real "
+                            "image (METHOD.md) or every voxel the model saw (a field of view inside the body, "
+                            "where an intensity threshold splits tissues instead of body from air)")
 
 
 class RegisterConfig(StrictModel):

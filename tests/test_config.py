@@ -69,7 +69,8 @@ def _missing_keys(model_cls, data, prefix=""):
     return missing
 
 
-@pytest.mark.parametrize("path", ["params.yaml", "profiles/mmwhs-gpu.yaml", "profiles/brain-t2t1.yaml"])
+@pytest.mark.parametrize("path", ["params.yaml", "profiles/mmwhs-gpu.yaml", "profiles/brain-t2t1.yaml",
+                                  "profiles/phantom-paired.yaml"])
 def test_parameter_files_spell_out_every_knob(path):
     """params.yaml is where people look for knobs: each one is written there, none implied."""
     import yaml

@@ -115,6 +115,7 @@ def evaluation_identity(raw_dir: Path, cfg: Config, models: dict[str, Path],
                 "profile": cfg.experiment.name, "bundles": evaluated}
     if evaluation_mode(cfg, bundles) == "paired":
         identity["mode"] = "paired"
+        identity["translation_mask"] = cfg.evaluate.translation_mask
     return identity
 
 

@@ -13,11 +13,14 @@ preprocessing prepares the training pairs (:func:`sasan.data.prepare.prepare_pai
 bundle's own preprocessing: one crop box for both, the union of their body boxes; each image
 clipped at its percentiles, z-scored and mapped to [-1, 1] with its modality's bounds); the
 target's slices are translated and both are mapped back onto the grid
-(``PreparedVolume.restore_intensity``); the body mask is the real image's
-(:func:`sasan.metrics.body_mask`), the data range 2. The two images of a pair must share
+(``PreparedVolume.restore_intensity``); the voxels scored (``evaluate.translation_mask``)
+are the real image's body mask (:func:`sasan.metrics.body_mask`; METHOD.md) or, with
+``field_of_view``, every voxel inside the crop the model saw (for a field of view that lies
+inside the body, as a heart-centred thorax scan: an intensity threshold there splits tissues,
+not body from air); the data range is 2. The two images of a pair must share
 one voxel grid (shape, and affine within ``validate.affine_atol_mm``).
 
-Writes ``metrics_path`` (``{METHOD: {"mode": "paired", "n_subjects", "mean": {mae, rmse,
+Writes ``metrics_path`` (``{METHOD: {"mode": "paired", "mask", "n_subjects", "mean": {mae, rmse,
 psnr, ssim, pearson}, "sd": {...}, "per_subject": [{"case_id", "subject", mae, ...}]}}``; sd
 is the population standard deviation over subjects, ddof 0, as the segmentation file's
 ``*_std``), ``report_dir/per_subject.json`` (``{METHOD: {case_id: {mae, ...}}}``),
@@ -131,18 +134,23 @@ PreparedPair = tuple[PreparedVolume, np.ndarray, np.ndarray]
 
 
 def prepare_paired_case(pair: PairedCase, prep: Any, target: tuple[str, str], source: tuple[str, str],
-                        atol_mm: float) -> PreparedPair:
-    """(the prepared target volume, the real source image, its body mask) of one subject, as
-    the model sees them: both cut as paired preprocessing cuts the training pairs
+                        atol_mm: float, mask_kind: str = "body") -> PreparedPair:
+    """(the prepared target volume, the real source image, the voxels to score) of one subject,
+    as the model sees them: both cut as paired preprocessing cuts the training pairs
     (:func:`sasan.data.prepare.prepare_pair`: one box for both), each normalised with its own
-    bounds; the source mapped back onto its grid as a translation is. float32 in [-1, 1]."""
+    bounds; the source mapped back onto its grid as a translation is. float32 in [-1, 1].
+    ``mask_kind`` (``evaluate.translation_mask``): ``body``, the body mask of the real image;
+    ``field_of_view``, every voxel inside the crop the model saw."""
     (tgt, _), (src, _) = prepare_pair([pair.target_image, pair.source_image], [None, None], prep,
                                       [bounds_for(prep, *target), bounds_for(prep, *source)],
                                       [target[0], source[0]], atol_mm)
     real = np.asarray(src.restore_intensity(src.slices).dataobj, dtype=np.float32)
-    mask = body_mask(real)
+    if mask_kind == "field_of_view":
+        mask = np.asarray(src.restore(np.ones(src.slices.shape, np.uint8)).dataobj) > 0
+    else:
+        mask = body_mask(real)
     if not mask.any():
-        raise DataError("the body mask of the normalised image is empty: nothing to score", pair.source_image)
+        raise DataError(f"the {mask_kind} mask of the normalised image is empty: nothing to score", pair.source_image)
     return tgt, real, mask
 
 
@@ -180,7 +188,7 @@ def run_paired_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_pa
             key = prep.model_dump_json()
             if key not in prepared:
                 prepared[key] = prepare_paired_case(pair, prep, (target_modality, target), (source_modality, source),
-                                                    cfg.validate_.affine_atol_mm)
+                                                    cfg.validate_.affine_atol_mm, cfg.evaluate.translation_mask)
             target_vol, real, mask = prepared[key]
             _, translated = predict_stacks(bundle, target_vol.stacks, runtime, cfg.evaluate.batch_size)
             translated_img = target_vol.restore_intensity(translated)
@@ -194,7 +202,7 @@ def run_paired_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_pa
                 first_real = real if first_real is None else first_real
     results: dict[str, Any] = {}
     for method in models:
-        results[method] = aggregate_paired(rows[method])
+        results[method] = {**aggregate_paired(rows[method]), "mask": cfg.evaluate.translation_mask}
         mean = results[method]["mean"]
         log.info("%s: mean MAE %.4f, PSNR %.2f dB, SSIM %.3f over %d subjects", method, mean["mae"], mean["psnr"],
                  mean["ssim"], results[method]["n_subjects"])
@@ -219,7 +227,8 @@ def paired_summary_table(results: dict[str, Any], order: Optional[list[str]] = N
                  for k in ("mae", "psnr", "ssim")]
         lines.append(f"{m:<16}" + "".join(f"{c:>18}" for c in cells))
     n = results[methods[0]]["n_subjects"] if methods else 0
-    lines.append(f"paired translation, target -> source; mean +- sd over {n} test subject(s); body-masked, "
+    mask = results[methods[0]].get("mask", "body") if methods else "body"
+    lines.append(f"paired translation, target -> source; mean +- sd over {n} test subject(s); {mask} mask, "
                  f"intensities in [-1, 1] (data range {DATA_RANGE:g})")
     return "\n".join(lines)
 

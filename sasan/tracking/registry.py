@@ -55,6 +55,7 @@ IDENTITY_TAG = "sasan.eval."              # + one of IDENTITY_FIELDS
 IDENTITY_KEY_TAG = "sasan.eval.key"       # digest of all fields: one string to compare and search
 IDENTITY_FIELDS = ("dataset", "data_digest", "source", "target", "test_split", "image_size", "profile")
 PAIRED_FIELD = "mode"                     # only in a paired evaluation's identity ("paired")
+MASK_FIELD = "translation_mask"           # only in a paired evaluation's identity: the voxels scored
 LOCK_SUFFIX = ".gate-lock"
 LOCK_WAIT_S = 300.0
 LOCK_STALE_S = 900.0                      # a lock older than this was left by a crashed run
@@ -148,8 +149,9 @@ def gate_identity(identity: Optional[Mapping[str, Any]], method: str = DEFAULT_M
     missing = [k for k, v in fields.items() if v in (None, "")]
     if missing:
         raise MetricsError(f"evaluation identity lacks {', '.join(missing)}")
-    if identity.get(PAIRED_FIELD) not in (None, ""):
-        fields[PAIRED_FIELD] = identity[PAIRED_FIELD]
+    for key in (PAIRED_FIELD, MASK_FIELD):
+        if identity.get(key) not in (None, ""):
+            fields[key] = identity[key]
     return {k: str(v) for k, v in fields.items()}
 
 
@@ -344,8 +346,9 @@ def current_champion(client: MlflowClient, name: str,
     fields = {k: mv.tags[IDENTITY_TAG + k] for k in IDENTITY_FIELDS if IDENTITY_TAG + k in mv.tags}
     if len(fields) != len(IDENTITY_FIELDS):
         return str(mv.version), scores, None
-    if IDENTITY_TAG + PAIRED_FIELD in mv.tags:
-        fields[PAIRED_FIELD] = mv.tags[IDENTITY_TAG + PAIRED_FIELD]
+    for key in (PAIRED_FIELD, MASK_FIELD):
+        if IDENTITY_TAG + key in mv.tags:
+            fields[key] = mv.tags[IDENTITY_TAG + key]
     return str(mv.version), scores, fields
 
 

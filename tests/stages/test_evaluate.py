@@ -283,7 +283,8 @@ def test_paired_evaluation_scores_translations_against_the_real_source(tmp_path,
     keys = {"mae", "rmse", "psnr", "ssim", "pearson"}
     for method in metrics:
         m = metrics[method]
-        assert set(m) == {"mode", "n_subjects", "mean", "sd", "per_subject"} and m["mode"] == "paired"
+        assert set(m) == {"mode", "mask", "n_subjects", "mean", "sd", "per_subject"} and m["mode"] == "paired"
+        assert m["mask"] == "body"
         assert m["n_subjects"] == 2 and set(m["mean"]) == set(m["sd"]) == keys
         assert [r["case_id"] for r in m["per_subject"]] == [cid for cid, _, _ in tests]
         for k in keys:
@@ -320,6 +321,7 @@ def test_paired_evaluation_scores_translations_against_the_real_source(tmp_path,
     assert not (report / "per_structure.json").exists() and not (report / "segmentations.png").exists()
     identity = json.loads((report / "identity.json").read_text())
     assert identity["mode"] == "paired" and identity["metrics_sha256"] == evaluate.file_sha256(out / "evaluation.json")
+    assert identity["translation_mask"] == "body"
     table = evaluate.summary_table(results, ["sasan", "cyclegan"])
     assert table.splitlines()[0].split() == ["method", "MAE", "PSNR", "(dB)", "SSIM"]
     assert "mean +- sd over 2 test subject(s)" in table
@@ -327,6 +329,25 @@ def test_paired_evaluation_scores_translations_against_the_real_source(tmp_path,
         "mean": {k: v for k, v in results["sasan"]["mean"].items() if k != "pearson"}}
     md = evaluate.markdown_report(results, ["sasan", "cyclegan"], "paired", report, embed_images=False)
     assert "| method | MAE | RMSE | PSNR | SSIM | Pearson |" in md and "translations.png" in md
+
+
+def test_field_of_view_mask_scores_every_voxel_the_model_saw(tmp_path, paired_raw):
+    """evaluate.translation_mask: field_of_view scores the whole crop (here, crop none: the
+    whole grid), body air included; body (the default) only the real image's body."""
+    models = {"sasan": _paired_bundle(tmp_path / "m" / "sasan" / "model.pt", constant=True)}
+    cfg = config_from_dict({**_paired_config().to_dict(), "evaluate": {"batch_size": 8,
+                                                                        "translation_mask": "field_of_view"}}, "test")
+    results = _run_paired(paired_raw, models, tmp_path / "fov", cfg)
+    body = _run_paired(paired_raw, models, tmp_path / "body")
+    assert results["sasan"]["mask"] == "field_of_view" and body["sasan"]["mask"] == "body"
+    for row, (cid, _, mr) in zip(results["sasan"]["per_subject"], _paired_tests(paired_raw)):
+        real = _normalised_by_hand(mr)                    # the constant model translates to 0 everywhere
+        assert row["mae"] == pytest.approx(np.abs(real).mean(), rel=1e-5)
+    # the air around the body is -1 in the real image and 0 in the translation: an error the body mask leaves out
+    assert results["sasan"]["mean"]["mae"] != pytest.approx(body["sasan"]["mean"]["mae"], rel=1e-3)
+    identity = json.loads((tmp_path / "fov" / "report" / "identity.json").read_text())
+    assert identity["translation_mask"] == "field_of_view"
+    assert "field_of_view mask" in evaluate.summary_table(results)
 
 
 def test_unpaired_identity_has_no_mode(tmp_path):
