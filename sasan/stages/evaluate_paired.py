@@ -130,12 +130,13 @@ def check_paired_volumes(pairs: list[PairedCase], atol_mm: float) -> None:
                             f"{diff:.4g} mm: paired evaluation needs both on one grid", src.path)
 
 
-PreparedPair = tuple[PreparedVolume, np.ndarray, np.ndarray]
+PreparedPair = tuple[PreparedVolume, PreparedVolume, np.ndarray, np.ndarray]
 
 
 def prepare_paired_case(pair: PairedCase, prep: Any, target: tuple[str, str], source: tuple[str, str],
                         atol_mm: float, mask_kind: str = "body") -> PreparedPair:
-    """(the prepared target volume, the real source image, the voxels to score) of one subject,
+    """(the prepared target and source volumes, the real source image on its grid, the voxels
+    to score) of one subject,
     as the model sees them: both cut as paired preprocessing cuts the training pairs
     (:func:`sasan.data.prepare.prepare_pair`: one box for both), each normalised with its own
     bounds; the source mapped back onto its grid as a translation is. float32 in [-1, 1].
@@ -151,7 +152,7 @@ def prepare_paired_case(pair: PairedCase, prep: Any, target: tuple[str, str], so
         mask = body_mask(real)
     if not mask.any():
         raise DataError(f"the {mask_kind} mask of the normalised image is empty: nothing to score", pair.source_image)
-    return tgt, real, mask
+    return tgt, src, real, mask
 
 
 def aggregate_paired(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -178,8 +179,8 @@ def run_paired_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_pa
     runtime = resolve_runtime(cfg.train.device, cfg.train.bf16, cfg.train.channels_last)
     loaded = {m: load_bundle(p, map_location=runtime.device).to(runtime.device) for m, p in models.items()}
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in models}
-    montage: dict[str, tuple[np.ndarray, dict[str, float]]] = {}
-    first_real: Optional[np.ndarray] = None
+    montage: dict[str, tuple[np.ndarray, dict[str, float]]] = {}     # the first subject, in the model's plane
+    shown: Optional[tuple[np.ndarray, np.ndarray]] = None              # its input and real source slices
     for pair in tqdm(pairs, desc="evaluate (paired)", disable=not progress):
         prepared: dict[str, PreparedPair] = {}     # per preprocessing config
         for method, bundle in loaded.items():
@@ -189,7 +190,7 @@ def run_paired_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_pa
             if key not in prepared:
                 prepared[key] = prepare_paired_case(pair, prep, (target_modality, target), (source_modality, source),
                                                     cfg.validate_.affine_atol_mm, cfg.evaluate.translation_mask)
-            target_vol, real, mask = prepared[key]
+            target_vol, source_vol, real, mask = prepared[key]
             _, translated = predict_stacks(bundle, target_vol.stacks, runtime, cfg.evaluate.batch_size)
             translated_img = target_vol.restore_intensity(translated)
             fake = np.asarray(translated_img.dataobj, dtype=np.float32)
@@ -198,8 +199,9 @@ def run_paired_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_pa
             if save_predictions:
                 save_nifti(translated_img, report_dir / "translations" / method / f"{pair.case_id}.nii.gz")
             if pair is pairs[0]:
-                montage[method] = (fake, scores)
-                first_real = real if first_real is None else first_real
+                j = len(target_vol.slices) // 2                         # the middle slice of the model's plane
+                montage[method] = (translated[j], scores)
+                shown = shown or (target_vol.slices[j], source_vol.slices[j])
     results: dict[str, Any] = {}
     for method in models:
         results[method] = {**aggregate_paired(rows[method]), "mask": cfg.evaluate.translation_mask}
@@ -209,10 +211,8 @@ def run_paired_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_pa
     write_json(metrics_path, results)
     write_json(report_dir / "per_subject.json",
                {m: {r["case_id"]: {k: r[k] for k in SCORES} for r in rs} for m, rs in rows.items()})
-    first = pairs[0]
-    image = load_volume(first.target_image).array.astype(np.float32, copy=False)
-    translation_montage(image, montage, first_real, report_dir / PICTURE,
-                        f"{target} test case {first.case_id} -> {source}")
+    translation_montage(shown[0], montage, shown[1], report_dir / PICTURE,
+                        f"{target} test case {pairs[0].case_id} -> {source} (middle slice, the model's plane)")
     return results
 
 

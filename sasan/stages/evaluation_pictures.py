@@ -62,20 +62,14 @@ def segmentation_montage(image: np.ndarray, gt: np.ndarray, preds: dict[str, np.
 
 def translation_montage(image: np.ndarray, translations: dict[str, tuple[np.ndarray, dict[str, float]]],
                         real: np.ndarray, png: Path, title: str) -> None:
-    """Middle slice (last array axis) of the target input, each method's translation (its
-    MAE and SSIM on the subject in the title) and the real source image, normalised to
-    [-1, 1] as the model sees it."""
+    """One slice in the model's plane (H, W; [-1, 1], superior/anterior up, as preprocessing
+    cuts it): the target input, each method's translation (its MAE and SSIM on the whole
+    subject in the title) and the real source image."""
     plt = pyplot()
-    j = image.shape[2] // 2
-
-    def cut(v: np.ndarray) -> np.ndarray:
-        return np.rot90(np.take(v, j, axis=2))
-
-    lo, hi = np.percentile(image, [1, 99])
-    panels = [("target input", cut(image), (lo, hi))]
-    panels += [(f"{m}\nMAE {s['mae']:.3f}  SSIM {s['ssim']:.3f}", cut(fake), (-1.0, 1.0))
+    panels = [("target input", image, (-1.0, 1.0))]
+    panels += [(f"{m}\nMAE {s['mae']:.3f}  SSIM {s['ssim']:.3f}", fake, (-1.0, 1.0))
                for m, (fake, s) in translations.items()]
-    panels.append(("real source", cut(real), (-1.0, 1.0)))
+    panels.append(("real source", real, (-1.0, 1.0)))
     fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 3.0))
     for ax, (name, data, (vmin, vmax)) in zip(np.atleast_1d(axes), panels):
         ax.imshow(data, cmap="gray", vmin=vmin, vmax=vmax)

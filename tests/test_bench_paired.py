@@ -1,0 +1,40 @@
+"""bench/paired.py: the paired-translation table (mean +- sd over seeds, SASAN - CycleGAN
+paired by seed) from recorded per-seed evaluations, without training anything."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+_spec = importlib.util.spec_from_file_location("bench_paired", ROOT / "bench" / "paired.py")
+paired = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(paired)
+
+
+def seed_result(ssim: dict[str, float]) -> dict:
+    """What `sasan evaluate` writes per method in paired mode (only the fields read here)."""
+    return {m: {"mode": "paired", "mask": "field_of_view", "n_subjects": 6,
+                "mean": {"mae": 1 - s, "rmse": 1.2 - s, "psnr": 10 + 10 * s, "ssim": s, "pearson": s / 2}}
+            for m, s in ssim.items()}
+
+
+def test_summary_pairs_seeds() -> None:
+    per_seed = {0: seed_result({"cyclegan": 0.4, "sasan": 0.6}), 1: seed_result({"cyclegan": 0.5, "sasan": 0.5}),
+                2: seed_result({"cyclegan": 0.45, "sasan": 0.55})}
+    res = paired.summarise(Path("profiles/phantom-paired.yaml"), [0, 1, 2], per_seed, ["cyclegan", "sasan"])
+    sasan = res["methods"]["sasan"]
+    assert sasan["ssim"]["mean"] == pytest.approx(0.55) and sasan["ssim"]["sd"] == pytest.approx(0.05)
+    assert sasan["ssim"]["per_seed"] == [0.6, 0.5, 0.55] and sasan["mae"]["mean"] == pytest.approx(0.45)
+    assert sasan["n_subjects"] == 6 and sasan["mask"] == "field_of_view"
+    diff = res["sasan_minus_cyclegan"]
+    assert diff["ssim"]["per_seed"] == pytest.approx([0.2, 0.0, 0.1]) and diff["ssim"]["mean"] == pytest.approx(0.1)
+    assert diff["mae"]["per_seed"] == pytest.approx([-0.2, 0.0, -0.1])
+    table = paired.markdown(res)
+    assert "| sasan | 0.450 +- 0.050 | 15.500 +- 0.500 | 0.550 +- 0.050 | 0.275 +- 0.025 |" in table
+    assert "SASAN - CycleGAN SSIM, paired by seed: +0.100 +- 0.100 (per seed: +0.200, +0.000, +0.100)" in table
+    assert "6 test subjects, field_of_view mask" in table
