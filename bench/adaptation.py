@@ -213,6 +213,14 @@ def headline(scores: dict) -> str:
     return f"{mean['dice']:.3f}" if "dice" in mean else f"SSIM {mean['ssim']:.3f}"
 
 
+def write_results(out: Path, res: dict, table: str) -> None:
+    """The summary ``out`` (JSON) and its Markdown ``table`` beside it (``.md``); the table printed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    out.with_suffix(".md").write_text(table)
+    print(table)
+
+
 def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -324,15 +332,11 @@ def main() -> None:
         for seed in args.seeds:
             per_seed[seed] = run_seed(seed, raw, shards, work, params, sets, args.methods, log,
                                       record=seed_record(out, seed))
-            print(f"seed {seed}: " + ", ".join(f"{m} {per_seed[seed][m]['mean']['dice']:.3f}" for m in args.methods),
-                  flush=True)
+            print(f"seed {seed}: " + ", ".join(f"{m} {headline(per_seed[seed][m])}" for m in args.methods), flush=True)
     res = summarise(args.data, params.relative_to(ROOT) if params.is_relative_to(ROOT) else params,
                     args.seeds, per_seed, args.methods)
     res["overrides"] = args.set
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
+    write_results(out, res, markdown(res))
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ table. Every number is a final-checkpoint score; nothing is selected with test d
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adaptation import ROOT, mean_sd, run_seed, sasan, seed_record, set_flags, side_by_side  # noqa: E402
+from adaptation import (ROOT, mean_sd, run_seed, sasan, seed_record, set_flags, side_by_side,  # noqa: E402
+                        write_results)
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("cyclegan", "sasan")
@@ -114,10 +114,7 @@ def main() -> None:
     res = summarise(params.relative_to(ROOT) if params.is_relative_to(ROOT) else params, args.seeds, per_seed,
                     args.methods)
     res["overrides"] = args.set
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
+    write_results(out, res, markdown(res))
 
 
 if __name__ == "__main__":
