@@ -197,9 +197,10 @@ def _declared_params(package: Path) -> dict[str, dict]:
         raise ConfigError("not a compiled pipeline (no root.inputDefinitions)", package) from None
 
 
-def _direction(arguments: dict[str, Any]) -> tuple[str, str]:
-    """(source, target) the run resolves to, as configure does: the parameter, else the
-    overrides, else the params text's experiment section, else the built-in defaults."""
+def _experiment(arguments: dict[str, Any], keys: tuple[str, ...] = ("source", "target")) -> tuple[str, ...]:
+    """The experiment settings ``keys`` the run resolves to, as configure does: the parameter
+    (source, target), else the overrides, else the params text's experiment section, else the
+    built-in defaults."""
     from sasan.config import ExperimentConfig
 
     try:
@@ -211,7 +212,27 @@ def _direction(arguments: dict[str, Any]) -> tuple[str, str]:
     overrides = arguments.get("overrides") or {}
     defaults = ExperimentConfig()
     return tuple(str(arguments.get(k) or overrides.get(f"experiment.{k}") or section.get(k) or getattr(defaults, k))
-                 for k in ("source", "target"))
+                 for k in keys)
+
+
+def paired_baselines(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A paired-mode run (experiment.mode: paired) evaluates translators only: without a
+    ``baselines`` parameter its baselines become ``["cyclegan"]`` (the pipeline's default list
+    holds segmenters, which evaluate would refuse after every training had run); given
+    baselines that do not translate are refused before submitting."""
+    from sasan.train.variants import SEGMENTER_ONLY
+
+    (mode,) = _experiment(arguments, ("mode",))
+    if mode != "paired":
+        return arguments
+    if "baselines" not in arguments:
+        print("sasan pipeline submit: paired mode: baselines [cyclegan] (translators only)", file=sys.stderr)
+        return {**arguments, "baselines": ["cyclegan"]}
+    segmenters = [b for b in arguments["baselines"] if b in SEGMENTER_ONLY]
+    if segmenters:
+        raise ConfigError(f"paired mode evaluates translators only: baselines {', '.join(segmenters)} do not "
+                          "translate; e.g. --param 'baselines=[\"cyclegan\"]'")
+    return arguments
 
 
 def _client(host: str):
@@ -252,9 +273,9 @@ def _submit(args: argparse.Namespace) -> int:
         if package is None:
             package = Path(tmp) / "pipeline.yaml"
             _compile_to(args, package)
-        arguments = typed_params(raw, _declared_params(package))
+        arguments = paired_baselines(typed_params(raw, _declared_params(package)))
         run_name = args.run_name or "sasan {}->{} {}".format(
-            *_direction(arguments), datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"))
+            *_experiment(arguments), datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"))
         try:
             result = _client(args.host).create_run_from_pipeline_package(
                 str(package), arguments=arguments, run_name=run_name, experiment_name=args.experiment,

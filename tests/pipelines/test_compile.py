@@ -438,6 +438,31 @@ def test_empty_direction_and_source_parameters_keep_the_params_file_values(tmp_p
     assert "params" in FakeClient.created[0]["arguments"] and "source" not in FakeClient.created[0]["arguments"]
 
 
+def test_a_paired_profile_is_submitted_with_translating_baselines_only(monkeypatch, capsys):
+    """The pipeline's default baselines are segmenters, which a paired evaluation refuses
+    after all training has run: submit picks [cyclegan] for a paired profile, and refuses
+    segmenting baselines given explicitly, before anything reaches the cluster."""
+    import kfp
+
+    paired = BRAIN_PROFILE.parent / "phantom-paired.yaml"
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    FakeClient.created.clear()
+    assert main(["pipeline", "submit", "--host", "http://h", "--image", IMAGE, "--params-file", str(paired)]) == 0
+    assert FakeClient.created[-1]["arguments"]["baselines"] == ["cyclegan"]
+    assert "paired mode: baselines [cyclegan]" in capsys.readouterr().err
+    assert main(["pipeline", "submit", "--host", "http://h", "--image", IMAGE, "--params-file", str(paired),
+                 "--param", 'baselines=["cyclegan", "upper_bound"]']) == 2
+    err = capsys.readouterr().err.strip()
+    assert "upper_bound do not translate" in err and len(err.splitlines()) == 1 and len(FakeClient.created) == 1
+    # an unpaired profile keeps the pipeline's default baselines (no parameter passed)
+    assert main(["pipeline", "submit", "--host", "http://h", "--image", IMAGE, "--params-file", str(BRAIN_PROFILE)]) == 0
+    assert "baselines" not in FakeClient.created[-1]["arguments"]
+    # a paired mode set through the overrides counts too
+    assert main(["pipeline", "submit", "--host", "http://h", "--image", IMAGE,
+                 "--param", 'overrides={"experiment.mode": "paired"}']) == 0
+    assert FakeClient.created[-1]["arguments"]["baselines"] == ["cyclegan"]
+
+
 def test_finish_run_ends_a_parent_run_left_running(tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
 
