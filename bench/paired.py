@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptation import (ROOT, mean_sd, run_seed, sasan, seed_record, set_flags, side_by_side,  # noqa: E402
                         write_results)
+from adaptation import headline  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("cyclegan", "sasan")
@@ -32,12 +33,20 @@ TEST_SUBJECTS = 6
 DEFAULT_CASES = 20           # 14 train / 6 test subjects
 
 
+def marker(params: Path, sets: list[str], cases: int) -> str:
+    """The done-marker's text: what the shards were prepared from (subjects, profile, overrides)."""
+    return f"cases {cases}\nprofile {params}\noverrides {' '.join(sets[1::2]) or '-'}\n"
+
+
 def prepare(work: Path, params: Path, sets: list[str], log: Path, cases: int) -> tuple[Path, Path]:
-    """Generate, split, validate and preprocess the paired phantom into ``work``, once."""
+    """Generate, split, validate and preprocess the paired phantom into ``work``, once; a
+    rerun reuses it only when prepared from the same subjects, profile and overrides."""
     raw, shards, done = work / "raw", work / "shards", work / "shards" / "done"
     if done.is_file():
-        if done.read_text().split() != ["cases", str(cases)]:
-            sys.exit(f"{work}: prepared with another number of subjects ({done.read_text().strip()}); use another --work")
+        want, have = marker(params, sets, cases), done.read_text()
+        if have != want:
+            sys.exit(f"{work}: prepared with other settings ({'; '.join(have.strip().splitlines())}), not "
+                     f"({'; '.join(want.strip().splitlines())}); use another --work")
         return raw, shards
     if cases <= TEST_SUBJECTS + 1:
         sys.exit(f"--cases {cases}: need more than {TEST_SUBJECTS + 1} subjects ({TEST_SUBJECTS} are test)")
@@ -46,7 +55,7 @@ def prepare(work: Path, params: Path, sets: list[str], log: Path, cases: int) ->
           str(TEST_SUBJECTS / cases), "--seed", "0", log=log)
     sasan("validate", str(raw), "--report", str(work / "validation"), "--params", str(params), *sets, log=log)
     sasan("preprocess", str(raw), str(shards), "--params", str(params), *sets, log=log)
-    done.write_text(f"cases {cases}\n")
+    done.write_text(marker(params, sets, cases))
     return raw, shards
 
 
@@ -109,8 +118,10 @@ def main() -> None:
     if args.jobs > 1:
         per_seed = side_by_side(args.seeds, args.jobs, raw, shards, work, params, sets, args.methods, log, out)
     else:
-        per_seed = {s: run_seed(s, raw, shards, work, params, sets, args.methods, log, record=seed_record(out, s))
-                    for s in args.seeds}
+        per_seed = {}
+        for s in args.seeds:
+            per_seed[s] = run_seed(s, raw, shards, work, params, sets, args.methods, log, record=seed_record(out, s))
+            print(f"seed {s}: " + ", ".join(f"{m} {headline(per_seed[s][m])}" for m in args.methods), flush=True)
     res = summarise(params.relative_to(ROOT) if params.is_relative_to(ROOT) else params, args.seeds, per_seed,
                     args.methods)
     res["overrides"] = args.set

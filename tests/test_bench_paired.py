@@ -38,3 +38,46 @@ def test_summary_pairs_seeds() -> None:
     assert "| sasan | 0.450 +- 0.050 | 15.500 +- 0.500 | 0.550 +- 0.050 | 0.275 +- 0.025 |" in table
     assert "SASAN - CycleGAN SSIM, paired by seed: +0.100 +- 0.100 (per seed: +0.200, +0.000, +0.100)" in table
     assert "6 test subjects, field_of_view mask" in table
+
+
+def test_prepare_reuses_shards_only_from_the_same_settings(tmp_path, monkeypatch) -> None:
+    """The done-marker records the subjects, profile and overrides; a rerun with others is
+    refused in one line instead of reusing stale shards."""
+    calls = []
+
+    def fake_sasan(*args, log, threads=None):
+        calls.append(args[0])
+        if args[0] == "preprocess":
+            Path(args[2]).mkdir(parents=True)
+
+    monkeypatch.setattr(paired, "sasan", fake_sasan)
+    work, log, profile = tmp_path / "work", tmp_path / "log.txt", tmp_path / "profile.yaml"
+    sets = ["--set", "preprocess.image_size=64"]
+    raw, shards = paired.prepare(work, profile, sets, log, 20)
+    assert calls == ["data", "ingest", "validate", "preprocess"] and (shards / "done").is_file()
+    assert paired.prepare(work, profile, sets, log, 20) == (raw, shards) and len(calls) == 4  # reused
+    for other in ((profile, [], 20), (tmp_path / "other.yaml", sets, 20), (profile, sets, 12),
+                  (profile, ["--set", "preprocess.image_size=32"], 20)):
+        with pytest.raises(SystemExit) as err:
+            paired.prepare(work, *other[:2], log, other[2])
+        msg = str(err.value.code)
+        assert "\n" not in msg and msg.startswith(f"{work}: prepared with other settings (cases 20; profile {profile}; "
+                                                  "overrides preprocess.image_size=64), not (")
+        assert msg.endswith("); use another --work")
+    (shards / "done").write_text("cases 20\n")  # a marker of the old kind: no profile, no overrides
+    with pytest.raises(SystemExit, match="prepared with other settings"):
+        paired.prepare(work, profile, sets, log, 20)
+    assert len(calls) == 4
+
+
+def test_one_job_prints_a_line_per_seed(tmp_path, monkeypatch, capsys) -> None:
+    """--jobs 1 reports each seed as it finishes, as bench/adaptation.py does."""
+    results = {0: seed_result({"cyclegan": 0.4, "sasan": 0.6}), 1: seed_result({"cyclegan": 0.5, "sasan": 0.55})}
+    monkeypatch.setattr(paired, "prepare", lambda *a: (tmp_path / "raw", tmp_path / "shards"))
+    monkeypatch.setattr(paired, "run_seed", lambda seed, *a, **k: results[seed])
+    monkeypatch.setattr(paired, "write_results", lambda *a: None)
+    monkeypatch.setattr(sys, "argv", ["paired.py", "--seeds", "0", "1", "--work", str(tmp_path / "w"),
+                                      "--out", str(tmp_path / "out.json")])
+    paired.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["seed 0: cyclegan SSIM 0.400, sasan SSIM 0.600", "seed 1: cyclegan SSIM 0.500, sasan SSIM 0.550"]

@@ -30,6 +30,14 @@ Only labelled subjects fill the test quota: a case without a label stays test wh
 source holds it out (imagesTs/, MM-WHS *_test_*), else it goes to train. Dot-files (macOS
 ._* files) are skipped.
 
+Paired mode: with --params/--set the experiment is known, and experiment.mode decides; when
+it is paired, the quota counts the subjects with an image in both experiment.source and
+experiment.target, labelled or not (the split Kubeflow makes). Without --params and --set no
+experiment is known (./params.yaml is not read): layout paired then means paired mode, a
+complete pair having every modality. --layout, --test-fraction, --seed and --affine-atol-mm
+override the parameters' ingest.* and validate.affine_atol_mm (defaults: the parameters,
+else the built-in defaults).
+
 OUT receives the canonical layout and manifest.json; it is replaced only when ingest
 succeeds, and only if it is empty or a previous ingest output. A local SOURCE must not lie
 inside OUT.
@@ -71,13 +79,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                          epilog=INGEST_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     ing.add_argument("source", help="local folder/archive, s3://BUCKET/PREFIX or dvc://REPO@REV/PATH")
     ing.add_argument("out", type=Path, help="output folder")
-    ing.add_argument("--layout", default="nnunet", choices=["nnunet", "mmwhs", "brats", "paired"],
-                     help="how SOURCE is organised (default nnunet; see below)")
-    ing.add_argument("--test-fraction", type=float, default=0.2, help="fraction of subjects held out (default 0.2)")
-    ing.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    ing.add_argument("--affine-atol-mm", type=float, default=1e-3,
+    ing.add_argument("--layout", default=None, choices=["nnunet", "mmwhs", "brats", "paired"],
+                     help="how SOURCE is organised (ingest.layout; default nnunet; see below)")
+    ing.add_argument("--test-fraction", type=float, default=None,
+                     help="fraction of subjects held out (ingest.test_fraction; default 0.2)")
+    ing.add_argument("--seed", type=int, default=None, help="split seed (ingest.seed; default 0)")
+    ing.add_argument("--affine-atol-mm", type=float, default=None,
                      help="how far a label's affine may differ from its image's, in mm (validate.affine_atol_mm; "
                           "default 0.001)")
+    ing.add_argument("--params", type=Path, default=None,
+                     help="parameter file: its experiment (mode, source, target) decides paired splitting, its "
+                          "ingest.* the settings no flag gives (default: none; see below)")
+    ing.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                     help="override a parameter, e.g. --set experiment.mode=paired (repeatable; with --set alone "
+                          "the parameters are ./params.yaml if present, else the built-in defaults)")
     ing.set_defaults(func=_ingest)
 
 
@@ -113,13 +128,21 @@ def _brain(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from sasan.config import config_from_dict
+    from sasan.cli.params import load_params
+    from sasan.config import config_from_dict, set_dotted
     from sasan.stages import ingest
     from sasan.tracking.runs import Tracker
 
-    cfg = config_from_dict({"ingest": {"source": args.source, "layout": args.layout,
-                                       "test_fraction": args.test_fraction, "seed": args.seed},
-                            "validate": {"affine_atol_mm": args.affine_atol_mm}}, "sasan ingest")
-    summary = ingest.run(ingest.IngestInputs(args.source), ingest.IngestOutputs(args.out), cfg, Tracker.disabled())
+    flags = {"ingest.source": args.source, "ingest.layout": args.layout, "ingest.test_fraction": args.test_fraction,
+             "ingest.seed": args.seed, "validate.affine_atol_mm": args.affine_atol_mm}
+    # the experiment is known only when asked for: ./params.yaml alone must not change a split
+    known = args.params is not None or bool(args.set)
+    data = load_params(args).to_dict() if known else {}
+    for key, value in flags.items():
+        if value is not None:
+            set_dotted(data, key, value)
+    cfg = config_from_dict(data, "sasan ingest")
+    summary = ingest.run(ingest.IngestInputs(args.source, experiment_known=known), ingest.IngestOutputs(args.out),
+                         cfg, Tracker.disabled())
     print(json.dumps(summary, sort_keys=True))
     return 0

@@ -17,8 +17,10 @@ as a new version of register.model_name, and move the alias register.alias ("cha
 it only when the target mean Dice of METHOD in the evaluation metrics is >= register.min_dice
 (a paired evaluation: the mean SSIM of its translations >= register.min_ssim) AND beats the
 current champion's, compared only when both were scored by the same metric on the same
-identity (data set digest, test split, image size, profile, paired mode:
-EVALUATION_REPORT/identity.json; a version without one is never promoted).
+identity (data set digest, test split, image size, profile; a paired evaluation adds its
+mode, evaluate.translation_mask and a digest of the bundle's preprocessing config, which
+makes the real image the translations are scored against: EVALUATION_REPORT/identity.json;
+a version without one is never promoted).
 The inputs must belong together, or nothing is registered: the bundle must be a METHOD
 model, and identity.json must have been written by the `sasan evaluate` run that wrote
 METRICS (sha256 of the metrics file) and evaluated this very bundle as METHOD (sha256 of

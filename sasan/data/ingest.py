@@ -3,7 +3,8 @@
 Steps: fetch the source (local, archive, S3, DVC; :mod:`sasan.data.sources`), list its
 cases (:mod:`sasan.data.adapters`), fix the train/test split per subject (seeded; a case the
 source already holds out stays test; a subject never straddles splits; only labelled subjects
-fill the test quota, or in paired mode the subjects with every modality, labelled or not),
+fill the test quota, or in paired mode the subjects with both images of the experiment's
+pair, labelled or not),
 then load and check every volume, remap label values, and write the canonical tree and
 manifest into a temporary sibling of OUT that replaces OUT only when everything succeeded.
 
@@ -22,6 +23,7 @@ import time
 import zlib
 from collections import defaultdict
 from pathlib import Path
+from typing import Optional
 
 import nibabel as nib
 import numpy as np
@@ -38,7 +40,8 @@ from sasan.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 
-def assign_splits(cases: list[SourceCase], test_fraction: float, seed: int, paired: bool = False) -> dict[str, str]:
+def assign_splits(cases: list[SourceCase], test_fraction: float, seed: int, paired: bool = False,
+                  pair: Optional[tuple[str, str]] = None) -> dict[str, str]:
     """case id -> "train" | "test". Subjects (:attr:`SourceCase.subject_id`: the case id, or
     the patient of several case ids) are stratified by the set of domains they appear in. In
     each stratum round(test_fraction * n) of its n labelled subjects (a label in any domain)
@@ -47,11 +50,12 @@ def assign_splits(cases: list[SourceCase], test_fraction: float, seed: int, pair
     subject never counts toward nor is drawn for the quota: it stays test when held out, else
     train (where a target domain uses it unlabelled).
 
-    ``paired`` (paired layout or ``experiment.mode: paired``; RIRE has no labels): the quota
-    counts the subjects that have every modality of the data set (complete pairs, which
-    paired evaluation scores), labelled or not, by the same rule and draw; a subject lacking
-    a modality never counts nor is drawn. A fully labelled paired data set splits as without
-    ``paired``."""
+    ``paired`` (``experiment.mode: paired``, or without an experiment the paired layout; RIRE
+    has no labels): the quota counts the complete pairs, which paired evaluation scores,
+    labelled or not, by the same rule and draw: the subjects with an image in both domains of
+    ``pair`` (the experiment's source and target), or without ``pair`` in every modality of
+    the data set. A subject lacking one of them never counts nor is drawn. A fully labelled
+    paired data set splits as without ``paired``."""
     domains_of: dict[str, set[str]] = defaultdict(set)
     forced: set[str] = set()
     labelled: set[str] = set()
@@ -67,11 +71,11 @@ def assign_splits(cases: list[SourceCase], test_fraction: float, seed: int, pair
     strata: dict[str, list[str]] = defaultdict(list)
     for subject, doms in domains_of.items():
         strata["+".join(sorted(doms))].append(subject)
-    complete = "+".join(sorted({c.domain for c in cases}))  # the stratum of subjects with every modality
+    needed = set(pair) if pair else {c.domain for c in cases}  # what a complete pair has
     split_of: dict[str, str] = {}
     for name in sorted(strata):
         if paired:
-            subjects = sorted(strata[name]) if name == complete else []
+            subjects = sorted(strata[name]) if needed <= domains_of[strata[name][0]] else []
         else:
             subjects = sorted(s for s in strata[name] if s in labelled)
         n = len(subjects)
@@ -86,13 +90,16 @@ def assign_splits(cases: list[SourceCase], test_fraction: float, seed: int, pair
 
 
 def run_ingest(source: str | Path, out_dir: str | Path, layout: str = "nnunet", test_fraction: float = 0.2,
-               seed: int = 0, affine_atol_mm: float = 1e-3, paired: bool = False) -> dict:
+               seed: int = 0, affine_atol_mm: float = 1e-3, paired: Optional[bool] = None,
+               pair: Optional[tuple[str, str]] = None) -> dict:
     """Convert ``source`` (see :mod:`sasan.data.sources`) in layout ``layout`` into the
     canonical layout in ``out_dir`` with ``manifest.json``; returns a summary dict.
     ``affine_atol_mm``: how far a label's affine may differ from its image's (the
-    ``validate.affine_atol_mm`` setting). ``paired`` (``experiment.mode: paired``; implied by
-    layout ``paired``): the test quota counts complete pairs, labelled or not
-    (:func:`assign_splits`)."""
+    ``validate.affine_atol_mm`` setting). ``paired``: whether the test quota counts complete
+    pairs, labelled or not (:func:`assign_splits`): the experiment's mode decides
+    (``experiment.mode == "paired"``); ``None`` (no experiment known) leaves it to the layout
+    (``paired``: yes). ``pair``: the paired experiment's (source, target) domains, both of
+    which a complete pair has (without it: every modality of the data set)."""
     layout_name = layout
     if layout_name not in ADAPTERS:
         raise ConfigError(f"unknown layout {layout_name!r}; choose from {', '.join(ADAPTERS)}")
@@ -112,7 +119,11 @@ def run_ingest(source: str | Path, out_dir: str | Path, layout: str = "nnunet", 
             raise DataError("output folder must lie outside the source folder", out_dir)
         ds = ADAPTERS[layout_name](root)
         _check_unique(ds)
-        splits = assign_splits(ds.cases, test_fraction, seed, paired=paired or layout_name == "paired")
+        if paired is None:
+            paired = layout_name == "paired"
+        if paired and pair is not None:
+            _check_pair(pair, ds)
+        splits = assign_splits(ds.cases, test_fraction, seed, paired=paired, pair=pair if paired else None)
         with atomic_dir(out_dir) as tmp:
             entries, domains = _write_dataset(ds, splits, tmp, affine_atol_mm)
             write_manifest(tmp, build_manifest(ds.name, seed, test_fraction, domains, entries,
@@ -122,6 +133,15 @@ def run_ingest(source: str | Path, out_dir: str | Path, layout: str = "nnunet", 
     log.info("ingested %d cases into %s: %s", len(entries), out_dir, counts)
     return {"out_dir": str(out_dir), "dataset": ds.name, "layout": layout_name, "cases": len(entries),
             "domains": counts, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _check_pair(pair: tuple[str, str], ds: AdaptedDataset) -> None:
+    missing = [d for d in dict.fromkeys(pair) if d not in ds.domains]
+    if missing:
+        raise ConfigError(f"paired mode: experiment source/target {' and '.join(repr(d) for d in missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} not among the data set's domains "
+                          f"({', '.join(sorted(ds.domains))}); the paired test quota counts subjects with an "
+                          "image in both")
 
 
 def _check_unique(ds: AdaptedDataset) -> None:

@@ -57,6 +57,12 @@ class Geometry:
     size: int
 
     @property
+    def array_axis(self) -> int:
+        """The axis of the original array (``shape``) that the slicing axis (RAS ``axis``)
+        runs along: the slices are its planes, whatever order the file stores the axes in."""
+        return int(np.flatnonzero(np.asarray(self.transform)[:, 0] == self.axis)[0])
+
+    @property
     def plane(self) -> tuple[int, int]:
         """(H, W) of the cropped slices before fitting into the canvas."""
         lens = tuple(hi - lo for lo, hi in self.box)
@@ -280,24 +286,33 @@ def prepare_case(image_path: Path, label_path: Optional[Path], cfg: PreprocessCo
     return prepared, _label_slices(image, prepared, label_path, affine_atol_mm)
 
 
+def check_same_grid(volumes: Sequence[Volume], atol_mm: float = 1e-3) -> None:
+    """The images of one paired subject share one voxel grid: the same array shape, and
+    affines within ``atol_mm``; else a one-line :class:`DataError` naming both files (paired
+    preprocessing and paired evaluation compare them voxel by voxel)."""
+    first = volumes[0]
+    for other in volumes[1:]:
+        if other.array.shape != first.array.shape:
+            detail = (f"the shape of {other.path}, {tuple(other.array.shape)}, differs from that of {first.path}, "
+                      f"{tuple(first.array.shape)}")
+        elif not affines_match(first.affine, other.affine, atol_mm):
+            diff = float(np.abs(other.affine - first.affine).max())
+            detail = (f"the affine of {other.path} differs from that of {first.path} by up to {diff:.4g} mm "
+                      f"(tolerance {atol_mm:g} mm)")
+        else:
+            continue
+        raise DataError(f"paired cases must share a grid (resample/register them first): {detail}")
+
+
 def prepare_pair(image_paths: Sequence[Path], label_paths: Sequence[Optional[Path]], cfg: PreprocessConfig,
                  bounds: Sequence[tuple[float, float]], modalities: Sequence[Optional[str]],
                  affine_atol_mm: float = 1e-3) -> list[tuple[PreparedVolume, Optional[np.ndarray]]]:
     """:func:`prepare_case` for the images of ONE subject in several modalities (paired mode),
-    onto identical slices: the images must share one grid (shape, and affines within
-    ``affine_atol_mm``), and all are cut with the union of their body boxes, so geometry,
-    slice count and canvas coincide. Thresholds and normalisation stay per image."""
+    onto identical slices: the images must share one grid (:func:`check_same_grid`: shape, and
+    affines within ``affine_atol_mm``), and all are cut with the union of their body boxes, so
+    geometry, slice count and canvas coincide. Thresholds and normalisation stay per image."""
     images = [load_volume(path) for path in image_paths]
-    first = images[0]
-    for other in images[1:]:
-        if other.array.shape != first.array.shape:
-            what = "shape"
-        elif not affines_match(first.affine, other.affine, affine_atol_mm):
-            what = "affine"
-        else:
-            continue
-        raise DataError(f"paired cases must share a grid (resample/register them first): the {what} of "
-                        f"{other.path} differs from that of {first.path}")
+    check_same_grid(images, affine_atol_mm)
     alone = [prepare_loaded(image, cfg, b, m) for image, b, m in zip(images, bounds, modalities)]
     box = tuple((min(lo for lo, _ in axis), max(hi for _, hi in axis))
                 for axis in zip(*(p.body_box for p in alone)))

@@ -4,6 +4,7 @@
 ``OUT/<domain>/<split>/labels.npy``  (N, H, W) uint8, label of each stack's centre slice
                                      (present when every case of the split has a label)
 ``OUT/<domain>/<split>/index.json``  {"cases", "case_of_slice", "slice_of_case", "shape", "dtype"}
+                                     (paired mode adds "paired_with", "boxes": see below)
 ``OUT/stats.json``                   per-domain normalisation stats, slice counts, config
 
 The whole output is built in a temporary sibling folder (``.OUT.tmp-*``, :func:`sasan.atomic.atomic_dir`) and swapped
@@ -15,8 +16,11 @@ previous output (hard links, no copy of the data).
 Paired mode (``pair``: the experiment's source and target domains) prepares each subject's
 two volumes together (:func:`sasan.data.prepare.prepare_pair`: one crop, one set of kept
 slices), so both domains' shards of a split hold the same subjects' same slices in the same
-order: identical index.json ``cases``, ``case_of_slice``, ``slice_of_case`` and ``shape``
-(:func:`check_paired_shards`). Other domains are prepared volume by volume.
+order, cut with the same box: identical index.json ``cases``, ``case_of_slice``,
+``slice_of_case``, ``shape`` and ``boxes`` (per case the crop, (lo, hi) per RAS axis of the
+resampled grid), and each names the other domain in ``paired_with``
+(:func:`check_paired_shards`). Other domains are prepared volume by volume, and their
+index.json has neither key (unchanged from unpaired mode).
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 STATS = "stats.json"
-PAIRED_KEYS = ("cases", "case_of_slice", "slice_of_case", "shape")  # index.json entries paired shards share
+# index.json entries paired shards share ("paired_with", also written by paired mode only, names the other domain)
+PAIRED_KEYS = ("cases", "case_of_slice", "slice_of_case", "shape", "boxes")
 
 
 @dataclass(frozen=True)
@@ -70,14 +75,27 @@ def open_shard(shard_dir: str | Path) -> Shard:
 
 
 def check_paired_shards(source_dir: str | Path, target_dir: str | Path) -> None:
-    """Raise a DataError unless the two shards (a split of the source and of the target domain)
-    hold the same slices of the same cases in the same order (:data:`PAIRED_KEYS` of index.json
-    equal), as paired training, which takes slice i of both as one pair, needs."""
-    source, target = _read_index(Path(source_dir)), _read_index(Path(target_dir))
+    """Raise a DataError unless the two shards (a split of the source and of the target domain,
+    ``<domain>/<split>`` folders) were written together by paired preprocessing: each names the
+    other's domain in index.json ``paired_with``, and they hold the same slices of the same
+    cases in the same order, cut with the same boxes (:data:`PAIRED_KEYS` equal), as paired
+    training, which takes slice i of both as one pair, needs. Per-volume (unpaired-mode)
+    shards have no ``paired_with``/``boxes``: refused even where their kept slices coincide."""
+    source_dir, target_dir = Path(source_dir), Path(target_dir)
+    source, target = _read_index(source_dir), _read_index(target_dir)
+    missing = [key for key in ("paired_with", "boxes") if key not in source or key not in target]
     differ = [key for key in PAIRED_KEYS if source.get(key) != target.get(key)]
-    if differ:
-        raise DataError(f"paired mode needs aligned shards: run `sasan preprocess` with experiment.mode: paired "
-                        f"({source_dir} and {target_dir} differ in index.json {', '.join(differ)})")
+    if missing:
+        why = f"lack index.json {', '.join(missing)}: shards prepared volume by volume"
+    elif differ:
+        why = f"differ in index.json {', '.join(differ)}"
+    elif (source["paired_with"], target["paired_with"]) != (target_dir.parent.name, source_dir.parent.name):
+        why = (f"were not prepared as one pair: index.json paired_with {source['paired_with']!r} and "
+               f"{target['paired_with']!r}")
+    else:
+        return
+    raise DataError(f"paired mode needs aligned shards: run `sasan preprocess` with experiment.mode: paired "
+                    f"({source_dir} and {target_dir} {why})")
 
 
 def _read_index(path: Path) -> dict[str, Any]:
@@ -208,8 +226,8 @@ def write_paired_split(dataset: RawDataset, pair: tuple[str, str], split: str, o
                         "every subject needs an image in both", dataset.root)
     if not by_id[pair[0]]:
         return {}
-    with (_split_writer(out_dir / pair[0] / split, cfg) as first,
-          _split_writer(out_dir / pair[1] / split, cfg) as second):
+    with (_split_writer(out_dir / pair[0] / split, cfg, paired_with=pair[1]) as first,
+          _split_writer(out_dir / pair[1] / split, cfg, paired_with=pair[0]) as second):
         for case_id in tqdm(sorted(by_id[pair[0]]), desc=f"preprocess {'+'.join(pair)}/{split}", unit="pair",
                             leave=False):
             cases = [by_id[d][case_id] for d in pair]
@@ -224,10 +242,12 @@ def write_paired_split(dataset: RawDataset, pair: tuple[str, str], split: str, o
 
 class _SplitWriter:
     """One shard in the making: :meth:`add` saves a case's kept stacks (and labels) as chunk
-    files in ``tmp``; :meth:`finish` joins them into the arrays and writes index.json."""
+    files in ``tmp``; :meth:`finish` joins them into the arrays and writes index.json (with
+    ``paired_with``, paired mode's other domain: also that and each case's crop box)."""
 
-    def __init__(self, tmp: Path, target: Path, cfg: PreprocessConfig):
-        self.tmp, self.target, self.cfg = tmp, target, cfg
+    def __init__(self, tmp: Path, target: Path, cfg: PreprocessConfig, paired_with: Optional[str] = None):
+        self.tmp, self.target, self.cfg, self.paired_with = tmp, target, cfg, paired_with
+        self.boxes: list[list[list[int]]] = []
         self.dtype = np.dtype(cfg.dtype)
         self.chunks = tmp / "chunks"
         self.chunks.mkdir()
@@ -247,6 +267,7 @@ class _SplitWriter:
         self.case_ids.append(case.case_id)
         self.kept.append(keep)
         self.labelled.append(labels is not None)
+        self.boxes.append([[int(lo), int(hi)] for lo, hi in prepared.geometry.box])
         self.per_case[case.case_id] = {"split": self.target.name, "slices": int(len(prepared.slices)),
                                        "kept": int(keep.size), **prepared.stats}
 
@@ -263,16 +284,18 @@ class _SplitWriter:
             "shape": [sum(len(k) for k in kept), cfg.slices, cfg.image_size, cfg.image_size],
             "dtype": self.dtype.name,
         }
+        if self.paired_with is not None:  # paired mode only: unpaired index.json stays as it was
+            index.update(paired_with=self.paired_with, boxes=self.boxes)
         write_json(self.tmp / "index.json", index)
         shutil.rmtree(self.chunks)
 
 
 @contextmanager
-def _split_writer(target: Path, cfg: PreprocessConfig) -> Iterator[_SplitWriter]:
+def _split_writer(target: Path, cfg: PreprocessConfig, paired_with: Optional[str] = None) -> Iterator[_SplitWriter]:
     """A :class:`_SplitWriter` in a temporary folder that replaces ``target`` when the block succeeds."""
     with atomic_dir(target) as tmp:
         tmp.chmod(0o755)  # mkdtemp makes it private; shards are read by other users (containers, DVC)
-        writer = _SplitWriter(tmp, target, cfg)
+        writer = _SplitWriter(tmp, target, cfg, paired_with)
         yield writer
         writer.finish()
 

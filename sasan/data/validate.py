@@ -2,11 +2,14 @@
 data-set checks (cases per domain and split, leakage across splits, dataset.json labels and,
 given the experiment, labels of its source's train and its target's test split).
 
-Paired mode (``experiment.mode: paired``, or without an experiment a manifest of layout
-``paired``; RIRE has no labels) requires no label anywhere (a label present is checked as
+Paired mode (``experiment.mode: paired``; only without an experiment does a manifest of
+layout ``paired`` mean it, an unpaired experiment on paired-layout data being checked as any
+unpaired one; RIRE has no labels) requires no label anywhere (a label present is checked as
 ever: grid, values) but complete paired subjects: at least ``min_cases_test`` with a test
 image in both the experiment's target and source (without an experiment: in every domain),
-the pairs paired evaluation scores, and at least ``min_cases_train`` such subjects in train.
+the pairs paired evaluation scores, and at least ``min_cases_train`` such subjects in train;
+and, with an experiment, no subject with an image in one domain of the pair and not in the
+other within a split (paired preprocessing cuts each subject's two images together).
 
 Writes ``validation.json`` (machine-readable) and ``validation.html`` (for people) and
 raises :class:`ValidationFailed` naming the first offending file when any error-level
@@ -199,10 +202,11 @@ def dataset_checks(dataset: RawDataset, table: pd.DataFrame, cfg: ValidateConfig
     """Checks across cases: counts per domain and split, leakage, dataset.json consistency,
     and (with ``experiment``) the labels its source and target need."""
     counts = Counter(zip(table["domain"], table["split"]))
-    paired = (experiment is not None and experiment.mode == "paired") or \
-        (dataset.manifest or {}).get("layout") == "paired"
-    # Labels matter to what the run does: an unpaired experiment segments (paired layout or not).
-    translate_only = paired if experiment is None else experiment.mode == "paired"
+    paired_layout = (dataset.manifest or {}).get("layout") == "paired"
+    # What the run needs: the experiment's mode decides (an unpaired experiment segments, paired
+    # layout or not); the layout only without an experiment.
+    paired = experiment.mode == "paired" if experiment is not None else paired_layout
+    translate_only = paired
     checks = [
         _check("minimum cases per domain and split", "error", _too_few_cases(dataset, counts, cfg)),
         _check("no case in two splits (leakage)", "error", _case_in_two_splits(dataset)),
@@ -211,12 +215,16 @@ def dataset_checks(dataset: RawDataset, table: pd.DataFrame, cfg: ValidateConfig
         _check("dataset.json agrees with the cases and manifest", "warning", _dataset_json_drift(dataset, counts)),
         _check("labels present per domain", "warning", [] if translate_only else _unlabelled_domains(dataset, table)),
         _check("no subject in two splits (leakage)", "error", _subject_leakage(dataset, across_domains=False)),
-        _check("no subject in train in one domain and test in another (leakage)", "error" if paired else "warning",
-               _subject_leakage(dataset, across_domains=True)),
+        # a paired layout's modalities image one anatomy: leakage whatever the run does
+        _check("no subject in train in one domain and test in another (leakage)",
+               "error" if paired or paired_layout else "warning", _subject_leakage(dataset, across_domains=True)),
         _check("evaluation target has labelled test cases", "error", _target_test_unlabelled(dataset, experiment)),
         _check("source training cases are labelled", "error", _source_train_unlabelled(dataset, experiment)),
         _check("no unknown raw label values (written as background)", "warning", _unknown_raw_labels(dataset)),
     ]
+    if paired and experiment is not None:
+        checks.append(_check("every subject has both images of the pair", "error",
+                             _incomplete_pairs(dataset, experiment)))
     if paired:
         checks.append(_check("minimum paired subjects per split", "error", _too_few_pairs(dataset, cfg, experiment)))
     return checks
@@ -309,6 +317,35 @@ def _source_train_unlabelled(dataset: RawDataset, experiment: "Optional[Experime
                      f"{len(missing)} of its {len(train)} train case(s) have no label (first: "
                      f"'{missing[0].case_id}'); remove them or make '{source}' the target", domain=source,
                      split="train", case_id=missing[0].case_id)]
+
+
+def _incomplete_pairs(dataset: RawDataset, experiment: "ExperimentConfig") -> list[dict[str, Any]]:
+    """Subjects (case ids, as paired preprocessing matches them) with an image of a split in
+    one domain of the experiment's pair and none of that split in the other: paired
+    preprocessing cuts each subject's two images together and would stop on them. Nothing
+    when a domain of the pair is missing altogether ("minimum paired subjects per split")."""
+    pair = list(dict.fromkeys((experiment.source, experiment.target)))
+    if len(pair) < 2 or not set(pair) <= set(dataset.domains):
+        return []
+    roles = {experiment.source: "source", experiment.target: "target"}
+    subject_of = _subject_of(dataset)
+    by_id: dict[tuple[str, str], dict[str, RawCase]] = defaultdict(dict)     # (split, case id) -> domain -> case
+    for case in dataset.cases:
+        if case.domain in roles:
+            by_id[(case.split, case.case_id)][case.domain] = case
+    fails = []
+    for (split, case_id), cases in sorted(by_id.items()):
+        if len(cases) == len(pair):
+            continue
+        (has, case), = cases.items()
+        lacks = next(d for d in pair if d != has)
+        subject = subject_of[(has, case_id)]
+        who = f"subject '{case_id}'" if subject == case_id else f"case '{case_id}' (subject '{subject}')"
+        fails.append(_failure(case.image, f"paired mode: {who} has a {split} image in domain '{has}' ({roles[has]}) "
+                              f"but none in '{lacks}' ({roles[lacks]}); paired preprocessing cuts each subject's "
+                              "two images together: add the missing image or remove the subject", domain=lacks,
+                              case_id=case_id, split=split))
+    return fails
 
 
 def _too_few_pairs(dataset: RawDataset, cfg: ValidateConfig,

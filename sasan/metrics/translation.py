@@ -62,14 +62,19 @@ def masked_ssim(
     window_size: int = 7,
     sigma: float = 1.5,
     chunk: int = 16,
+    axis: int = -1,
 ) -> float:
-    """SSIM of two volumes (H, W, D) (or images (H, W)) slice by slice along the last axis:
-    each slice's local SSIM map (Gaussian window, valid padding) is averaged over the window
-    centres inside ``mask``; slices without such centres are skipped; the result is the mean
-    over the remaining slices (nan if none)."""
+    """SSIM of two volumes (or images (H, W)) slice by slice along ``axis`` (of a volume;
+    default the last: (H, W, D)): each slice's local SSIM map (Gaussian window, valid padding)
+    is averaged over the window centres inside ``mask``; slices without such centres are
+    skipped; the result is the mean over the remaining slices (nan if none). Slice along the
+    axis the images were made along (a model that translates slice by slice: its slicing
+    axis), so that no window straddles separately made slices."""
     mask = np.asarray(mask, dtype=bool)
     if fake.ndim == 2:
         fake, real, mask = fake[..., None], real[..., None], mask[..., None]
+    else:
+        fake, real, mask = (np.moveaxis(np.asarray(a), axis, -1) for a in (fake, real, mask))
     half = window_size // 2
     h, w = fake.shape[:2]
     centres = mask[half : h - window_size + 1 + half, half : w - window_size + 1 + half]
@@ -89,13 +94,15 @@ def translation_scores(
     real: np.ndarray,
     mask: np.ndarray | None = None,
     data_range: float | None = None,
+    axis: int = -1,
 ) -> dict[str, float]:
     """Image agreement of a translated volume ``fake`` with its paired ``real`` one
     (same shape, 2-D or 3-D, same intensity scale), on the voxels of ``mask``
     (default: body_mask(real)). With e = fake - real over the masked voxels:
       mae = mean|e|, rmse = sqrt(mean e^2), psnr = 10 log10(L^2 / mean e^2) in dB
       (inf when e = 0), pearson = corr(fake, real) (nan when either is constant),
-      ssim = masked_ssim (7x7 Gaussian window, sigma 1.5, slices along the last axis).
+      ssim = masked_ssim (7x7 Gaussian window, sigma 1.5, slices along ``axis`` of a volume:
+      default the last; the other scores do not depend on it).
     L = data_range, default max - min of real over the mask."""
     fake = np.asarray(fake, dtype=np.float64)
     real = np.asarray(real, dtype=np.float64)
@@ -119,6 +126,6 @@ def translation_scores(
         "mae": float(np.mean(np.abs(err))),
         "rmse": float(np.sqrt(mse)),
         "psnr": psnr,
-        "ssim": masked_ssim(fake, real, mask, data_range),
+        "ssim": masked_ssim(fake, real, mask, data_range, axis=axis),
         "pearson": pearson,
     }

@@ -20,7 +20,8 @@ register`` gates only the bundle that was evaluated, with these metrics.
 
 The evaluation is paired (:func:`evaluation_mode`) when ``experiment.mode`` is paired or
 every bundle translates only (a paired-mode model, no U-Net); a mix of segmenting and
-translate-only bundles is refused. A paired evaluation's identity adds ``"mode": "paired"``.
+translate-only bundles is refused. A paired evaluation's identity adds ``"mode": "paired"``,
+``translation_mask`` and, per method, ``preprocess_digest`` (:func:`evaluation_identity`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 IDENTITY_FILE = "identity.json"     # in the report folder: what the scores were measured on
 RUN_REF = "mlflow_run.json"         # a variant's child run reference, next to its model bundle
 # identity.json keys that are not run tags (lists, per-method maps, digests of files)
-UNTAGGED = ("test_cases", "image_size", "bundles", "metrics_sha256")
+UNTAGGED = ("test_cases", "image_size", "preprocess_digest", "bundles", "metrics_sha256")
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class EvaluateInputs:
 @dataclass(frozen=True)
 class EvaluateOutputs:
     metrics: Path                   # {method: {per_structure, mean, n_subjects}} (DVC metrics); paired:
-                                    # {method: {mode, n_subjects, mean, sd, per_subject}}
+                                    # {method: {mode, mask, n_subjects, mean, sd, per_subject}}
     report: Path                    # per_structure.json, per_subject.json, PNGs, identity.json, predictions/
                                     # (paired: per_subject.json, translations.png, identity.json, translations/)
 
@@ -102,8 +103,11 @@ def evaluation_identity(raw_dir: Path, cfg: Config, models: dict[str, Path],
                         bundles: Optional[dict[str, BundleInfo]] = None) -> dict[str, Any]:
     """Data set digest, target test split (sorted ids and their digest), image size per
     method (from each bundle's own config), profile (experiment name) and, per method, the
-    sha256 and variant of the bundle evaluated; ``"mode": "paired"`` for a paired evaluation
-    (a segmentation evaluation's identity has no ``mode``: it is what it always was)."""
+    sha256 and variant of the bundle evaluated. A paired evaluation's adds ``"mode":
+    "paired"``, ``translation_mask`` (``evaluate.translation_mask``: the voxels scored) and,
+    per method, ``preprocess_digest`` (:func:`sasan.stages.evaluate_paired.preprocess_digest`
+    of the bundle's preprocessing config, which makes the real image it is scored against);
+    a segmentation evaluation's identity has none of these: it is what it always was."""
     data = data_identity(raw_dir)
     target = cfg.experiment.target
     cases = sorted(data.test_cases.get(target, []))
@@ -114,8 +118,11 @@ def evaluation_identity(raw_dir: Path, cfg: Config, models: dict[str, Path],
                 "test_split": split_digest(cases), "test_cases": cases, "image_size": sizes,
                 "profile": cfg.experiment.name, "bundles": evaluated}
     if evaluation_mode(cfg, bundles) == "paired":
+        from sasan.stages.evaluate_paired import preprocess_digests
+
         identity["mode"] = "paired"
         identity["translation_mask"] = cfg.evaluate.translation_mask
+        identity["preprocess_digest"] = preprocess_digests(raw_dir, cfg.experiment.source, bundles, list(models))
     return identity
 
 

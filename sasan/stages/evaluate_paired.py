@@ -1,12 +1,15 @@
 """Paired evaluation (METHOD.md sections 1 and 6): translation scored by image metrics.
 
 A paired-mode model (``experiment.mode: paired``, RIRE-style supervised translation)
-translates only. For every target test case whose subject also has a source test image (a
-paired subject's modalities share its subject id: the case id, or the manifest's
-``subject``), the bundle translates the target volume into the source modality
-(on the target's grid, intensities in [-1, 1]), and
-the translation is scored against the real source image of the same subject with
+translates only. For every target test case that has a source test image (the source test
+case of the same case id, as paired preprocessing pairs them; without one, that of the same
+manifest ``subject`` where the subject has one test case per domain: :func:`paired_test_cases`),
+the bundle translates the target volume into the source modality (on the target's grid,
+intensities in [-1, 1]), and the translation is scored against the real source image with
 :func:`sasan.metrics.translation_scores`: MAE, RMSE, PSNR, SSIM and Pearson correlation.
+SSIM is taken slice by slice in the plane the model translates (``preprocess.axis``, whichever
+array axis the file stores it along), so no SSIM window straddles two separately translated
+slices and the score does not depend on the file's axis order.
 
 Both images are compared as the model sees them: the pair is prepared as paired
 preprocessing prepares the training pairs (:func:`sasan.data.prepare.prepare_pair` with the
@@ -25,12 +28,17 @@ psnr, ssim, pearson}, "sd": {...}, "per_subject": [{"case_id", "subject", mae, .
 is the population standard deviation over subjects, ddof 0, as the segmentation file's
 ``*_std``), ``report_dir/per_subject.json`` (``{METHOD: {case_id: {mae, ...}}}``),
 ``report_dir/translations/<method>/<case>.nii.gz`` and ``report_dir/translations.png``.
-Subjects without a source test image are skipped with one warning naming them.
+Subjects without a source test image are skipped with one warning naming them. The
+evaluation identity (:func:`sasan.stages.evaluate.evaluation_identity`) records, per method,
+:func:`preprocess_digest` of the bundle's preprocessing: the reference image depends on it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -41,8 +49,9 @@ from tqdm.auto import tqdm
 from sasan.atomic import write_json
 from sasan.bundle import load_bundle, predict_stacks
 from sasan.config import Config
-from sasan.data.prepare import PreparedVolume, bounds_for, prepare_pair
-from sasan.data.volume import affines_match, load_volume
+from sasan.data.config import PreprocessConfig
+from sasan.data.prepare import PreparedVolume, bounds_for, check_same_grid, prepare_pair
+from sasan.data.volume import load_volume
 from sasan.errors import ConfigError, DataError
 from sasan.inference import save_nifti
 from sasan.metrics import body_mask, translation_scores
@@ -73,8 +82,12 @@ def subject_of(case: dict[str, Any]) -> str:
 
 def paired_test_cases(raw_dir: Path, source: str, target: str) -> tuple[list[PairedCase], str, str]:
     """(pairs, target modality, source modality): the target domain's test cases (labelled
-    or not) whose subject has a source test image, in manifest order. Cases without one
-    are skipped with one warning naming them; none left is a :class:`DataError`."""
+    or not) that have a source test image, in manifest order. The source image is the
+    source test case of the same case id (as paired preprocessing pairs them); without one,
+    that of the same subject, but only where the subject has exactly one test case in each
+    domain: a subject with several (time points: BraTS 2023's case ids under one patient)
+    and no case-id match is a one-line :class:`DataError` naming the case. Cases without a
+    source image are skipped with one warning naming them; none left is a :class:`DataError`."""
     manifest_path = raw_dir / "manifest.json"
     manifest = read_manifest_file(raw_dir)
     domains = manifest.get("domains", {})
@@ -86,14 +99,28 @@ def paired_test_cases(raw_dir: Path, source: str, target: str) -> tuple[list[Pai
     tests = [c for c in cases if c["domain"] == target and c["split"] == "test"]
     if not tests:
         raise DataError(f"no test cases for target domain {target!r}", manifest_path)
-    sources = {subject_of(c): c for c in cases if c["domain"] == source and c["split"] == "test"}
+    sources = [c for c in cases if c["domain"] == source and c["split"] == "test"]
+    by_id = {c["case_id"]: c for c in sources}
+    by_subject: dict[str, list[dict[str, Any]]] = {}
+    for c in sources:
+        by_subject.setdefault(subject_of(c), []).append(c)
+    targets_of = Counter(subject_of(c) for c in tests)
     pairs, lacking = [], []
     for case in tests:
-        partner = sources.get(subject_of(case))
+        subject = subject_of(case)
+        partner = by_id.get(case["case_id"])
         if partner is None:
-            lacking.append(case["case_id"])
-            continue
-        pairs.append(PairedCase(case["case_id"], subject_of(case), raw_dir / case["image"], raw_dir / partner["image"]))
+            candidates = by_subject.get(subject, [])
+            if not candidates:
+                lacking.append(case["case_id"])
+                continue
+            if len(candidates) > 1 or targets_of[subject] > 1:
+                raise DataError(f"{target!r} test case {case['case_id']!r} has no {source!r} test case of the same "
+                                f"id, and its subject {subject!r} has {targets_of[subject]} {target!r} and "
+                                f"{len(candidates)} {source!r} test case(s): which one is its pair is ambiguous "
+                                "(give the images of one time point one case id in both domains)", manifest_path)
+            partner = candidates[0]
+        pairs.append(PairedCase(case["case_id"], subject, raw_dir / case["image"], raw_dir / partner["image"]))
     if not pairs:
         raise DataError(f"none of the {len(tests)} {target!r} test case(s) has a {source!r} test image of the same "
                         "subject: nothing to score the translations against", manifest_path)
@@ -115,19 +142,34 @@ def check_paired_bundles(bundles: dict[str, BundleInfo], target: tuple[str, str]
 
 
 def check_paired_volumes(pairs: list[PairedCase], atol_mm: float) -> None:
-    """Both images of each pair load and share one voxel grid: the scores compare them
-    voxel by voxel."""
+    """Both images of each pair load and share one voxel grid (:func:`check_same_grid`, as
+    paired preprocessing checks them), before any inference: the scores compare them voxel
+    by voxel."""
     for pair in pairs:
-        tgt = load_volume(pair.target_image)
-        src = load_volume(pair.source_image)
-        if src.array.shape != tgt.array.shape:
-            raise DataError(f"source image shape {src.array.shape} differs from the paired target image's "
-                            f"{tgt.array.shape} ({tgt.path.name}): paired evaluation compares them voxel by voxel",
-                            src.path)
-        if not affines_match(src.affine, tgt.affine, atol_mm):
-            diff = float(np.abs(src.affine - tgt.affine).max())
-            raise DataError(f"source image affine differs from the paired target image's ({tgt.path.name}) by up to "
-                            f"{diff:.4g} mm: paired evaluation needs both on one grid", src.path)
+        check_same_grid([load_volume(pair.target_image), load_volume(pair.source_image)], atol_mm)
+
+
+# preprocess fields that do not shape the real (reference) image or the voxels scored: the
+# stack depth and what only the shards keep (the source's bounds stand for the bounds table)
+_NOT_REFERENCE = {"slices", "skip_empty_slices", "dtype", "bounds"}
+
+
+def preprocess_digest(prep: PreprocessConfig, source: tuple[str, str]) -> str:
+    """A digest (16 hex) of the preprocessing settings that make the real source image a
+    paired evaluation scores against (crop, field of view, image size, axis, spacing, clip
+    percentiles, the source's bounds: ``source`` is its (modality, domain)); two bundles
+    with one digest are scored against the same reference image."""
+    fields = prep.model_dump(mode="json", exclude=_NOT_REFERENCE)
+    fields["source_bounds"] = list(bounds_for(prep, *source))
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def preprocess_digests(raw_dir: Path, source: str, bundles: dict[str, BundleInfo],
+                       methods: list[str]) -> dict[str, str]:
+    """:func:`preprocess_digest` of each method's bundle (the evaluation identity's
+    ``preprocess_digest``), the source modality read from the manifest as evaluation reads it."""
+    modality = read_manifest_file(raw_dir).get("domains", {}).get(source, {}).get("modality", source)
+    return {m: preprocess_digest(bundles[m].cfg.preprocess, (modality, source)) for m in methods}
 
 
 PreparedPair = tuple[PreparedVolume, PreparedVolume, np.ndarray, np.ndarray]
@@ -194,7 +236,8 @@ def run_paired_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_pa
             _, translated = predict_stacks(bundle, target_vol.stacks, runtime, cfg.evaluate.batch_size)
             translated_img = target_vol.restore_intensity(translated)
             fake = np.asarray(translated_img.dataobj, dtype=np.float32)
-            scores = translation_scores(fake, real, mask, data_range=DATA_RANGE)
+            # SSIM in the plane the model translates: its windows never straddle two translated slices
+            scores = translation_scores(fake, real, mask, data_range=DATA_RANGE, axis=source_vol.geometry.array_axis)
             rows[method].append({"case_id": pair.case_id, "subject": pair.subject, **scores})
             if save_predictions:
                 save_nifti(translated_img, report_dir / "translations" / method / f"{pair.case_id}.nii.gz")

@@ -64,15 +64,14 @@ def translation_montage(image: np.ndarray, translations: dict[str, tuple[np.ndar
                         real: np.ndarray, png: Path, title: str) -> None:
     """One slice in the model's plane (H, W; [-1, 1], superior/anterior up, as preprocessing
     cuts it): the target input, each method's translation (its MAE and SSIM on the whole
-    subject in the title) and the real source image."""
+    subject in the title) and the real source image, all drawn on the fixed [-1, 1] scale."""
     plt = pyplot()
-    panels = [("target input", image, (-1.0, 1.0))]
-    panels += [(f"{m}\nMAE {s['mae']:.3f}  SSIM {s['ssim']:.3f}", fake, (-1.0, 1.0))
-               for m, (fake, s) in translations.items()]
-    panels.append(("real source", real, (-1.0, 1.0)))
+    panels = [("target input", image)]
+    panels += [(f"{m}\nMAE {s['mae']:.3f}  SSIM {s['ssim']:.3f}", fake) for m, (fake, s) in translations.items()]
+    panels.append(("real source", real))
     fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 3.0))
-    for ax, (name, data, (vmin, vmax)) in zip(np.atleast_1d(axes), panels):
-        ax.imshow(data, cmap="gray", vmin=vmin, vmax=vmax)
+    for ax, (name, data) in zip(np.atleast_1d(axes), panels):
+        ax.imshow(data, cmap="gray", vmin=-1.0, vmax=1.0)
         ax.set_title(name, fontsize=8)
         ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle(title, fontsize=9)

@@ -46,6 +46,10 @@ RANGE_TOLERANCE = 1e-3    # preprocessed stacks lie in [-1, 1]; float16 shards r
 REQUIREMENTS = ("torch", "numpy", "mlflow", "PyYAML", "pydantic", "tqdm", "cloudpickle")
 
 
+class StackError(ValueError):
+    """The input stacks break the rules of :func:`check_stacks` (the client's fault)."""
+
+
 class SasanSegmenterModel(mlflow.pyfunc.PythonModel):
     """Loads the bundle from the model's ``bundle`` artifact; see the module docstring (the
     name predates translate-only bundles, which it serves too: ``pyfunc_entry.py`` names it)."""
@@ -58,26 +62,27 @@ class SasanSegmenterModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: np.ndarray, params: Optional[dict] = None) -> np.ndarray:
         batch_size = int((params or {}).get("batch_size", DEFAULT_BATCH_SIZE))
         try:
-            stacks = check_stacks(self.bundle, model_input, batch_size)
-        except ValueError as err:   # the client's input: a 400 from a server, not a 500
+            return predict_output(self.bundle, model_input, batch_size)
+        except StackError as err:   # the client's input: a 400 from a server, not a 500
             raise MlflowException.invalid_parameter_value(str(err)) from None
-        return _forward(self.bundle, stacks, batch_size)
-
-
-def predict_labels(bundle, stacks: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-    """(N, S, H, W) float32 in [-1, 1] -> (N, H, W) int64 labels, on CPU, in batches: the
-    forward pass of ``sasan evaluate`` and ``sasan translate`` (:func:`sasan.bundle.predict_stacks`).
-    Input is checked first (:func:`check_stacks`, a one-line ValueError); a bundle that does
-    not segment (paired mode) is a ValueError too (:func:`predict_output` serves it)."""
-    if not bundle.segments:
-        raise ValueError(f"the {bundle.variant} bundle does not segment (a paired-mode model translates only)")
-    return _forward(bundle, check_stacks(bundle, stacks, batch_size), batch_size)
 
 
 def predict_output(bundle, stacks: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-    """What the served model returns for ``stacks``: int64 labels (N, H, W), or, for a bundle
-    that translates only, the translation's centre slices (N, H, W) float32 in [-1, 1]."""
+    """What the served model returns for ``stacks`` (:meth:`SasanSegmenterModel.predict`):
+    the input checked (:func:`check_stacks`, a one-line :class:`StackError`), then, on CPU in
+    fp32 and in batches, :func:`sasan.bundle.predict_stacks` (the forward pass ``sasan
+    evaluate`` and ``sasan translate`` run on their configured device and precision): int64 labels (N, H, W), or, for a bundle that
+    translates only, the translation's centre slices (N, H, W) float32 in [-1, 1]."""
     return _forward(bundle, check_stacks(bundle, stacks, batch_size), batch_size)
+
+
+def predict_labels(bundle, stacks: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """:func:`predict_output` of a bundle that segments: (N, S, H, W) float32 in [-1, 1] ->
+    (N, H, W) int64 labels. A bundle that does not segment (paired mode: it returns a
+    translation) is a ValueError, before the input is looked at."""
+    if not bundle.segments:
+        raise ValueError(f"the {bundle.variant} bundle does not segment (a paired-mode model translates only)")
+    return predict_output(bundle, stacks, batch_size)
 
 
 def output_kind(bundle) -> str:
@@ -86,37 +91,38 @@ def output_kind(bundle) -> str:
 
 
 def check_stacks(bundle, stacks: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-    """``stacks`` as float32, or a one-line ValueError saying what is wrong with it: shape,
-    size (multiples of 16; at least 32 with attention), NaN/inf, values outside [-1, 1].
-    Logs a warning when H, W differ from the training image size (the labels are still
-    computed, at a scale the networks were not trained on)."""
+    """``stacks`` as float32, or a one-line :class:`StackError` (a ValueError) saying what is
+    wrong with it: shape, size (multiples of 16; at least 32 with attention), NaN/inf, values
+    outside [-1, 1], a batch size below 1. Logs a warning when H, W differ from the training
+    image size (the outputs, labels or translations, are still computed, at a scale the
+    networks were not trained on)."""
     try:
         stacks = np.asarray(stacks, dtype=np.float32)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"expected a float32 array of slice stacks: {err}") from None
+        raise StackError(f"expected a float32 array of slice stacks: {err}") from None
     channels = bundle.cfg.model.in_channels
     if stacks.ndim != 4 or stacks.shape[1] != channels:
-        raise ValueError(f"expected (N, {channels}, H, W) slice stacks, got shape {stacks.shape}")
+        raise StackError(f"expected (N, {channels}, H, W) slice stacks, got shape {stacks.shape}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise StackError(f"batch_size must be >= 1, got {batch_size}")
     h, w = stacks.shape[2:]
     min_size = ATTENTION_MIN_SIZE if bundle.att_t is not None else SIZE_MULTIPLE
     if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or min(h, w) < min_size:
-        raise ValueError(f"image size {h}x{w}: H and W must be multiples of {SIZE_MULTIPLE}, at least {min_size} "
+        raise StackError(f"image size {h}x{w}: H and W must be multiples of {SIZE_MULTIPLE}, at least {min_size} "
                          f"(the model was trained at {bundle.cfg.preprocess.image_size}x{bundle.cfg.preprocess.image_size})")
     if stacks.size:
         finite = np.isfinite(stacks)
         if not finite.all():
-            raise ValueError(f"{stacks.size - int(np.count_nonzero(finite))} non-finite values (NaN or inf); "
+            raise StackError(f"{stacks.size - int(np.count_nonzero(finite))} non-finite values (NaN or inf); "
                              "expected values in [-1, 1]")
         lo, hi = float(stacks.min()), float(stacks.max())
         if lo < -1.0 - RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
-            raise ValueError(f"values span [{lo:.6g}, {hi:.6g}]; expected [-1, 1], normalised as "
+            raise StackError(f"values span [{lo:.6g}, {hi:.6g}]; expected [-1, 1], normalised as "
                              "`sasan preprocess` does (see the model's metadata: bounds)")
     size = bundle.cfg.preprocess.image_size
     if (h, w) != (size, size):
-        log.warning("image size %dx%d differs from the training image size %dx%d: labels at a scale the "
-                    "model was not trained on", h, w, size, size)
+        log.warning("image size %dx%d differs from the training image size %dx%d: %s at a scale the "
+                    "model was not trained on", h, w, size, size, "labels" if bundle.segments else "outputs")
     return stacks
 
 

@@ -7,12 +7,15 @@ for a paired evaluation (``"mode": "paired"`` in the metrics: a translate-only m
 by image metrics), the mean SSIM of its translations (``register.min_ssim``; higher is
 better). Each version carries its score as the tag ``target_mean_dice`` or
 ``target_mean_ssim`` and its evaluation identity (data set digest, target test split, image
-size, profile, direction; ``mode`` for a paired evaluation) as ``sasan.eval.*`` tags, so
+size, profile, direction; for a paired evaluation also ``mode``, ``translation_mask``, the
+voxels scored, and ``preprocess_digest``, a digest of the gated bundle's preprocessing,
+which makes the real image its translations are scored against) as ``sasan.eval.*`` tags, so
 the next gate compares against the number the champion was promoted with, and only when
 both were measured the same way on the same identity: a challenger scored by another
-metric, evaluated on other data, another split or another image size is registered but
-never promoted over (or blocked by a champion of) another identity without saying so: the
-report gives the reason, and the fix is a ``register.model_name`` per data set and mode.
+metric, evaluated on other data, another split, another image size (or, paired, another
+mask or preprocessing) is registered but never promoted over (or blocked by a champion of)
+another identity without saying so: the report gives the reason, and the fix is a
+``register.model_name`` per data set and mode.
 
 Promotion is serialised across concurrent runs by a lock: a registered model named
 ``<model>.gate-lock``, created atomically (the store refuses a second one) and deleted
@@ -56,6 +59,9 @@ IDENTITY_KEY_TAG = "sasan.eval.key"       # digest of all fields: one string to 
 IDENTITY_FIELDS = ("dataset", "data_digest", "source", "target", "test_split", "image_size", "profile")
 PAIRED_FIELD = "mode"                     # only in a paired evaluation's identity ("paired")
 MASK_FIELD = "translation_mask"           # only in a paired evaluation's identity: the voxels scored
+PREPROCESS_FIELD = "preprocess_digest"    # only in a paired evaluation's identity, per method: the
+                                          # digest of the preprocessing that makes the reference image
+PAIRED_ONLY_FIELDS = (PAIRED_FIELD, MASK_FIELD, PREPROCESS_FIELD)   # tags read back when present
 LOCK_SUFFIX = ".gate-lock"
 LOCK_WAIT_S = 300.0
 LOCK_STALE_S = 900.0                      # a lock older than this was left by a crashed run
@@ -138,9 +144,10 @@ def _mean_score(metrics: dict[str, Any], method: str, key: str, bounds: tuple[fl
 
 
 def gate_identity(identity: Optional[Mapping[str, Any]], method: str = DEFAULT_METHOD) -> Optional[dict[str, str]]:
-    """The fields the gate compares, as strings (the image size of ``method``'s bundle), and
-    ``mode`` where the evaluation was paired (a segmentation evaluation records none, so its
-    identity is what it always was); None when the evaluation recorded no identity."""
+    """The fields the gate compares, as strings (the image size of ``method``'s bundle), and,
+    where the evaluation was paired, ``mode``, ``translation_mask`` and ``preprocess_digest``
+    (``method``'s entry); a segmentation evaluation records none of these, so its identity is
+    what it always was. None when the evaluation recorded no identity."""
     if not identity:
         return None
     size = identity.get("image_size")
@@ -149,9 +156,15 @@ def gate_identity(identity: Optional[Mapping[str, Any]], method: str = DEFAULT_M
     missing = [k for k, v in fields.items() if v in (None, "")]
     if missing:
         raise MetricsError(f"evaluation identity lacks {', '.join(missing)}")
-    for key in (PAIRED_FIELD, MASK_FIELD):
-        if identity.get(key) not in (None, ""):
-            fields[key] = identity[key]
+    for key in PAIRED_ONLY_FIELDS:
+        value = identity.get(key)
+        if key == PREPROCESS_FIELD and isinstance(value, Mapping):
+            if value.get(method) in (None, ""):
+                raise MetricsError(f"evaluation identity lacks the {key} of {method} (it has "
+                                   f"{', '.join(sorted(value)) or 'none'})")
+            value = value[method]
+        if value not in (None, ""):
+            fields[key] = value
     return {k: str(v) for k, v in fields.items()}
 
 
@@ -190,7 +203,8 @@ def decide(score: float, threshold: float, champion_version: Optional[str], cham
                        "and not replaced automatically")
     elif identity is not None and dict(champion_identity) != dict(identity):
         beats = False
-        differ = sorted(k for k in identity if identity.get(k) != champion_identity.get(k))
+        differ = sorted(k for k in set(identity) | set(champion_identity)
+                        if identity.get(k) != champion_identity.get(k))
         detail = "; ".join(f"{k} {champion_identity.get(k)!s:.16} vs {identity.get(k)!s:.16}" for k in differ)
         reasons.append(f"champion v{champion_version} was evaluated on another identity ({detail}): not compared, "
                        "not promoted; give each data set its own register.model_name")
@@ -346,7 +360,7 @@ def current_champion(client: MlflowClient, name: str,
     fields = {k: mv.tags[IDENTITY_TAG + k] for k in IDENTITY_FIELDS if IDENTITY_TAG + k in mv.tags}
     if len(fields) != len(IDENTITY_FIELDS):
         return str(mv.version), scores, None
-    for key in (PAIRED_FIELD, MASK_FIELD):
+    for key in PAIRED_ONLY_FIELDS:
         if IDENTITY_TAG + key in mv.tags:
             fields[key] = mv.tags[IDENTITY_TAG + key]
     return str(mv.version), scores, fields

@@ -97,6 +97,135 @@ def test_paired_quota_counts_complete_subjects_labelled_or_not():
     assert sum(assign_splits(mixed, 0.2, seed=0)[i] == "test" for i in lonely) == 1  # unpaired: labelled count
 
 
+def test_paired_quota_counts_subjects_with_the_experiments_pair():
+    """With the experiment's pair known, a complete pair is a subject with both its images, not
+    one with every modality of the data set (3 of 10 subjects also have a PD scan; RIRE-like
+    data where nobody has every scan)."""
+    ids = [f"p{i:02d}" for i in range(10)]
+    three = _cases(ids, "ct", unlabelled=ids) + _cases(ids, "mr", unlabelled=ids) + \
+        _cases(ids[:3], "pd", unlabelled=ids)
+    sp = assign_splits(three, 0.2, seed=0, paired=True, pair=("ct", "mr"))
+    test = {i for i in ids if sp[i] == "test"}
+    assert len(test) == 2 and test - set(ids[:3])  # 1 of the 7 CT+MR, 1 of the 3 CT+MR+PD subjects
+    everyone = assign_splits(three, 0.2, seed=0, paired=True)  # no pair known: every modality, as before
+    assert {i for i in ids if everyone[i] == "test"} <= set(ids[:3])
+    # nobody has CT, MR and PD: the pair still fills the test quota
+    rire = _cases(ids[:6], "ct", unlabelled=ids) + _cases(ids, "mr", unlabelled=ids) + \
+        _cases(ids[6:], "pd", unlabelled=ids)
+    assert set(assign_splits(rire, 0.2, seed=0, paired=True).values()) == {"train"}
+    sp = assign_splits(rire, 0.2, seed=0, paired=True, pair=("mr", "ct"))
+    assert [i for i in ids if sp[i] == "test"] and all(sp[i] == "train" for i in ids[6:])
+    # a fully labelled set splits as ever
+    labelled = _cases(ids, "ct") + _cases(ids, "mr")
+    assert assign_splits(labelled, 0.2, seed=0, paired=True, pair=("ct", "mr")) == assign_splits(labelled, 0.2, 0)
+
+
+def _partly_labelled_pairs(root, cases=8, labelled=3):
+    """A paired-layout source (CT + MR per subject) with labels for the first ``labelled``
+    subjects only: the labelled quota (unpaired) draws 1 test subject, the paired one 2."""
+    from sasan.data.phantom import generate_paired_phantom
+
+    generate_paired_phantom(root, cases=cases, size=32)
+    for label in sorted(root.glob("*/label.nii.gz"))[labelled:]:
+        label.unlink()
+    return root
+
+
+def _test_subjects(out):
+    return sorted({c["case_id"] for c in read_manifest(out)["cases"] if c["split"] == "test"})
+
+
+def test_the_experiments_mode_decides_paired_splitting_not_the_layout(tmp_path):
+    """A partly labelled paired-layout set: an unpaired experiment (which segments) splits by the
+    labelled quota; layout paired means paired mode only where no experiment is known."""
+    from sasan.config import config_from_dict
+    from sasan.stages import ingest
+    from sasan.tracking.runs import Tracker
+
+    src = _partly_labelled_pairs(tmp_path / "src")
+    run_ingest(src, tmp_path / "unpaired", layout="paired", test_fraction=0.2, paired=False)
+    run_ingest(src, tmp_path / "paired", layout="paired", test_fraction=0.2, paired=True)
+    unpaired, paired = _test_subjects(tmp_path / "unpaired"), _test_subjects(tmp_path / "paired")
+    assert len(unpaired) == 1 and len(paired) == 2
+    run_ingest(src, tmp_path / "layout", layout="paired", test_fraction=0.2)  # no experiment: the layout
+    assert _test_subjects(tmp_path / "layout") == paired
+
+    def stage(out, mode):
+        cfg = config_from_dict({"experiment": {"mode": mode, "source": "ct", "target": "mr"},
+                                "ingest": {"layout": "paired", "test_fraction": 0.2}})
+        ingest.run(ingest.IngestInputs(str(src)), ingest.IngestOutputs(out), cfg, Tracker.disabled())
+        return _test_subjects(out)
+
+    assert stage(tmp_path / "s_unpaired", "unpaired") == unpaired
+    assert stage(tmp_path / "s_paired", "paired") == paired
+
+
+def test_cli_ingest_reads_the_experiment_from_params(tmp_path, capsys):
+    """`sasan ingest --params/--set` splits as the Kubeflow stage does; without them no
+    experiment is known (./params.yaml is not read) and the layout decides."""
+    import yaml
+
+    src = _partly_labelled_pairs(tmp_path / "src")
+    run_ingest(src, tmp_path / "unpaired", layout="paired", test_fraction=0.2, paired=False)
+    run_ingest(src, tmp_path / "paired", layout="paired", test_fraction=0.2, paired=True)
+    unpaired, paired = _test_subjects(tmp_path / "unpaired"), _test_subjects(tmp_path / "paired")
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml.safe_dump({"experiment": {"source": "ct", "target": "mr", "mode": "unpaired"},
+                                      "ingest": {"layout": "paired", "test_fraction": 0.2}}))
+    assert main(["ingest", str(src), str(tmp_path / "a"), "--layout", "paired"]) == 0
+    assert _test_subjects(tmp_path / "a") == paired
+    assert main(["ingest", str(src), str(tmp_path / "b"), "--params", str(params)]) == 0  # layout from params
+    assert _test_subjects(tmp_path / "b") == unpaired and read_manifest(tmp_path / "b")["layout"] == "paired"
+    assert main(["ingest", str(src), str(tmp_path / "c"), "--params", str(params),
+                 "--set", "experiment.mode=paired"]) == 0
+    assert _test_subjects(tmp_path / "c") == paired
+    # flags override the parameters' ingest.*
+    assert main(["ingest", str(src), str(tmp_path / "d"), "--params", str(params), "--test-fraction", "0.4",
+                 "--seed", "3"]) == 0
+    assert read_manifest(tmp_path / "d")["test_fraction"] == 0.4 and read_manifest(tmp_path / "d")["seed"] == 3
+    capsys.readouterr()
+    # a paired experiment whose domains the data lacks: refused before anything is written
+    assert main(["ingest", str(src), str(tmp_path / "e"), "--params", str(params),
+                 "--set", "experiment.mode=paired", "--set", "experiment.source=t1"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "experiment source/target 't1' is not among the data set's domains (ct, mr)" in err[0]
+    assert not (tmp_path / "e").exists()
+
+
+def test_dvc_ingest_stage_passes_the_experiment(tmp_path, monkeypatch, capsys):
+    """dvc.yaml's ingest command, run with a params.yaml in paired mode, makes the paired split
+    (as Kubeflow's stage does); its params list the experiment keys it reads."""
+    import re
+    import shlex
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    stage = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["ingest"]
+    assert {"ingest", "experiment.mode", "experiment.source", "experiment.target"} <= set(stage["params"])
+    src = _partly_labelled_pairs(tmp_path / "src")
+    run_ingest(src, tmp_path / "paired", layout="paired", test_fraction=0.2, paired=True)
+    run_ingest(src, tmp_path / "unpaired", layout="paired", test_fraction=0.2, paired=False)
+    monkeypatch.chdir(tmp_path)
+    for mode in ("paired", "unpaired"):
+        params = {"experiment": {"source": "ct", "target": "mr", "mode": mode},
+                  "ingest": {"source": str(src), "layout": "paired", "test_fraction": 0.2, "seed": 0},
+                  "validate": {"affine_atol_mm": 0.001}}
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+        def value(match):
+            node = params
+            for key in match.group(1).split("."):
+                node = node[key]
+            return str(node)
+
+        words = shlex.split(re.sub(r"\$\{([^}]+)\}", value, stage["cmd"]))
+        assert words[:2] == ["sasan", "ingest"] and "--params" in words
+        assert main(words[1:]) == 0
+        assert _test_subjects(tmp_path / "data" / "raw") == _test_subjects(tmp_path / mode)
+    capsys.readouterr()
+
+
 # ------------------------------------------------------------------------ end to end ---
 
 def test_ingest_phantom_writes_manifest(tmp_path, phantom_src):

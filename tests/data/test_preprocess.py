@@ -93,6 +93,10 @@ def test_shard_contract(raw_tree, tmp_path):
     idx = shard.index
     assert idx["cases"] == ["mr_train_000", "mr_train_001"] and idx["shape"] == [n, 3, 32, 32]
     assert idx["dtype"] == "float16" and len(idx["case_of_slice"]) == len(idx["slice_of_case"]) == n
+    for d in ("ct", "mr"):  # unpaired index.json: exactly these keys (paired mode's extra keys never appear)
+        for s in ("train", "test"):
+            keys = json.loads((tmp_path / "out" / d / s / "index.json").read_text())
+            assert sorted(keys) == sorted(["cases", "case_of_slice", "slice_of_case", "shape", "dtype"])
     assert stats["counts"]["mr"]["train"] == n
     saved = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert saved["config"]["image_size"] == 32 and saved["domains"]["ct"]["bounds"] == [-2.8, 3.2]

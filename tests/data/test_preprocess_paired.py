@@ -15,8 +15,8 @@ from sasan.data.manifest import read_manifest
 from sasan.data.phantom import generate_paired_phantom
 from sasan.data.prepare import prepare_pair, prepare_volume
 from sasan.data.shards import PAIRED_KEYS, check_paired_shards, open_shard
-from sasan.errors import ConfigError, DataError
-from sasan.stages import ingest, preprocess
+from sasan.errors import ConfigError, DataError, ValidationFailed
+from sasan.stages import ingest, preprocess, validate
 from sasan.tracking.runs import Tracker
 
 torch.set_num_threads(1)
@@ -169,6 +169,21 @@ def test_a_subject_in_one_domain_only_is_refused(paired_raw, make_raw, tmp_path)
             assert (tmp_path / "o2/t1" / split / name).read_bytes() == (tmp_path / "o3/t1" / split / name).read_bytes()
 
 
+def test_paired_index_names_the_pair_and_its_boxes(shards, paired_raw):
+    """Paired shards record the other domain and each case's crop box (the same in both);
+    unpaired index.json holds exactly what it always did."""
+    for split in SPLITS:
+        mr, ct = (open_shard(shards["paired"] / d / split) for d in ("mr", "ct"))
+        assert (mr.index["paired_with"], ct.index["paired_with"]) == ("ct", "mr")
+        case_id, ct_image, _ = _case(paired_raw, "ct", split)
+        (pm, _), _ = prepare_pair([_case(paired_raw, "mr", split)[1], ct_image], [None, None],
+                                  _cfg("paired").preprocess, [(-1.8, 4.4), (-2.8, 3.2)], ["MR", "CT"])
+        assert mr.index["boxes"] == ct.index["boxes"] == [[list(axis) for axis in pm.geometry.box]]
+        for domain in ("mr", "ct"):
+            index = json.loads((shards["unpaired"] / domain / split / "index.json").read_text())
+            assert sorted(index) == sorted(["cases", "case_of_slice", "slice_of_case", "shape", "dtype"])
+
+
 def test_check_paired_shards(shards, tmp_path):
     check_paired_shards(shards["paired"] / "mr" / "train", shards["paired"] / "ct" / "train")
     source, target = shards["unpaired"] / "mr" / "train", shards["unpaired"] / "ct" / "train"
@@ -185,6 +200,15 @@ def test_check_paired_shards(shards, tmp_path):
     (edited / "index.json").write_text(json.dumps(index))
     with pytest.raises(DataError, match="differ in index.json slice_of_case"):
         check_paired_shards(shards["paired"] / "mr" / "train", edited)
+    index = json.loads((shards["paired"] / "ct" / "train" / "index.json").read_text())
+    index["boxes"][0][0][0] += 1
+    (edited / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match="differ in index.json boxes"):
+        check_paired_shards(shards["paired"] / "mr" / "train", edited)
+    # the same shards under another domain's name: not the pair they were prepared as
+    shutil.copytree(shards["paired"] / "mr" / "train", tmp_path / "t1" / "train")
+    with pytest.raises(DataError, match="were not prepared as one pair: index.json paired_with 'ct' and 'mr'"):
+        check_paired_shards(tmp_path / "t1" / "train", shards["paired"] / "ct" / "train")
     with pytest.raises(DataError, match="not a shard folder"):
         check_paired_shards(shards["paired"] / "mr" / "train", tmp_path / "nowhere")
 
@@ -200,3 +224,103 @@ def test_paired_training_refuses_misaligned_shards(shards):
     with pytest.raises(DataError, match="paired mode needs aligned shards"):
         open_shards(shards["unpaired"], cfg, "sasan")
     open_shards(shards["unpaired"], _cfg("unpaired"), "sasan")      # unpaired training does not pair slices
+
+
+def test_per_volume_shards_with_coinciding_slices_are_refused(tmp_path):
+    """Unpaired-mode shards whose kept slices happen to coincide (every slice kept, equal
+    extents along the slicing axis) but whose in-plane crops differ (a CT table beside the
+    body, in the slice plane) are not pairs: check_paired_shards refuses them."""
+    generate_paired_phantom(tmp_path / "src", cases=2, size=32)
+    for case in sorted((tmp_path / "src").glob("pair_*")):
+        for name, air in (("ct", -1024), ("mr", 0), ("label", 0)):
+            img = nib.load(case / f"{name}.nii.gz")
+            array = np.pad(np.asarray(img.dataobj), ((8, 0), (0, 0), (0, 0)), constant_values=air)
+            if name == "ct":
+                array[:4] = 300  # RAS axis 0: left-right, in the coronal slice plane (preprocess.axis 1)
+            nib.save(nib.Nifti1Image(array, img.affine, img.header), case / f"{name}.nii.gz")
+    ingest.run(ingest.IngestInputs(str(tmp_path / "src")), ingest.IngestOutputs(tmp_path / "raw"), _cfg("paired"),
+               Tracker.disabled())
+    cfg = config_from_dict({**_cfg("unpaired").to_dict(), "preprocess": {"image_size": 32,
+                                                                          "skip_empty_slices": False}})
+    preprocess.run(preprocess.PreprocessInputs(tmp_path / "raw"), preprocess.PreprocessOutputs(tmp_path / "u"),
+                   cfg, Tracker.disabled())
+    mr, ct = (json.loads((tmp_path / "u" / d / "train" / "index.json").read_text()) for d in ("mr", "ct"))
+    assert all(mr[k] == ct[k] for k in ("cases", "case_of_slice", "slice_of_case", "shape"))  # the trap
+    stats = json.loads((tmp_path / "u" / "stats.json").read_text())["domains"]
+    (case_id,) = mr["cases"]
+    assert stats["ct"]["volumes"][case_id] != stats["mr"]["volumes"][case_id]
+    _, mr_image, _ = _case(tmp_path / "raw", "mr", "train")
+    _, ct_image, _ = _case(tmp_path / "raw", "ct", "train")
+    crop = {m: prepare_volume(path, cfg.preprocess, m).geometry.box for m, path in (("MR", mr_image), ("CT", ct_image))}
+    assert crop["MR"][1] == crop["CT"][1] and crop["MR"][0] != crop["CT"][0]  # one extent along the slices, not across
+    with pytest.raises(DataError, match="paired mode needs aligned shards: run `sasan preprocess` with "
+                                       "experiment.mode: paired .* lack index.json paired_with, boxes"):
+        check_paired_shards(tmp_path / "u" / "mr" / "train", tmp_path / "u" / "ct" / "train")
+    paired = config_from_dict({**cfg.to_dict(), "experiment": {"source": "mr", "target": "ct", "mode": "paired"}})
+    preprocess.run(preprocess.PreprocessInputs(tmp_path / "raw"), preprocess.PreprocessOutputs(tmp_path / "p"),
+                   paired, Tracker.disabled())
+    check_paired_shards(tmp_path / "p" / "mr" / "train", tmp_path / "p" / "ct" / "train")
+
+
+def _three_modalities(root, cases=10, with_pd=3, without_mr=()):
+    """An nnU-Net-layout source of co-registered subjects: CT and MR for all (MR missing for
+    ``without_mr``), PD for the first ``with_pd``; one case id per subject; each image with the
+    subject's label (nnU-Net training images need one)."""
+    from sasan.data.layout import DatasetInfo, save_nifti, write_dataset_json
+
+    generate_paired_phantom(root / "pairs", cases=cases, size=32)
+    labels = json.loads((root / "pairs" / "labels.json").read_text())
+    counts = {"ct": 0, "mr": 0, "pd": 0}
+    for i, case in enumerate(sorted((root / "pairs").glob("pair_*"))):
+        mr = nib.load(case / "mr.nii.gz")
+        images = {"ct": nib.load(case / "ct.nii.gz"), "mr": mr,
+                  "pd": nib.Nifti1Image(0.7 * np.asarray(mr.dataobj), mr.affine) if i < with_pd else None}
+        for domain, img in images.items():
+            if img is None or (domain == "mr" and case.name in without_mr):
+                continue
+            save_nifti(root / "src" / domain / "imagesTr" / f"{case.name}_0000.nii.gz", np.asarray(img.dataobj),
+                       img.affine)
+            (root / "src" / domain / "labelsTr").mkdir(exist_ok=True)
+            shutil.copyfile(case / "label.nii.gz", root / "src" / domain / "labelsTr" / f"{case.name}.nii.gz")
+            counts[domain] += 1
+    for domain, n in counts.items():
+        write_dataset_json(root / "src" / domain, DatasetInfo(name=f"three_{domain}", modality="CT" if domain == "ct"
+                                                              else "MR", labels=labels, num_training=n))
+    return root / "src"
+
+
+def test_three_modalities_paired_ct_mr_end_to_end(tmp_path):
+    """CT + MR for every subject, PD for 3 of 10: in paired mode (source CT, target MR) ingest
+    draws test subjects among all CT+MR subjects (not only those with every modality), validate passes, preprocess cuts
+    the CT/MR pairs; a subject without its MR is refused at validate, naming it."""
+    cfg = config_from_dict({"ingest": {"layout": "nnunet", "test_fraction": 0.2, "seed": 0},
+                            "experiment": {"source": "ct", "target": "mr", "mode": "paired"},
+                            "preprocess": {"image_size": 32}}, "test")
+    src = _three_modalities(tmp_path / "a")
+    summary = ingest.run(ingest.IngestInputs(str(src)), ingest.IngestOutputs(tmp_path / "raw"), cfg,
+                         Tracker.disabled())
+    assert summary["domains"]["ct"] == summary["domains"]["mr"] == {"train": 8, "test": 2}
+    cases = read_manifest(tmp_path / "raw")["cases"]
+    test = {c["case_id"] for c in cases if c["split"] == "test"}
+    with_pd = {c["case_id"] for c in cases if c["domain"] == "pd"}
+    assert len(test) == 2 and test - with_pd and test & with_pd  # one of each stratum, not only complete ones
+    report = validate.run(validate.ValidateInputs(tmp_path / "raw"), validate.ValidateOutputs(tmp_path / "report"),
+                          cfg, Tracker.disabled())
+    assert report["success"]
+    preprocess.run(preprocess.PreprocessInputs(tmp_path / "raw"), preprocess.PreprocessOutputs(tmp_path / "shards"),
+                   cfg, Tracker.disabled())
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir() if p.is_dir()) == ["ct", "mr"]
+    for split in SPLITS:
+        check_paired_shards(tmp_path / "shards" / "ct" / split, tmp_path / "shards" / "mr" / split)
+        index = open_shard(tmp_path / "shards" / "ct" / split).index
+        assert sorted(index["cases"]) == sorted({c["case_id"] for c in cases if c["split"] == split})
+
+    src = _three_modalities(tmp_path / "b", without_mr=("pair_004",))
+    ingest.run(ingest.IngestInputs(str(src)), ingest.IngestOutputs(tmp_path / "raw2"), cfg, Tracker.disabled())
+    split = next(c["split"] for c in read_manifest(tmp_path / "raw2")["cases"] if c["case_id"] == "pair_004")
+    with pytest.raises(ValidationFailed) as err:
+        validate.run(validate.ValidateInputs(tmp_path / "raw2"), validate.ValidateOutputs(tmp_path / "report2"),
+                     cfg, Tracker.disabled())
+    msg = str(err.value)
+    assert "\n" not in msg and f"paired mode: subject 'pair_004' has a {split} image in domain 'ct' (source) but " \
+        "none in 'mr' (target)" in msg and "[every subject has both images of the pair]" in msg

@@ -244,8 +244,6 @@ def _check_named(report_dir, name):
 
 
 CROSS = "no subject in train in one domain and test in another (leakage)"
-PAIRS = {f"{d}_{s}_{i:03d}": f"{s}{i}"  # raw_tree's mr and ct cases as subjects train0, train1, test0
-         for d in ("mr", "ct") for s, n in (("train", 2), ("test", 1)) for i in range(n)}
 
 
 def test_subject_across_domains_warns_unpaired_and_fails_paired(raw_tree, tmp_path):
@@ -298,8 +296,16 @@ def test_unlabelled_source_train_case_fails_unpaired_only(raw_tree, tmp_path):
         run_validate(raw_tree, tmp_path / "a", ValidateConfig(), ExperimentConfig(source="mr", target="ct"))
     assert run_validate(raw_tree, tmp_path / "b", ValidateConfig(),
                         ExperimentConfig(source="ct", target="mr"))["success"]
-    _edit_manifest(raw_tree, lambda d: _set_subject(d, PAIRS))  # paired mode needs paired subjects
+    _edit_manifest(raw_tree, _pair_case_ids)  # paired mode needs paired subjects
     assert run_validate(raw_tree, tmp_path / "c", ValidateConfig(), ExperimentConfig(mode="paired"))["success"]
+
+
+def _pair_case_ids(doc):
+    """raw_tree's ct cases renamed after the mr ones: each mr case and its ct namesake one subject,
+    as paired preprocessing matches them (by case id)."""
+    for case in doc["cases"]:
+        if case["domain"] == "ct":
+            case["case_id"] = case["case_id"].replace("ct_", "mr_", 1)
 
 
 # --------------------------------------------------------------- paired mode (RIRE) ---
@@ -383,3 +389,46 @@ def test_paired_mode_counts_train_pairs_and_still_checks_labels(unlabelled_pairs
     _rehash(unlabelled_pairs)
     with pytest.raises(ValidationFailed, match=r"unknown label values \[9\]"):
         run_validate(unlabelled_pairs, tmp_path / "c", ValidateConfig(), ExperimentConfig(mode="paired"))
+
+
+def test_an_unpaired_experiment_on_paired_layout_data_is_checked_as_unpaired(raw_tree, tmp_path):
+    """The experiment's mode decides: paired-layout data used for segmentation (unpaired) needs
+    no complete pairs; only without an experiment does the layout mean paired mode. Leakage
+    across domains stays an error on a paired layout (its modalities image one anatomy)."""
+    from sasan.config import ExperimentConfig
+
+    _edit_manifest(raw_tree, lambda d: d.update(layout="paired"))  # raw_tree's mr and ct cases: no pairs
+    report = run_validate(raw_tree, tmp_path / "u", ValidateConfig(), ExperimentConfig())
+    assert report["success"] and PAIRED_CHECK not in {c["check"] for c in report["checks"]}
+    with pytest.raises(ValidationFailed, match=re.escape(f"[{PAIRED_CHECK}]")):
+        run_validate(raw_tree, tmp_path / "n", ValidateConfig())  # no experiment: the layout decides
+    _edit_manifest(raw_tree, lambda d: _set_subject(d, {"mr_train_000": "p1", "ct_test_000": "p1"}))
+    with pytest.raises(ValidationFailed, match=re.escape("subject 'p1' is in train in domain 'mr'")):
+        run_validate(raw_tree, tmp_path / "l", ValidateConfig(), ExperimentConfig())
+
+
+def test_paired_mode_refuses_a_subject_lacking_an_image_of_the_pair(raw_tree, tmp_path):
+    """Paired preprocessing cuts each subject's two images together: a subject with one of them
+    only fails validate (one message naming it and the missing domain), not preprocess later."""
+    from sasan.config import ExperimentConfig
+
+    _edit_manifest(raw_tree, _pair_case_ids)
+    paired = ExperimentConfig(source="ct", target="mr", mode="paired")
+    assert run_validate(raw_tree, tmp_path / "a", ValidateConfig(), paired)["success"]
+    _edit_manifest(raw_tree, lambda d: d.update(cases=[c for c in d["cases"] if not (
+        c["domain"] == "mr" and c["case_id"] == "mr_train_001")]))
+    with pytest.raises(ValidationFailed) as err:
+        run_validate(raw_tree, tmp_path / "b", ValidateConfig(min_cases_train=1), paired)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(
+        f"{raw_tree / 'ct/imagesTr/ct_train_001_0000.nii.gz'}: paired mode: subject 'mr_train_001' has a train "
+        "image in domain 'ct' (source) but none in 'mr' (target)")
+    assert "[every subject has both images of the pair] (1 error-level failure(s)" in msg
+    check = _check_named(tmp_path / "b", "every subject has both images of the pair")
+    assert check["severity"] == "error" and [(f["case_id"], f["domain"], f["split"]) for f in check["failures"]] == [
+        ("mr_train_001", "mr", "train")]
+    # unpaired experiments never pair images: no such check
+    report = run_validate(raw_tree, tmp_path / "c", ValidateConfig(min_cases_train=1),
+                          ExperimentConfig(source="ct", target="mr"))
+    assert report["success"] and "every subject has both images of the pair" not in {
+        c["check"] for c in report["checks"]}

@@ -123,3 +123,19 @@ def test_body_mask_keeps_largest_component_and_fills_holes():
     assert np.array_equal(mask, body)
     assert np.array_equal(body_mask(img, threshold=0.5), body)
     assert not body_mask(img, threshold=10.0).any()
+
+
+def test_ssim_slices_along_the_axis_asked_for():
+    """``axis``: SSIM slice by slice along that axis (the model's slicing axis), as if it were
+    stored last; the other scores do not depend on it; the default stays the last axis."""
+    fake, real = pair(7, shape=(20, 9, 18))
+    mask = np.zeros(real.shape, bool)
+    mask[2:18, :, 3:15] = True
+    last = translation_scores(*(np.moveaxis(a, 1, -1) for a in (fake, real)), np.moveaxis(mask, 1, -1), 2.0)
+    assert translation_scores(fake, real, mask, 2.0, axis=1) == pytest.approx(last, rel=1e-12)
+    default = translation_scores(fake, real, mask, 2.0)
+    assert default == translation_scores(fake, real, mask, 2.0, axis=-1)
+    assert default["ssim"] != pytest.approx(last["ssim"], rel=1e-3)
+    assert {k: v for k, v in default.items() if k != "ssim"} == pytest.approx(
+        {k: v for k, v in last.items() if k != "ssim"}, rel=1e-12)
+    assert masked_ssim(fake, real, mask, 2.0, axis=1) == pytest.approx(last["ssim"], rel=1e-12)

@@ -202,11 +202,11 @@ def _paired_config(**preprocess):
                              "preprocess": {"image_size": 32, "crop": "none", **preprocess}, "model": MODEL})
 
 
-def _paired_bundle(path, variant="sasan", seed=0, constant=False):
+def _paired_bundle(path, variant="sasan", seed=0, constant=False, **preprocess):
     """A paired-mode model (no U-Net); ``constant``: its S_s ends in a zero convolution, so
-    every translation is exactly 0."""
+    every translation is exactly 0. ``preprocess``: its own preprocessing config's changes."""
     torch.manual_seed(seed)
-    cfg = _paired_config()
+    cfg = _paired_config(**preprocess)
     nets = build_networks(cfg.model, seg_adversary=False)
     if constant:
         for p in nets.syn_s.head[1].parameters():
@@ -309,7 +309,8 @@ def test_paired_evaluation_scores_translations_against_the_real_source(tmp_path,
         prepared = prepare_volume(mr, prep, "MR", "mr")
         real = np.asarray(prepared.restore_intensity(prepared.slices).dataobj)
         assert np.allclose(real, _normalised_by_hand(mr), atol=1e-5)
-        assert {k: row[k] for k in keys} == pytest.approx(translation_scores(fake, real, body_mask(real), 2.0))
+        # SSIM in the model's (coronal) plane: array axis 1 of these RAS-stored volumes
+        assert {k: row[k] for k in keys} == pytest.approx(translation_scores(fake, real, body_mask(real), 2.0, axis=1))
     # the report: per-subject rows, translated volumes, the picture; no segmentation files
     report = out / "report"
     per_subject = json.loads((report / "per_subject.json").read_text())
@@ -353,7 +354,9 @@ def test_field_of_view_mask_scores_every_voxel_the_model_saw(tmp_path, paired_ra
 def test_unpaired_identity_has_no_mode(tmp_path):
     raw = make_raw(tmp_path / "raw")
     _run(raw, {"sasan": _bundle(tmp_path / "m.pt")}, tmp_path / "out")
-    assert "mode" not in json.loads((tmp_path / "out" / "report" / "identity.json").read_text())
+    identity = json.loads((tmp_path / "out" / "report" / "identity.json").read_text())
+    assert set(identity) == {"dataset", "data_digest", "source", "target", "test_split", "test_cases", "image_size",
+                             "profile", "bundles", "metrics_sha256"}          # what it always was
 
 
 def test_translate_only_bundles_are_evaluated_paired_whatever_the_config(tmp_path, paired_raw):
@@ -388,14 +391,18 @@ def test_no_paired_subject_left_is_one_line_before_inference(tmp_path, paired_ra
 
 
 def test_a_source_image_off_the_target_grid_is_refused_before_inference(tmp_path, paired_raw, no_inference):
+    """With the check paired preprocessing makes (sasan.data.prepare.check_same_grid), up front."""
     _, ct, mr = _paired_tests(paired_raw)[1]
     _save(mr, np.zeros((32, 12, 30), np.float32), np.eye(4))
-    with pytest.raises(DataError, match=re.escape(f"{mr}: source image shape (32, 12, 30) differs from the paired "
-                                                  f"target image's (32, 12, 32) ({ct.name})")):
+    with pytest.raises(DataError, match=re.escape(f"paired cases must share a grid (resample/register them first): "
+                                                  f"the shape of {mr}, (32, 12, 30), differs from that of {ct}, "
+                                                  "(32, 12, 32)")):
         _run_paired(paired_raw, {"sasan": _paired_bundle(tmp_path / "m.pt")}, tmp_path / "out")
     _save(mr, np.zeros(PAIRED_SHAPE, np.float32), np.diag([1.0, 1.0, 1.5, 1.0]))
-    with pytest.raises(DataError, match="source image affine differs from the paired target image's"):
+    with pytest.raises(DataError, match=re.escape(f"the affine of {mr} differs from that of {ct} by up to 0.5 mm "
+                                                  "(tolerance 0.001 mm)")) as err:
         _run_paired(paired_raw, {"sasan": _paired_bundle(tmp_path / "m.pt")}, tmp_path / "out")
+    assert "\n" not in str(err.value)
 
 
 def test_segmenting_and_translate_only_bundles_are_not_evaluated_together(tmp_path, paired_raw, no_inference):
@@ -422,3 +429,145 @@ def test_paired_bounds_are_checked_for_both_modalities(tmp_path, paired_raw, no_
     with pytest.raises(ConfigError, match=re.escape(f"{path}: preprocess.bounds has no entry for modality 'MR' or "
                                                     "domain 'mr'")):
         _run_paired(paired_raw, {"sasan": path}, tmp_path / "out", cfg)
+
+
+# --- paired mode: pairing by case id, the plane SSIM is taken in, the pair's crop, the identity --------------
+
+
+def _manifest(root, cases):
+    """A manifest of test cases only: (domain, case_id, subject or None)."""
+    entries = [{"case_id": cid, "domain": d, "split": "test", "image": f"{d}/{cid}.nii.gz", "sha256": {"image": cid},
+                **({"subject": subject} if subject else {})} for d, cid, subject in cases]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "manifest.json").write_text(json.dumps({"version": 1, "dataset": "tiny", "cases": entries,
+                                                    "domains": {"mr": {"modality": "MR"}, "ct": {"modality": "CT"}}}))
+    return root
+
+
+def test_time_points_of_one_subject_pair_by_case_id(tmp_path):
+    """BraTS 2023: ``subject`` is the patient, case_id the time point; each target time point is
+    scored against the source image of the same time point, never the subject's last one."""
+    from sasan.stages.evaluate_paired import paired_test_cases
+
+    raw = _manifest(tmp_path / "raw", [("ct", "X-000", "X"), ("ct", "X-001", "X"), ("mr", "X-000", "X"),
+                                       ("mr", "X-001", "X"), ("ct", "ct_y", "Y"), ("mr", "mr_y", "Y")])
+    pairs, target, source = paired_test_cases(raw, "mr", "ct")
+    assert (target, source) == ("CT", "MR")
+    assert [(p.case_id, p.subject, p.target_image.name, p.source_image.name) for p in pairs] == [
+        ("X-000", "X", "X-000.nii.gz", "X-000.nii.gz"), ("X-001", "X", "X-001.nii.gz", "X-001.nii.gz"),
+        ("ct_y", "Y", "ct_y.nii.gz", "mr_y.nii.gz")]        # no case-id match: the subject's one source case
+    # a time point without a source case of its id, its subject having several: refused, not guessed
+    for extra in ([("ct", "X-002", "X")], [("ct", "ct_z", "Z"), ("ct", "ct_z2", "Z"), ("mr", "mr_z", "Z")]):
+        raw = _manifest(tmp_path / f"raw{len(extra)}", [("ct", "X-000", "X"), ("mr", "X-000", "X"),
+                                                        ("mr", "X-001", "X"), *extra])
+        with pytest.raises(DataError, match=re.escape(f"{raw / 'manifest.json'}: 'ct' test case "
+                                                      f"{extra[0][1]!r} has no 'mr' test case of the same id")) as err:
+            paired_test_cases(raw, "mr", "ct")
+        assert "ambiguous" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_two_time_points_of_one_subject_are_each_scored_against_their_own_source(tmp_path, paired_raw):
+    """The two test subjects of the fixture made two time points of one patient (manifest
+    ``subject``): each case's scores are those against its own MR image."""
+    tests = _paired_tests(paired_raw)
+    manifest = json.loads((paired_raw / "manifest.json").read_text())
+    for case in manifest["cases"]:
+        if case["split"] == "test":
+            case["subject"] = "patient"
+    (paired_raw / "manifest.json").write_text(json.dumps(manifest))
+    results = _run_paired(paired_raw, {"sasan": _paired_bundle(tmp_path / "m.pt", constant=True)}, tmp_path / "out",
+                          save_predictions=False)
+    rows = results["sasan"]["per_subject"]
+    assert [(r["case_id"], r["subject"]) for r in rows] == [(cid, "patient") for cid, _, _ in tests]
+    for row, (_, _, mr) in zip(rows, tests):
+        real = _normalised_by_hand(mr)                    # the constant model translates to 0 everywhere
+        assert row["mae"] == pytest.approx(np.abs(real[nib.load(mr).get_fdata() > 0]).mean(), rel=1e-5)
+
+
+def _store_transposed(path):
+    """Rewrite a NIfTI with its 2nd and 3rd array axes swapped (the affine's columns with them):
+    the same image in world space, another voxel order."""
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(np.swapaxes(np.asarray(img.dataobj), 1, 2)),
+                             img.affine[:, [0, 2, 1, 3]]), path)
+
+
+def test_paired_ssim_is_taken_in_the_models_plane_whatever_the_array_order(tmp_path, paired_raw):
+    """The model translates coronal planes (preprocess.axis 1, array axis 1 of the fixture); a
+    copy of the data stored with that axis last scores the same, SSIM included."""
+    import shutil
+
+    model = {"cyclegan": _paired_bundle(tmp_path / "m.pt", "cyclegan", seed=1)}
+    stored = _run_paired(paired_raw, model, tmp_path / "a", save_predictions=False)
+    raw = tmp_path / "transposed"
+    shutil.copytree(paired_raw, raw)
+    for _, ct, mr in _paired_tests(raw):
+        _store_transposed(ct)
+        _store_transposed(mr)
+    transposed = _run_paired(raw, model, tmp_path / "b", save_predictions=False)
+    for a, b in zip(stored["cyclegan"]["per_subject"], transposed["cyclegan"]["per_subject"]):
+        assert a["case_id"] == b["case_id"] and np.isfinite(a["ssim"])
+        assert {k: b[k] for k in ("mae", "rmse", "psnr", "ssim", "pearson")} == pytest.approx(
+            {k: a[k] for k in ("mae", "rmse", "psnr", "ssim", "pearson")}, rel=1e-9)
+
+
+def test_paired_evaluation_cuts_the_pair_with_one_box(tmp_path, monkeypatch):
+    """crop: body, and a CT whose body reaches further than the MR's (a CT-only table plate
+    below the body): the real MR image scored against is the one paired preprocessing makes
+    (prepare_pair: the union of both body boxes), not the MR cut with its own box."""
+    from sasan.data.prepare import bounds_for, prepare_pair, prepare_volume
+    from sasan.stages import evaluate_paired, ingest
+
+    src = tmp_path / "src"
+    for i in range(1, 5):
+        body, rng = _body(i)
+        mr = np.where(body, rng.uniform(100, 200, PAIRED_SHAPE), 0.0).astype(np.float32)
+        ct = np.where(body, 40 + 0.5 * mr + rng.normal(0, 10, PAIRED_SHAPE), -1000).astype(np.int16)
+        ct[:, :, :2] = 300                                 # RAS: the two most inferior axial planes
+        _save(src / f"s{i}" / "mr.nii.gz", mr, np.eye(4))
+        _save(src / f"s{i}" / "ct.nii.gz", ct, np.eye(4))
+    raw = tmp_path / "raw"
+    ingest.run(ingest.IngestInputs(str(src)), ingest.IngestOutputs(raw), _paired_config(), Tracker.disabled())
+    bundle = _paired_bundle(tmp_path / "m.pt", constant=True, crop="body", crop_margin=1)
+    used = []
+    scores = evaluate_paired.translation_scores
+    monkeypatch.setattr(evaluate_paired, "translation_scores",
+                        lambda fake, real, mask, **kw: used.append(real) or scores(fake, real, mask, **kw))
+    _run_paired(raw, {"sasan": bundle}, tmp_path / "out", save_predictions=False)
+    prep = _paired_config(crop="body", crop_margin=1).preprocess
+    tests = _paired_tests(raw)
+    assert len(used) == len(tests) == 2
+    for real, (_, ct, mr) in zip(used, tests):
+        (_, _), (pair, _) = prepare_pair([ct, mr], [None, None], prep, [bounds_for(prep, "CT"), bounds_for(prep, "MR")],
+                                         ["CT", "MR"])
+        alone = prepare_volume(mr, prep, "MR", "mr")
+        assert pair.geometry.box != alone.geometry.box      # the CT plate widens the pair's box
+        np.testing.assert_array_equal(real, np.asarray(pair.restore_intensity(pair.slices).dataobj))
+        assert not np.allclose(real, np.asarray(alone.restore_intensity(alone.slices).dataobj), atol=1e-3)
+
+
+def test_a_paired_identity_records_each_bundles_preprocessing(tmp_path, paired_raw):
+    """The real image is normalised with each bundle's own preprocessing: the identity records
+    its digest per method (what shapes the reference image only), so the gate compares only
+    bundles scored against the same image."""
+    from sasan.stages.evaluate_paired import preprocess_digest
+    from sasan.tracking.registry import gate_identity
+
+    models = {"sasan": _paired_bundle(tmp_path / "a" / "model.pt", constant=True),
+              "cyclegan": _paired_bundle(tmp_path / "b" / "model.pt", "cyclegan", bounds={"mr": (-2.0, 4.0),
+                                                                                           "ct": (-2.8, 3.2)})}
+    _run_paired(paired_raw, models, tmp_path / "out", save_predictions=False)
+    identity = json.loads((tmp_path / "out" / "report" / "identity.json").read_text())
+    digests = identity["preprocess_digest"]
+    assert set(digests) == {"sasan", "cyclegan"} and digests["sasan"] != digests["cyclegan"]
+    assert digests["sasan"] == preprocess_digest(_paired_config().preprocess, ("MR", "mr"))
+    assert gate_identity(identity, "cyclegan")["preprocess_digest"] == digests["cyclegan"]
+    assert gate_identity(identity, "sasan") != gate_identity(identity, "cyclegan")
+    # only what shapes the reference image counts: the shards' dtype, the stack depth or the
+    # target's bounds do not; the source's bounds, the clip percentiles, the crop do
+    base = preprocess_digest(_paired_config().preprocess, ("MR", "mr"))
+    for same in ({"dtype": "float32"}, {"slices": 1}, {"bounds": {"mr": (-1.8, 4.4), "ct": (-3.0, 3.0)}}):
+        assert preprocess_digest(_paired_config(**same).preprocess, ("MR", "mr")) == base, same
+    for other in ({"bounds": {"mr": (-1.5, 4.4), "ct": (-2.8, 3.2)}}, {"clip_percentiles": (1.0, 99.0)},
+                  {"crop": "body"}, {"field_of_view_mm": 300.0}, {"image_size": 64}):
+        assert preprocess_digest(_paired_config(**other).preprocess, ("MR", "mr")) != base, other

@@ -249,6 +249,32 @@ def test_a_paired_bundle_predicts_its_translation():
         predict_output(bundle, np.full((1, 3, 32, 32), np.nan, np.float32))
 
 
+def test_the_served_model_predicts_through_predict_output(monkeypatch):
+    """One path: SasanSegmenterModel.predict is predict_output, its input errors client errors."""
+    from mlflow.exceptions import MlflowException
+
+    from sasan.tracking import pyfunc_model
+
+    model = pyfunc_model.SasanSegmenterModel()
+    model.bundle = tiny_paired_bundle(seed=2)
+    x = _stacks(2)
+    np.testing.assert_array_equal(model.predict(None, x), predict_output(model.bundle, x))
+    calls = []
+    monkeypatch.setattr(pyfunc_model, "predict_output", lambda *args: calls.append(args) or "out")
+    assert model.predict(None, x, {"batch_size": 5}) == "out" and calls == [(model.bundle, x, 5)]
+    monkeypatch.undo()
+    with pytest.raises(MlflowException, match="non-finite"):
+        model.predict(None, np.full((1, 3, 32, 32), np.nan, np.float32))
+
+
+def test_a_paired_bundle_warns_of_outputs_not_labels_at_another_size(caplog):
+    with caplog.at_level("WARNING", logger="sasan.tracking.pyfunc_model"):
+        predict_output(tiny_paired_bundle(seed=2), _stacks(1, size=64))
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "64x64" in messages[0] and "outputs at a scale" in messages[0]
+    assert "labels" not in messages[0]
+
+
 def test_a_logged_paired_model_serves_translations(tmp_path, tracking_uri):
     bundle = tiny_paired_bundle(seed=4)
     save_bundle(tmp_path / "paired.pt", bundle)

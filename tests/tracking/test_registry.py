@@ -320,7 +320,11 @@ def test_a_stale_lock_still_held_by_the_same_holder_is_broken(monkeypatch):
 # --- paired mode: the gate on mean SSIM, never against a Dice champion -----------------------------------
 
 PAIRED_GATE = RegisterConfig(model_name="seg", min_dice=0.5, min_ssim=0.6, alias="champion")
-PAIRED_IDENTITY = {**IDENTITY, "mode": "paired"}       # what evaluate writes for a paired evaluation
+# what evaluate writes for a paired evaluation: its mode, the voxels scored, and per method a
+# digest of the bundle's preprocessing (which makes the real image the translations are scored against)
+PAIRED_IDENTITY = {**IDENTITY, "image_size": {"sasan": 64, "cyclegan": 64}, "mode": "paired",
+                   "translation_mask": "body", "preprocess_digest": {"sasan": "p" * 16, "cyclegan": "q" * 16}}
+PAIRED_FIELDS = {**FIELDS, "mode": "paired", "translation_mask": "body", "preprocess_digest": "p" * 16}
 
 
 def paired_evaluation(sasan_ssim: float) -> dict:
@@ -346,6 +350,7 @@ def test_a_paired_model_is_gated_on_mean_ssim(tracking_uri, candidate, tmp_path)
     assert first["promoted"] is True and champion(tracking_uri) == "2"
     tags = MlflowClient(tracking_uri).get_model_version("seg", "2").tags
     assert float(tags[SSIM_TAG]) == 0.65 and DICE_TAG not in tags and tags["sasan.eval.mode"] == "paired"
+    assert tags["sasan.eval.translation_mask"] == "body" and tags["sasan.eval.preprocess_digest"] == "p" * 16
     md = (tmp_path / "first" / "register.md").read_text()
     assert "target mean SSIM" in md and "register.min_ssim" in md and "Dice" not in md
     better = paired_gate(tracking_uri, candidate, 0.70, tmp_path / "better")
@@ -374,12 +379,41 @@ def test_an_ssim_champion_is_not_compared_with_a_dice_candidate(tracking_uri, ca
 
 
 def test_paired_and_segmentation_identities_differ():
-    assert gate_identity(IDENTITY) == FIELDS and "mode" not in FIELDS           # unchanged for segmentation
-    assert gate_identity(PAIRED_IDENTITY) == {**FIELDS, "mode": "paired"}
-    d = decide(0.9, 0.5, "1", 0.2, gate_identity(PAIRED_IDENTITY), FIELDS, metric="ssim", champion_metric="ssim")
+    assert gate_identity(IDENTITY) == FIELDS                                     # unchanged for segmentation
+    assert set(FIELDS) == {"dataset", "data_digest", "source", "target", "test_split", "image_size", "profile"}
+    assert gate_identity(PAIRED_IDENTITY) == PAIRED_FIELDS
+    assert gate_identity(PAIRED_IDENTITY, "cyclegan")["preprocess_digest"] == "q" * 16   # the gated method's
+    d = decide(0.9, 0.5, "1", 0.2, PAIRED_FIELDS, FIELDS, metric="ssim", champion_metric="ssim")
     assert d.promote is False and "another identity" in d.reasons[1] and "mode" in d.reasons[1]
     d = decide(0.9, 0.5, "1", None, FIELDS, FIELDS, metric="ssim", champion_metric="dice")
     assert d.promote is False and "not compared" in d.reasons[1]
+
+
+def test_fields_only_the_champion_has_are_named_too():
+    """The differing fields are looked for in both identities, not the challenger's alone."""
+    d = decide(0.9, 0.5, "1", 0.2, FIELDS, PAIRED_FIELDS)
+    assert d.promote is False
+    for key in ("mode", "translation_mask", "preprocess_digest"):
+        assert key in d.reasons[1]
+
+
+def test_a_paired_identity_without_the_gated_methods_preprocessing_is_refused():
+    identity = {**PAIRED_IDENTITY, "preprocess_digest": {"cyclegan": "q" * 16}}
+    with pytest.raises(MetricsError, match="lacks the preprocess_digest of sasan"):
+        gate_identity(identity)
+
+
+@pytest.mark.parametrize("change", [{"translation_mask": "field_of_view"},
+                                    {"preprocess_digest": {"sasan": "r" * 16, "cyclegan": "q" * 16}}])
+def test_a_paired_champion_scored_otherwise_is_not_compared(tracking_uri, candidate, tmp_path, change):
+    """A body-mask champion and a field_of_view candidate, or one scored against a real image
+    normalised with other preprocessing (e.g. another preprocess.bounds.mr), are unlike."""
+    paired_gate(tracking_uri, candidate, 0.65, tmp_path / "champion")
+    report = paired_gate(tracking_uri, candidate, 0.95, tmp_path / "candidate",
+                         identity={**PAIRED_IDENTITY, **change})
+    assert report["promoted"] is False and champion(tracking_uri) == "1"
+    assert "another identity" in report["reasons"][1] and next(iter(change)) in report["reasons"][1]
+    assert report["previous_champion"]["identity"] == PAIRED_FIELDS
 
 
 @pytest.mark.parametrize("mean, message", [
