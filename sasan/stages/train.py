@@ -94,9 +94,11 @@ def _on_cpu(cfg: Config) -> bool:
 
 def _side_by_side(shards: Path, out_dir: Path, cfg: Config, variants: Sequence[str], tracker: "Tracker",
                   context: RunContext, data, jobs: int, progress: bool) -> dict[str, Any]:
-    """``train.jobs`` > 1 on CPU: variants in ``jobs`` worker processes, longest first, the
-    cores shared among the variants still running (torch threads: cores // jobs while every
-    worker is busy; the last one running takes them all). Small convolutions use two threads
+    """``train.jobs`` > 1 on CPU: variants in ``jobs`` worker processes, longest first, each
+    worker with cores // jobs torch threads for every variant it trains, whatever the others do:
+    a variant's float rounding then never depends on timing, so a rerun gives the same numbers
+    (workers that took the cores of finished ones mid-run made two `make run`s differ from the
+    step of the switch on). Small convolutions use two threads
     poorly, so two one-thread workers get more done than one two-thread process
     (docs/cpu-speed.md). SIGTERM reaches the workers, which checkpoint as in the sequential
     path; a rerun resumes."""
@@ -106,11 +108,10 @@ def _side_by_side(shards: Path, out_dir: Path, cfg: Config, variants: Sequence[s
 
     cores = torch.get_num_threads()
     ctx = mp.get_context("spawn")
-    left = ctx.Value("i", len(variants))     # variants not finished yet, shared with the workers
     parent = (tracker.ref(), tracker.tracking_uri) if tracker.enabled else None
     log.info("training %s side by side: %d workers x %d thread(s)", ", ".join(variants), jobs,
              max(1, cores // jobs))
-    pool = ctx.Pool(jobs, initializer=_worker_init, initargs=(cores, jobs, left, logging.getLogger().level),
+    pool = ctx.Pool(jobs, initializer=_worker_init, initargs=(max(1, cores // jobs), logging.getLogger().level),
                     maxtasksperchild=1)
     try:
         with sigterm_raises():
@@ -126,27 +127,11 @@ def _side_by_side(shards: Path, out_dir: Path, cfg: Config, variants: Sequence[s
     return summaries
 
 
-_SHARE: Optional[tuple[int, int, Any]] = None    # in a worker: (cores, jobs, variants left)
-
-
-def _worker_init(cores: int, jobs: int, left, level: int) -> None:
+def _worker_init(threads: int, level: int) -> None:
     import torch
 
-    global _SHARE
-    _SHARE = (cores, jobs, left)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(max(1, cores // jobs))
-
-
-def _rebalance() -> None:
-    """Set this worker's torch threads to its share of the cores among the variants still running."""
-    import torch
-
-    cores, jobs, left = _SHARE
-    threads = max(1, cores // max(1, min(jobs, left.value)))
-    if threads != torch.get_num_threads():
-        log.info("%d variant(s) left: this worker now uses %d thread(s)", left.value, threads)
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
 
 
 def _variant_job(shards: Path, vdir: Path, cfg: Config, variant: str, parent, context: RunContext, data,
@@ -154,22 +139,14 @@ def _variant_job(shards: Path, vdir: Path, cfg: Config, variant: str, parent, co
     from sasan.tracking.runs import Tracker
 
     tracker = Tracker.reopen(parent[0], tracking_uri=parent[1]) if parent else Tracker.disabled()
-    _rebalance()
-    try:
-        with sigterm_raises():
-            return _train_variant(shards, vdir, cfg, variant, tracker, context, data, 0, 1, progress, None,
-                                  every_log=_rebalance)
-    finally:
-        left = _SHARE[2]
-        with left.get_lock():
-            left.value -= 1
+    with sigterm_raises():
+        return _train_variant(shards, vdir, cfg, variant, tracker, context, data, 0, 1, progress, None)
 
 
 def _train_variant(shards: Path, vdir: Path, cfg: Config, variant: str, tracker: "Tracker", context: RunContext,
                    data, rank: int, world_size: int, progress: bool,
-                   on_checkpoint: Optional[Callable[[Path], None]],
-                   every_log: Optional[Callable[[], None]] = None) -> dict[str, Any]:
-    """Train one variant in its MLflow child run; ``every_log()`` runs at each logged step."""
+                   on_checkpoint: Optional[Callable[[Path], None]]) -> dict[str, Any]:
+    """Train one variant in its MLflow child run."""
     log.info("training variant %s", variant)
     child = tracker.resume_child(vdir / RUN_REF, variant, tags={"sasan.variant": variant})
     if child.enabled and on_checkpoint is not None:
@@ -177,8 +154,6 @@ def _train_variant(shards: Path, vdir: Path, cfg: Config, variant: str, tracker:
 
     def on_log(phase: str, step: int, values: dict[str, float]) -> None:
         child.log_metrics(values, step=step, prefix=f"{phase}/")
-        if every_log is not None:
-            every_log()
 
     try:
         trainer = Trainer(cfg, vdir, variant, rank=rank, world_size=world_size, progress=progress,
