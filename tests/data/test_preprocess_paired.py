@@ -34,20 +34,28 @@ def _preprocess(raw, out, mode, domains=None, **experiment):
                           _cfg(mode, **experiment), Tracker.disabled())
 
 
+def _phantom_with_ct_plate(src, pad, plate):
+    """A 2-subject paired phantom at ``src`` (size 32), every volume padded with air by ``pad``
+    on one grid, and a bright CT-only plate (a table) at index ``plate``: the CT and MR bodies
+    then differ in extent."""
+    generate_paired_phantom(src, cases=2, size=32)
+    for case in sorted(src.glob("pair_*")):
+        for name, air in (("ct", -1024), ("mr", 0), ("label", 0)):
+            img = nib.load(case / f"{name}.nii.gz")
+            array = np.pad(np.asarray(img.dataobj), pad, constant_values=air)
+            if name == "ct":
+                array[plate] = 300
+            nib.save(nib.Nifti1Image(array, img.affine, img.header), case / f"{name}.nii.gz")
+
+
 @pytest.fixture(scope="module")
 def paired_raw(tmp_path_factory):
     """A 2-subject paired phantom (1 train, 1 test) whose CT and MR bodies differ in extent, as
     on a scanner: every volume padded with air on one grid, and a CT table plate at the
     posterior end that the MR lacks (more CT slices with body, a larger CT body box)."""
     root = tmp_path_factory.mktemp("paired")
-    generate_paired_phantom(root / "src", cases=2, size=32)
-    for case in sorted((root / "src").glob("pair_*")):
-        for name, air in (("ct", -1024), ("mr", 0), ("label", 0)):
-            img = nib.load(case / f"{name}.nii.gz")
-            array = np.pad(np.asarray(img.dataobj), ((0, 8), (8, 0), (0, 0)), constant_values=air)
-            if name == "ct":
-                array[:, :5, :] = 300  # RAS: posterior coronal planes (the slicing axis, preprocess.axis 1)
-            nib.save(nib.Nifti1Image(array, img.affine, img.header), case / f"{name}.nii.gz")
+    # RAS: posterior coronal planes (the slicing axis, preprocess.axis 1)
+    _phantom_with_ct_plate(root / "src", ((0, 8), (8, 0), (0, 0)), (slice(None), slice(None, 5)))
     ingest.run(ingest.IngestInputs(str(root / "src")), ingest.IngestOutputs(root / "raw"), _cfg("paired"),
                Tracker.disabled())
     return root / "raw"
@@ -230,14 +238,8 @@ def test_per_volume_shards_with_coinciding_slices_are_refused(tmp_path):
     """Unpaired-mode shards whose kept slices happen to coincide (every slice kept, equal
     extents along the slicing axis) but whose in-plane crops differ (a CT table beside the
     body, in the slice plane) are not pairs: check_paired_shards refuses them."""
-    generate_paired_phantom(tmp_path / "src", cases=2, size=32)
-    for case in sorted((tmp_path / "src").glob("pair_*")):
-        for name, air in (("ct", -1024), ("mr", 0), ("label", 0)):
-            img = nib.load(case / f"{name}.nii.gz")
-            array = np.pad(np.asarray(img.dataobj), ((8, 0), (0, 0), (0, 0)), constant_values=air)
-            if name == "ct":
-                array[:4] = 300  # RAS axis 0: left-right, in the coronal slice plane (preprocess.axis 1)
-            nib.save(nib.Nifti1Image(array, img.affine, img.header), case / f"{name}.nii.gz")
+    # RAS axis 0: left-right, in the coronal slice plane (preprocess.axis 1)
+    _phantom_with_ct_plate(tmp_path / "src", ((8, 0), (0, 0), (0, 0)), (slice(None, 4),))
     ingest.run(ingest.IngestInputs(str(tmp_path / "src")), ingest.IngestOutputs(tmp_path / "raw"), _cfg("paired"),
                Tracker.disabled())
     cfg = config_from_dict({**_cfg("unpaired").to_dict(), "preprocess": {"image_size": 32,

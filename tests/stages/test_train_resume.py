@@ -158,4 +158,3 @@ def test_side_by_side_workers_keep_their_thread_count():
     ctx = mp.get_context("spawn")
     with ctx.Pool(1, initializer=stage._worker_init, initargs=(3, 20)) as pool:
         assert pool.apply(torch.get_num_threads) == 3
-    assert not hasattr(stage, "_rebalance")
