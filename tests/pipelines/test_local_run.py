@@ -7,6 +7,7 @@ tolerations, Secrets/ConfigMap as env, PVC, pod labels) and the retry policy: th
 checked on the compiled YAML in test_compile.py. The environment variables the cluster would
 inject come from this process (MLFLOW_TRACKING_URI -> a SQLite store in tmp)."""
 
+import builtins
 import json
 from pathlib import Path
 
@@ -37,6 +38,10 @@ def _local(tmp_path, monkeypatch, raise_on_error: bool = True) -> tuple[str, Pat
     # tests that call components outside a pipeline do not run them
     config = local.config.LocalExecutionConfig
     monkeypatch.setattr(config, "instance", config.instance)
+    # kfp.local runs sibling tasks (the two trainings) in threads, and each swaps builtins.print
+    # for a 4-space-indenting one and puts back what it found: interleaved, the indenting print
+    # can stay for the rest of the session (a later test's captured output came back indented)
+    monkeypatch.setattr(builtins, "print", builtins.print)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=raise_on_error)
     return tracking, root
 
