@@ -17,6 +17,7 @@ table. Every number is a final-checkpoint score; nothing is selected with test d
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -34,8 +35,10 @@ DEFAULT_CASES = 20           # 14 train / 6 test subjects
 
 
 def marker(params: Path, sets: list[str], cases: int) -> str:
-    """The done-marker's text: what the shards were prepared from (subjects, profile, overrides)."""
-    return f"cases {cases}\nprofile {params}\noverrides {' '.join(sets[1::2]) or '-'}\n"
+    """The done-marker's text: what the shards were prepared from (subjects, profile with the
+    sha256 of its contents, so an edited profile at the same path is not reused, overrides)."""
+    digest = hashlib.sha256(params.read_bytes()).hexdigest()[:16]
+    return f"cases {cases}\nprofile {params} sha256:{digest}\noverrides {' '.join(sets[1::2]) or '-'}\n"
 
 
 def prepare(work: Path, params: Path, sets: list[str], log: Path, cases: int) -> tuple[Path, Path]:

@@ -4,6 +4,7 @@ paired by seed) from recorded per-seed evaluations, without training anything.""
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -41,8 +42,9 @@ def test_summary_pairs_seeds() -> None:
 
 
 def test_prepare_reuses_shards_only_from_the_same_settings(tmp_path, monkeypatch) -> None:
-    """The done-marker records the subjects, profile and overrides; a rerun with others is
-    refused in one line instead of reusing stale shards."""
+    """The done-marker records the subjects, the profile (path and contents) and overrides; a
+    rerun with others, or with the profile edited in place, is refused in one line instead of
+    reusing stale shards."""
     calls = []
 
     def fake_sasan(*args, log, threads=None):
@@ -53,6 +55,8 @@ def test_prepare_reuses_shards_only_from_the_same_settings(tmp_path, monkeypatch
     monkeypatch.setattr(paired, "sasan", fake_sasan)
     work, log, profile = tmp_path / "work", tmp_path / "log.txt", tmp_path / "profile.yaml"
     sets = ["--set", "preprocess.image_size=64"]
+    profile.write_text("mode: paired\n")
+    (tmp_path / "other.yaml").write_text("mode: paired\n")
     raw, shards = paired.prepare(work, profile, sets, log, 20)
     assert calls == ["data", "ingest", "validate", "preprocess"] and (shards / "done").is_file()
     assert paired.prepare(work, profile, sets, log, 20) == (raw, shards) and len(calls) == 4  # reused
@@ -61,9 +65,14 @@ def test_prepare_reuses_shards_only_from_the_same_settings(tmp_path, monkeypatch
         with pytest.raises(SystemExit) as err:
             paired.prepare(work, *other[:2], log, other[2])
         msg = str(err.value.code)
-        assert "\n" not in msg and msg.startswith(f"{work}: prepared with other settings (cases 20; profile {profile}; "
-                                                  "overrides preprocess.image_size=64), not (")
+        assert "\n" not in msg and re.match(re.escape(f"{work}: prepared with other settings (cases 20; profile {profile} ")
+                                             + r"sha256:[0-9a-f]{16}; overrides preprocess\.image_size=64\), not \(", msg)
         assert msg.endswith("); use another --work")
+    profile.write_text("mode: paired\ntrain: {steps: 10}\n")   # edited in place
+    with pytest.raises(SystemExit, match="prepared with other settings"):
+        paired.prepare(work, profile, sets, log, 20)
+    profile.write_text("mode: paired\n")
+    assert paired.prepare(work, profile, sets, log, 20) == (raw, shards)
     (shards / "done").write_text("cases 20\n")  # a marker of the old kind: no profile, no overrides
     with pytest.raises(SystemExit, match="prepared with other settings"):
         paired.prepare(work, profile, sets, log, 20)
