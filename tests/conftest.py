@@ -1,0 +1,34 @@
+"""Suite-wide guard: a test must leave the process as it found it.
+
+Process-wide state that one test changes and does not put back shows up as a failure in some
+later, unrelated test (kfp.local's threads once left ``builtins.print`` indenting, and a
+bench test three directories away failed on its captured output). The guard fails the test
+that leaked, naming what it changed."""
+
+from __future__ import annotations
+
+import builtins
+import os
+
+import pytest
+import torch
+
+
+def _process_state() -> dict[str, object]:
+    return {
+        "builtins.print": builtins.print,
+        "working directory": os.getcwd(),
+        "torch threads": torch.get_num_threads(),
+        "torch default dtype": torch.get_default_dtype(),
+        "torch grad mode": torch.is_grad_enabled(),
+        "torch deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _leaves_the_process_as_it_found_it():
+    before = _process_state()
+    yield
+    after = _process_state()
+    changed = [f"{k}: {before[k]!r} -> {after[k]!r}" for k in before if after[k] != before[k]]
+    assert not changed, "the test changed process-wide state and left it: " + "; ".join(changed)
