@@ -37,7 +37,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sasan.atomic import write_json
-from sasan.bundle import load_bundle
 from sasan.config import Config
 from sasan.data.manifest import sha256_file as file_sha256
 from sasan.data.prepare import bounds_for
@@ -293,8 +292,8 @@ def run_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_path: str
     rows: list[dict[str, Any]] = []
     montage: dict[str, Any] = {}
     per_subject: dict[str, Any] = {}
-    for method, bundle_path in models.items():
-        bundle = load_bundle(bundle_path, map_location=runtime.device).to(runtime.device)
+    for method in models:
+        bundle = bundles[method].networks(runtime.device)
         # the bundle's own preprocessing config: a model is applied as it was trained
         prep = bundle.cfg.preprocess
         subject_scores = []

@@ -47,7 +47,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sasan.atomic import write_json
-from sasan.bundle import load_bundle, predict_stacks
+from sasan.bundle import predict_stacks
 from sasan.config import Config
 from sasan.data.config import PreprocessConfig
 from sasan.data.prepare import PreparedVolume, bounds_for, check_same_grid, prepare_pair
@@ -219,7 +219,7 @@ def run_paired_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_pa
     check_paired_bundles(bundles, (target_modality, target), (source_modality, source))
     check_paired_volumes(pairs, cfg.validate_.affine_atol_mm)
     runtime = resolve_runtime(cfg.train.device, cfg.train.bf16, cfg.train.channels_last)
-    loaded = {m: load_bundle(p, map_location=runtime.device).to(runtime.device) for m, p in models.items()}
+    loaded = {m: bundles[m].networks(runtime.device) for m in models}
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in models}
     montage: dict[str, tuple[np.ndarray, dict[str, float]]] = {}     # the first subject, in the model's plane
     shown: Optional[tuple[np.ndarray, np.ndarray]] = None              # its input and real source slices

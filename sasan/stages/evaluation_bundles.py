@@ -5,11 +5,11 @@ digest, and the raw data set's manifest."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from sasan.bundle import load_bundle
+from sasan.bundle import ModelBundle, load_bundle
 from sasan.config import Config
 from sasan.data.manifest import sha256_file as file_sha256
 from sasan.errors import DataError
@@ -25,15 +25,23 @@ class BundleInfo:
     cfg: Config                     # the bundle's own config (preprocess, model.num_classes)
     segments: bool = True           # has a U-Net (False: a paired-mode model, translation only)
     translates: bool = True         # has S_s (False: no_adaptation, upper_bound)
+    # the networks as loaded here (CPU): evaluation runs these, not a second read of the file
+    bundle: Optional[ModelBundle] = field(default=None, compare=False, repr=False)
+
+    def networks(self, device: Any) -> ModelBundle:
+        """The bundle's networks on ``device`` (read from ``path`` if not kept)."""
+        bundle = self.bundle if self.bundle is not None else load_bundle(self.path, map_location="cpu")
+        return bundle.to(device)
 
 
 def inspect_bundles(models: dict[str, Path]) -> dict[str, BundleInfo]:
-    """Each bundle's variant, file digest, config and kind (loaded on the CPU), in ``models`` order."""
+    """Each bundle's variant, file digest, config and kind, with its networks loaded on the
+    CPU (one read per file), in ``models`` order."""
     infos = {}
     for method, path in models.items():
         bundle = load_bundle(path, map_location="cpu")
         infos[method] = BundleInfo(Path(path), bundle.variant, file_sha256(path), bundle.cfg, bundle.segments,
-                                   bundle.translates)
+                                   bundle.translates, bundle)
     return infos
 
 

@@ -4,6 +4,7 @@ with the project's label loader, and identity.json records what register must ma
 
 import json
 import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -116,6 +117,32 @@ def test_identity_records_the_bundles_and_the_metrics(tmp_path):
     with pytest.raises(ConfigError, match="'cyclegan' model but the gated method is 'sasan'"):
         register_stage.check_inputs(register_stage.RegisterInputs(models["cyclegan"], inputs.metrics,
                                                                   inputs.identity), "sasan")
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_each_bundle_file_is_read_once(tmp_path, monkeypatch, request, paired):
+    """evaluate runs the networks it inspected (and digested), not a second read of the file."""
+    import sasan.bundle
+
+    reads = []
+    real_load = sasan.bundle.load_checkpoint
+
+    def counting_load(path, map_location="cpu"):
+        reads.append(Path(path).parent.name)
+        return real_load(path, map_location)
+
+    monkeypatch.setattr(sasan.bundle, "load_checkpoint", counting_load)
+    if paired:
+        raw = request.getfixturevalue("paired_raw")
+        models = {"sasan": _paired_bundle(tmp_path / "m" / "sasan" / "model.pt"),
+                  "cyclegan": _paired_bundle(tmp_path / "m" / "cyclegan" / "model.pt", "cyclegan", seed=1)}
+        _run_paired(raw, models, tmp_path / "out", save_predictions=False)
+    else:
+        raw = make_raw(tmp_path / "raw")
+        models = {"sasan": _bundle(tmp_path / "m" / "sasan" / "model.pt"),
+                  "cyclegan": _bundle(tmp_path / "m" / "cyclegan" / "model.pt", "cyclegan", seed=1)}
+        _run(raw, models, tmp_path / "out")
+    assert sorted(reads) == ["cyclegan", "sasan"]
 
 
 def test_labels_are_read_with_the_label_loader(tmp_path):
