@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from sasan.bundle import ModelBundle, load_bundle
 from sasan.config import Config
@@ -23,15 +23,14 @@ class BundleInfo:
     variant: str
     sha256: str                     # of the model.pt file: register checks it is the one evaluated
     cfg: Config                     # the bundle's own config (preprocess, model.num_classes)
+    # the networks as loaded here (CPU): evaluation runs these, not a second read of the file
+    bundle: ModelBundle = field(compare=False, repr=False)
     segments: bool = True           # has a U-Net (False: a paired-mode model, translation only)
     translates: bool = True         # has S_s (False: no_adaptation, upper_bound)
-    # the networks as loaded here (CPU): evaluation runs these, not a second read of the file
-    bundle: Optional[ModelBundle] = field(default=None, compare=False, repr=False)
 
     def networks(self, device: Any) -> ModelBundle:
-        """The bundle's networks on ``device`` (read from ``path`` if not kept)."""
-        bundle = self.bundle if self.bundle is not None else load_bundle(self.path, map_location="cpu")
-        return bundle.to(device)
+        """The bundle's networks on ``device``."""
+        return self.bundle.to(device)
 
 
 def inspect_bundles(models: dict[str, Path]) -> dict[str, BundleInfo]:
@@ -40,8 +39,8 @@ def inspect_bundles(models: dict[str, Path]) -> dict[str, BundleInfo]:
     infos = {}
     for method, path in models.items():
         bundle = load_bundle(path, map_location="cpu")
-        infos[method] = BundleInfo(Path(path), bundle.variant, file_sha256(path), bundle.cfg, bundle.segments,
-                                   bundle.translates, bundle)
+        infos[method] = BundleInfo(Path(path), bundle.variant, file_sha256(path), bundle.cfg, bundle,
+                                   bundle.segments, bundle.translates)
     return infos
 
 
