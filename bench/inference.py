@@ -57,13 +57,13 @@ def bundle_file(scale: str, path: Path) -> None:
 
     from sasan.bundle import ModelBundle, save_bundle
     from sasan.config import load_config
-    from sasan.models import AttentionModule, SynthesisModule, build_segmenter
+    from sasan.models import SynthesisModule, build_attention, build_segmenter
 
     cfg = load_config(ROOT / SCALES[scale][0])
     m = cfg.model
     torch.manual_seed(0)
     save_bundle(path, ModelBundle(cfg, "sasan", build_segmenter(m),
-                                  AttentionModule(m.in_channels, m.k, m.num_classes, m.attention_width),
+                                  build_attention(m),
                                   SynthesisModule(m.in_channels, m.in_channels, m.k, m.synth_width, m.norm_hidden)))
 
 

@@ -39,7 +39,7 @@ def main() -> None:
     from sasan.data.phantom import phantom_anatomy
     from sasan.data.phantom_shapes import CARDIAC_LABELS, TISSUES
     from sasan.data.preprocess import prepare_volume
-    from sasan.models import AttentionModule
+    from sasan.models import build_attention
     from sasan.train.checkpoint import load_checkpoint
 
     cfg = load_config(ROOT / "params.yaml")
@@ -69,7 +69,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     for seed in args.seeds:
         ckpt = args.work / "pretrain_schedule" / args.setting / f"seed{seed}" / "checkpoints" / "pretrain_attention.pt"
-        net = AttentionModule(m.in_channels, m.k, m.num_classes, m.attention_width)
+        net = build_attention(m)
         net.load_state_dict(load_checkpoint(ckpt)["state"]["model"])
         net.eval()
         for stacks, label, tissue in volumes:

@@ -24,7 +24,7 @@ import yaml
 from sasan.atomic import atomic_path
 from sasan.config import Config, config_from_dict
 from sasan.errors import CheckpointError
-from sasan.models import AttentionModule, SynthesisModule, UNet, build_segmenter
+from sasan.models import AttentionModule, SynthesisModule, UNet, build_attention, build_segmenter
 from sasan.train.checkpoint import load_checkpoint
 from sasan.train.device import Runtime
 
@@ -96,7 +96,7 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> M
         raise CheckpointError("model bundle holds neither a segmenter nor a translator", path)
     att_t = syn_s = None
     if state["att_t"] is not None:
-        att_t = AttentionModule(m.in_channels, m.k, m.num_classes, m.attention_width)
+        att_t = build_attention(m)
         att_t.load_state_dict(state["att_t"])
     if state["syn_s"] is not None:
         syn_s = SynthesisModule(m.in_channels, m.in_channels, m.k, m.synth_width, m.norm_hidden)

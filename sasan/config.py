@@ -37,6 +37,8 @@ class ModelConfig(StrictModel):
     norm_hidden: int = Field(64, ge=1, description="hidden width of the SASAN norm's map encoder")
     synth_width: int = Field(32, ge=4, description="first synthesis encoder width (32-64-128)")
     attention_width: int = Field(32, ge=4, description="first attention encoder width")
+    attention_bottleneck: bool = Field(True, description="A_X's extra 3x3 block at 1/16 (not in METHOD.md; "
+                                       "false = the network as METHOD.md reads)")
     disc_width: int = Field(64, ge=8, description="first PatchGAN width (64-128-256-512)")
     seg_disc_width: int = Field(64, ge=8)
     disc_layers: int = Field(4, ge=1, le=4, description="stride-2 layers of the image PatchGAN (the segmentation "

@@ -10,6 +10,7 @@ from sasan.cli import main
 from sasan.config import config_from_dict
 from sasan.inference import infer_volume, predict_stacks
 from sasan.models import build_networks, build_segmenter
+from sasan.models.blocks import ConvBlock
 from sasan.train.device import resolve_runtime
 
 torch.set_num_threads(1)
@@ -371,3 +372,26 @@ def test_translate_writes_the_translation_of_a_paired_bundle(tmp_path, ct_volume
     assert res.labels is None
     assert np.array_equal(written.get_fdata(), res.translated.get_fdata())
     assert "translated:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bottleneck", [True, False])
+def test_a_bundle_rebuilds_the_attention_module_it_was_trained_with(tmp_path, bottleneck):
+    """model.attention_bottleneck travels in the bundle's configuration: A_t is rebuilt with or
+    without the extra block and gives the saved module's maps. A bundle written before the key
+    existed (its configuration lacks it) had the block and still loads."""
+    torch.manual_seed(0)
+    cfg = config_from_dict({**TINY, "model": {**TINY["model"], "attention_bottleneck": bottleneck}})
+    nets = build_networks(cfg.model)
+    path = tmp_path / "model.pt"
+    save_bundle(path, ModelBundle(cfg, "sasan", build_segmenter(cfg.model).eval(), nets.att_t.eval(), nets.syn_s))
+    loaded = load_bundle(path)
+    assert isinstance(loaded.att_t.bottleneck, torch.nn.Identity) is not bottleneck
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.att_t(x)[0], nets.att_t(x)[0])
+    if bottleneck:
+        state = torch.load(path, weights_only=True)
+        assert "attention_bottleneck: true" in state["config_yaml"]
+        state["config_yaml"] = state["config_yaml"].replace("  attention_bottleneck: true\n", "")
+        torch.save(state, tmp_path / "old.pt")
+        assert isinstance(load_bundle(tmp_path / "old.pt").att_t.bottleneck, ConvBlock)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AttentionModule", "SynthesisModule", "SASANNorm", "SASANResBlock", "PatchDiscriminator",
     "SegDiscriminator", "FeatureDiscriminator", "UNet", "SASANNetworks", "count_parameters",
-    "build_networks", "build_segmenter",
+    "build_networks", "build_attention", "build_segmenter",
 ]
 
 
@@ -29,8 +29,13 @@ def build_networks(cfg: "ModelConfig", seg_adversary: bool = True) -> SASANNetwo
         seg_adversary=seg_adversary, feature_disc=cfg.feature_disc,
         attention_width=cfg.attention_width, synth_width=cfg.synth_width,
         norm_hidden=cfg.norm_hidden, disc_width=cfg.disc_width, seg_disc_width=cfg.seg_disc_width,
-        disc_layers=cfg.disc_layers,
+        disc_layers=cfg.disc_layers, attention_bottleneck=cfg.attention_bottleneck,
     )
+
+
+def build_attention(cfg: "ModelConfig") -> AttentionModule:
+    """One attention module A_X as ``cfg`` describes it (what ``build_networks`` builds twice)."""
+    return AttentionModule(cfg.in_channels, cfg.k, cfg.num_classes, cfg.attention_width, cfg.attention_bottleneck)
 
 
 def build_segmenter(cfg: "ModelConfig") -> UNet:

@@ -14,19 +14,19 @@ class AttentionModule(nn.Module):
     segmentation logits (B, C, H, W). H and W must be divisible by 16.
 
     Encoder: 5x5 conv blocks of width w, 2w, 2w, 4w, 8w (w = 32), the first at full
-    resolution and each of the others halving it; a 3x3 bottleneck block at 1/16;
-    decoder: nearest x2 up-sampling, concatenation with the encoder feature of the same
-    size, 3x3 conv block, back to full resolution; a final w-channel 3x3 block.
-    The maps are raw (no activation); the segmentation is a linear read-out of them, so
-    every class must be expressible from the K maps.
+    resolution and each of the others halving it; decoder: nearest x2 up-sampling,
+    concatenation with the encoder feature of the same size, 3x3 conv block, back to full
+    resolution; a final w-channel 3x3 block. The maps are raw (no activation); the
+    segmentation is a linear read-out of them, so every class must be expressible from the
+    K maps.
 
-    Departure from METHOD.md section 2, which describes no bottleneck block: the 3x3 block
-    at 1/16 (8w -> 8w; 589,824 of A_X's 2.4M parameters at w = 32) was in the network when
-    every recorded result was trained. Removing it changes every result, so it stays until
-    the benchmarks are re-run without it.
+    ``bottleneck``: one more 3x3 block at 1/16 (8w -> 8w; 589,824 of A_X's 2.4M parameters
+    at w = 32), which METHOD.md section 2 does not have. ``False`` is the network as
+    METHOD.md reads; ``model.attention_bottleneck`` in params.yaml says which one runs and why.
     """
 
-    def __init__(self, in_channels: int = 3, k: int = 8, num_classes: int = 5, width: int = 32):
+    def __init__(self, in_channels: int = 3, k: int = 8, num_classes: int = 5, width: int = 32,
+                 bottleneck: bool = True):
         super().__init__()
         w = width
         enc = [w, 2 * w, 2 * w, 4 * w, 8 * w]
@@ -36,7 +36,7 @@ class AttentionModule(nn.Module):
         for i, c in enumerate(enc):
             self.enc.append(ConvBlock(c_prev, c, kernel=5, stride=1 if i == 0 else 2))
             c_prev = c
-        self.bottleneck = ConvBlock(enc[-1], enc[-1], kernel=3)
+        self.bottleneck = ConvBlock(enc[-1], enc[-1], kernel=3) if bottleneck else nn.Identity()
         # decoder level i fuses the up-sampled feature with encoder feature enc[3 - i]
         self.dec = nn.ModuleList()
         c_prev = enc[-1]

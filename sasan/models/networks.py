@@ -20,7 +20,8 @@ class SASANNetworks(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 5, k: int = 8, *,
                  attention: bool = True, seg_adversary: bool = True, feature_disc: bool = False,
                  attention_width: int = 32, synth_width: int = 32, norm_hidden: int = 64,
-                 disc_width: int = 64, seg_disc_width: int = 64, disc_layers: int = 4):
+                 disc_width: int = 64, seg_disc_width: int = 64, disc_layers: int = 4,
+                 attention_bottleneck: bool = True):
         super().__init__()
         self.attention, self.k, self.num_classes = attention, k, num_classes
         self.syn_s = SynthesisModule(in_channels, in_channels, k, synth_width, norm_hidden)
@@ -28,8 +29,10 @@ class SASANNetworks(nn.Module):
         self.disc_s = PatchDiscriminator(in_channels, disc_width, disc_layers)
         self.disc_t = PatchDiscriminator(in_channels, disc_width, disc_layers)
         # CycleGAN ablation: no attention modules, no segmentation adversary
-        self.att_s = AttentionModule(in_channels, k, num_classes, attention_width) if attention else None
-        self.att_t = AttentionModule(in_channels, k, num_classes, attention_width) if attention else None
+        self.att_s = self.att_t = None
+        if attention:
+            self.att_s, self.att_t = (AttentionModule(in_channels, k, num_classes, attention_width,
+                                                      attention_bottleneck) for _ in range(2))
         self.seg_discs = (seg_discriminators(num_classes, seg_disc_width, max(1, disc_layers - 1))
                           if attention and seg_adversary else None)
         feat_ch = 4 * synth_width

@@ -5,8 +5,9 @@ import torch
 
 from sasan.config import ModelConfig
 from sasan.models import (AttentionModule, FeatureDiscriminator, PatchDiscriminator, SASANNorm,
-                          SASANResBlock, SegDiscriminator, SynthesisModule, UNet, build_networks,
-                          count_parameters)
+                          SASANResBlock, SegDiscriminator, SynthesisModule, UNet, build_attention,
+                          build_networks, count_parameters)
+from sasan.models.blocks import ConvBlock
 
 torch.set_num_threads(1)
 
@@ -19,6 +20,8 @@ def test_parameter_counts_match_the_paper_configuration():
     assert count_parameters(SegDiscriminator()) == 133_185
     assert count_parameters(FeatureDiscriminator(128)) < 500_000   # small, not a 67M MLP
     assert 17_000_000 < count_parameters(UNet(3, 5)) < 17_500_000
+    # METHOD.md's A_X has no 3x3 block at 1/16: 256 x 256 x 3 x 3 weights fewer
+    assert count_parameters(AttentionModule(3, k=8, num_classes=5, bottleneck=False)) == 2_436_053 - 589_824
 
 
 def test_output_shapes_at_256():
@@ -113,6 +116,14 @@ def test_build_networks_from_config_and_ablation_switches():
     k16 = build_networks(cfg.model_copy(update={"k": 16}))
     assert k16.att_t.to_maps[1].out_channels == 16
     assert k16.syn_s.block_full.norm_0.shared[0].in_channels == 16
+    assert isinstance(nets.att_s.bottleneck, ConvBlock) and isinstance(nets.att_t.bottleneck, ConvBlock)
+    plain_cfg = cfg.model_copy(update={"attention_bottleneck": False})    # METHOD.md's A_X
+    plain = build_networks(plain_cfg)
+    assert isinstance(plain.att_s.bottleneck, torch.nn.Identity) and isinstance(plain.att_t.bottleneck, torch.nn.Identity)
+    att = build_attention(plain_cfg)
+    assert count_parameters(att) == count_parameters(plain.att_t) < count_parameters(nets.att_t)
+    maps, seg = att(torch.randn(2, 3, 32, 32))
+    assert maps.shape == (2, 4, 32, 32) and seg.shape == (2, cfg.num_classes, 32, 32)
 
 
 @pytest.mark.parametrize("layers", [2, 3, 4])

@@ -10,7 +10,7 @@ import torch
 
 from sasan.bundle import ModelBundle, save_bundle
 from sasan.config import config_from_dict
-from sasan.models import AttentionModule, SynthesisModule, build_segmenter
+from sasan.models import SynthesisModule, build_attention, build_segmenter
 
 TINY_MODEL = {"k": 4, "num_classes": 3, "attention_width": 8, "synth_width": 8, "norm_hidden": 8,
               "disc_width": 8, "seg_disc_width": 8, "unet_width": 4}
@@ -52,7 +52,7 @@ def tiny_bundle(variant: str = "sasan", seed: int = 0) -> ModelBundle:
     torch.manual_seed(seed)
     cfg = tiny_config(attention=variant != "cyclegan")
     m = cfg.model
-    att_t = AttentionModule(m.in_channels, m.k, m.num_classes, m.attention_width) if variant == "sasan" else None
+    att_t = build_attention(m) if variant == "sasan" else None
     syn_s = (SynthesisModule(m.in_channels, m.in_channels, m.k, m.synth_width, m.norm_hidden)
              if variant in ("sasan", "cyclegan") else None)
     return ModelBundle(cfg, variant, build_segmenter(m), att_t, syn_s).eval()
@@ -63,7 +63,7 @@ def tiny_paired_bundle(seed: int = 0) -> ModelBundle:
     torch.manual_seed(seed)
     cfg = config_from_dict({**tiny_config().to_dict(), "experiment": {"mode": "paired"}})
     m = cfg.model
-    att_t = AttentionModule(m.in_channels, m.k, m.num_classes, m.attention_width)
+    att_t = build_attention(m)
     syn_s = SynthesisModule(m.in_channels, m.in_channels, m.k, m.synth_width, m.norm_hidden)
     return ModelBundle(cfg, "sasan", None, att_t, syn_s).eval()
 
