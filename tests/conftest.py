@@ -1,4 +1,5 @@
-"""Suite-wide guard: a test must leave the process as it found it.
+"""The suite runs PyTorch on one thread (set here, once), and a guard: a test must leave the
+process as it found it.
 
 Process-wide state that one test changes and does not put back shows up as a failure in some
 later, unrelated test (kfp.local's threads once left ``builtins.print`` indenting, and a
@@ -12,6 +13,11 @@ import os
 
 import pytest
 import torch
+
+# One thread for every test: the networks here are tiny (threads only add overhead), and float
+# results do not depend on how many cores the machine running the suite has. A test that needs
+# another count sets it and puts it back (the guard below checks).
+torch.set_num_threads(1)
 
 
 def _process_state() -> dict[str, object]:

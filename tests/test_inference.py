@@ -13,8 +13,6 @@ from sasan.models import build_networks, build_segmenter
 from sasan.models.blocks import ConvBlock
 from sasan.train.device import resolve_runtime
 
-torch.set_num_threads(1)
-
 TINY = {"preprocess": {"image_size": 32},
         "model": {"k": 4, "num_classes": 5, "attention_width": 8, "synth_width": 8, "norm_hidden": 8,
                   "disc_width": 8, "seg_disc_width": 8, "unet_width": 4}}

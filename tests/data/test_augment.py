@@ -7,8 +7,6 @@ import torch
 from sasan.config import AugmentConfig
 from sasan.data.augment import Transform, apply_transform, sample_transform
 
-torch.set_num_threads(1)
-
 
 def _pair(size=32):
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")

@@ -12,8 +12,6 @@ from sasan.data.dataset import SliceDataset, make_loader
 from sasan.data.preprocess import run_preprocess
 from sasan.errors import DataError
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, make_raw):

@@ -10,15 +10,12 @@ import textwrap
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from sasan.data import shards as shards_mod
 from sasan.data.config import PreprocessConfig
 from sasan.data.preprocess import bounds_for, normalise, prepare_volume, run_preprocess, stack_slices
 from sasan.data.shards import open_shard
 from sasan.errors import ConfigError, DataError
-
-torch.set_num_threads(1)
 SMALL = dict(image_size=32)
 
 

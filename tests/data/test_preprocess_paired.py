@@ -8,7 +8,6 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from sasan.config import config_from_dict
 from sasan.data.manifest import read_manifest
@@ -18,8 +17,6 @@ from sasan.data.shards import PAIRED_KEYS, check_paired_shards, open_shard
 from sasan.errors import ConfigError, DataError, ValidationFailed
 from sasan.stages import ingest, preprocess, validate
 from sasan.tracking.runs import Tracker
-
-torch.set_num_threads(1)
 SPLITS = ("train", "test")
 
 

@@ -7,15 +7,12 @@ import logging
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from sasan.data import slice_geometry as geo
 from sasan.data.config import PreprocessConfig
 from sasan.data.prepare import prepare_case, prepare_loaded, prepare_volume
 from sasan.data.volume import load_volume
 from sasan.errors import DataError
-
-torch.set_num_threads(1)
 
 
 def _save(path, array, spacing):

@@ -11,11 +11,6 @@ from sasan.losses import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 class Scale(nn.Module):
     """A stand-in discriminator: D(p) = a * p, so LSGAN values are hand-computable."""
 

@@ -4,11 +4,6 @@ import torch
 from sasan.losses import attention_consistency_loss, orthogonality_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def test_disjoint_maps_are_orthogonal():
     maps = torch.zeros(2, 4, 8, 8)
     for k in range(4):

@@ -4,11 +4,6 @@ import torch
 from sasan.losses import cycle_loss, identity_loss, l1_ssim_loss, ssim, voxel_l1_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def test_identical_images_cost_nothing():
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert l1_ssim_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)

@@ -7,11 +7,6 @@ from monai.losses import DiceLoss
 from sasan.losses import class_weights, pseudo_label_loss, seg_loss, soft_dice_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def test_class_weights_hand_computed():
     labels = torch.tensor([[[0, 0, 0, 1], [0, 0, 2, 2]]])  # 8 pixels: 5 bg, 1 class 1, 2 class 2
     w = class_weights(labels, 4)

@@ -7,11 +7,6 @@ from monai.metrics import SSIMMetric
 from sasan.losses import gaussian_window, ssim, ssim_map
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def test_window_is_normalised_symmetric_gaussian():
     w = gaussian_window(7, 1.5, dtype=torch.float64)
     assert w.shape == (7, 7)

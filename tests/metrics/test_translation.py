@@ -9,11 +9,6 @@ from sasan.losses import ssim_map
 from sasan.metrics import body_mask, masked_ssim, otsu_threshold, translation_scores
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def pair(seed, shape=(20, 18, 4)):
     rng = np.random.default_rng(seed)
     real = ndimage.gaussian_filter(rng.standard_normal(shape), 1.5)

@@ -9,8 +9,6 @@ from sasan.models import (AttentionModule, FeatureDiscriminator, PatchDiscrimina
                           build_networks, count_parameters)
 from sasan.models.blocks import ConvBlock
 
-torch.set_num_threads(1)
-
 
 def test_parameter_counts_match_the_paper_configuration():
     # 3-slice input, K = 8, 5 classes (issue 2: ~2.4M, ~1.6M, ~2.8M)

@@ -19,8 +19,6 @@ from sasan.stages import evaluate
 from sasan.stages import register as register_stage
 from sasan.tracking.runs import Tracker
 
-torch.set_num_threads(1)
-
 LABELS = {"background": 0, "MYO": 1, "LV": 2}
 MODEL = {"k": 4, "num_classes": 3, "attention_width": 8, "synth_width": 8, "norm_hidden": 8,
          "disc_width": 8, "seg_disc_width": 8, "unet_width": 4}

@@ -1,11 +1,8 @@
 import numpy as np
 import pytest
-import torch
 
 from sasan.config import config_from_dict
 from sasan.train.data import ArraySliceDataset
-
-torch.set_num_threads(1)
 
 TINY = {
     "model": {"k": 4, "num_classes": 3, "attention_width": 8, "synth_width": 8, "norm_hidden": 8,
