@@ -310,7 +310,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="profile override")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default bench/work/<data>)")
-    ap.add_argument("--out", type=Path, default=None, help="default bench/results/adaptation_<data>.json")
+    ap.add_argument("--out", type=Path, default=None, help="default bench/results/adaptation.json (phantom), adaptation_<data>.json otherwise")
     ap.add_argument("--cases", type=int, default=None,
                     help=f"subjects per domain to generate ({TEST_SUBJECTS} of them test; default: phantom "
                          f"{DATA['phantom'][1]}, brain {DATA['brain'][1]})")

@@ -57,14 +57,14 @@ def bundle_file(scale: str, path: Path) -> None:
 
     from sasan.bundle import ModelBundle, save_bundle
     from sasan.config import load_config
-    from sasan.models import SynthesisModule, build_attention, build_segmenter
+    from sasan.models import build_attention, build_segmenter, build_synthesis
 
     cfg = load_config(ROOT / SCALES[scale][0])
     m = cfg.model
     torch.manual_seed(0)
     save_bundle(path, ModelBundle(cfg, "sasan", build_segmenter(m),
                                   build_attention(m),
-                                  SynthesisModule(m.in_channels, m.in_channels, m.k, m.synth_width, m.norm_hidden)))
+                                  build_synthesis(m)))
 
 
 def one(scale: str, device: str, repeats: int, work: Path) -> dict:

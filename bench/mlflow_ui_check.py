@@ -7,7 +7,7 @@ Chromium:
 
 1. the home page (what `mlflow ui` opens on),
 2. the experiment link as a person clicks it from there,
-3. sasan.tracking.runs.runs_table_url(): the runs table with comparable metric columns,
+3. sasan.tracking.experiments.runs_table_url(): the runs table with comparable metric columns,
 
 checks the rendered DOM of each, and saves the screenshot of 3 (docs/img/mlflow_runs.png).
 Not part of the test suite: CI has no browser. Needs `chromium` (Debian: apt-get install

@@ -24,11 +24,14 @@ import yaml
 from sasan.atomic import atomic_path
 from sasan.config import Config, config_from_dict
 from sasan.errors import CheckpointError
-from sasan.models import AttentionModule, SynthesisModule, UNet, build_attention, build_segmenter
+from sasan.models import (AttentionModule, SynthesisModule, UNet, build_attention, build_segmenter,
+                          build_synthesis)
 from sasan.train.checkpoint import load_checkpoint
 from sasan.train.device import Runtime
 
 log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "sasan-bundle/1"     # the "format" entry of every bundle file
 
 
 @dataclass
@@ -67,7 +70,7 @@ class ModelBundle:
 
 def save_bundle(path: str | Path, bundle: ModelBundle) -> None:
     state = {
-        "format": "sasan-bundle/1",
+        "format": BUNDLE_FORMAT,
         "variant": bundle.variant,
         "config_yaml": yaml.safe_dump(bundle.cfg.to_dict(), sort_keys=False),
         "segmenter": bundle.segmenter.state_dict() if bundle.segmenter is not None else None,
@@ -80,7 +83,7 @@ def save_bundle(path: str | Path, bundle: ModelBundle) -> None:
 
 def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> ModelBundle:
     state = load_checkpoint(path, map_location)
-    if state.get("format") != "sasan-bundle/1":
+    if state.get("format") != BUNDLE_FORMAT:
         raise CheckpointError("not a SASAN model bundle (format tag missing)", path)
     cfg = config_from_dict(yaml.safe_load(state["config_yaml"]), f"{path}:config")
     m = cfg.model
@@ -99,7 +102,7 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> M
         att_t = build_attention(m)
         att_t.load_state_dict(state["att_t"])
     if state["syn_s"] is not None:
-        syn_s = SynthesisModule(m.in_channels, m.in_channels, m.k, m.synth_width, m.norm_hidden)
+        syn_s = build_synthesis(m)
         syn_s.load_state_dict(state["syn_s"])
     return ModelBundle(cfg, state["variant"], segmenter, att_t, syn_s).eval()
 

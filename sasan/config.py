@@ -157,9 +157,6 @@ class Config(StrictModel):
 
 
 # PyYAML follows YAML 1.1, where "1e-4" is a string; accept it as a float as users expect.
-_FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
-
-
 class _Loader(yaml.SafeLoader):
     pass
 

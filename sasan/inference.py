@@ -9,7 +9,6 @@ without a U-Net (paired mode) gives the translation only; one without S_s the la
 from __future__ import annotations
 
 import contextlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,7 +23,6 @@ from sasan.data.preprocess import PreparedVolume, prepare_volume
 from sasan.errors import ConfigError, SasanError
 from sasan.train.device import Runtime, resolve_runtime
 
-log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 

@@ -147,3 +147,25 @@ def test_the_analysis_sees_lazy_imports():
     train = stage_modules("sasan train data/shards outputs/train --params params.yaml")
     assert {"sasan.stages.train", "sasan.data.dataset"} <= train
     assert "sasan.inference" in stage_modules("sasan evaluate data/raw outputs/train")
+
+
+def test_the_phantom_stage_passes_every_phantom_param(tmp_path):
+    """dvc.yaml tracks params.yaml's whole ``phantom`` section; the command DVC renders from it
+    gives `sasan data phantom` each of those values (a key the command ignored would make
+    `dvc repro` re-run the stage with no effect). Every value differs from the CLI defaults."""
+    from dvc.repo import Repo
+
+    from sasan.cli import build_parser
+    from sasan.config import config_from_dict
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["phantom"] = {"cases": 3, "seed": 5, "domains": ["ct"], "mr_contrast": "black_blood"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("[core]\n    no_scm = true\n")
+    with Repo(str(tmp_path)) as repo:
+        cmd = next(s for s in repo.index.stages if s.name == "phantom").cmd
+    args = build_parser().parse_args(shlex.split(cmd)[1:])
+    got = {"cases": args.cases, "seed": args.seed, "domains": tuple(args.domains), "mr_contrast": args.mr_contrast}
+    assert got == config_from_dict(params).phantom.model_dump()

@@ -22,7 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sasan.cli.prep_cmds",      # validate, preprocess
     "sasan.cli.model_cmds",     # train, evaluate, summary, translate
     "sasan.cli.registry_cmds",  # register
-    "sasan.cli.pipeline_cmds",  # pipeline compile / submit (Kubeflow)
+    "sasan.cli.pipeline_cmds",  # pipeline compile / submit / finish-run (Kubeflow)
 )
 
 
@@ -35,13 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:  # a command group not built yet
-            if err.name != name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ph.add_argument("--size", type=int, default=128,
                     help="in-plane voxels of the MR grid (CT scales with it; default 128)")
     ph.add_argument("--domains", nargs="+", default=["mr", "ct"], choices=["mr", "ct"])
-    ph.add_argument("--mr-contrast", default="bssfp", choices=["bssfp", "black_blood"],
+    ph.add_argument("--mr-contrast", "--mr_contrast", default="bssfp", choices=["bssfp", "black_blood"],
                     help="MR appearance: bright-blood bSSFP as in MM-WHS (default) or black-blood "
                          "turbo spin echo (blood/myocardium contrast inverted against CT)")
     ph.add_argument("--paired", action="store_true",

@@ -1,5 +1,6 @@
 """SASAN networks (METHOD.md section 2). Every network takes explicit constructor arguments;
-:func:`build_networks` / :func:`build_segmenter` adapt a ``ModelConfig`` to them."""
+:func:`build_networks`, :func:`build_attention`, :func:`build_synthesis` and
+:func:`build_segmenter` adapt a ``ModelConfig`` to them."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AttentionModule", "SynthesisModule", "SASANNorm", "SASANResBlock", "PatchDiscriminator",
     "SegDiscriminator", "FeatureDiscriminator", "UNet", "SASANNetworks", "count_parameters",
-    "build_networks", "build_attention", "build_segmenter",
+    "build_networks", "build_attention", "build_synthesis", "build_segmenter",
 ]
 
 
@@ -31,6 +32,11 @@ def build_networks(cfg: "ModelConfig", seg_adversary: bool = True) -> SASANNetwo
         norm_hidden=cfg.norm_hidden, disc_width=cfg.disc_width, seg_disc_width=cfg.seg_disc_width,
         disc_layers=cfg.disc_layers, attention_bottleneck=cfg.attention_bottleneck,
     )
+
+
+def build_synthesis(cfg: "ModelConfig") -> SynthesisModule:
+    """One synthesis module S_Y as ``cfg`` describes it (what ``build_networks`` builds twice)."""
+    return SynthesisModule(cfg.in_channels, cfg.in_channels, cfg.k, cfg.synth_width, cfg.norm_hidden)
 
 
 def build_attention(cfg: "ModelConfig") -> AttentionModule:

@@ -11,17 +11,14 @@ class ConvBlock(nn.Sequential):
     (B, c_in, H, W) -> (B, c_out, H / stride, W / stride).
     """
 
-    def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, norm: bool = True):
-        pad = kernel // 2
-        layers: list[nn.Module] = [
-            nn.ReflectionPad2d(pad),
-            # the conv bias is redundant before a non-affine instance norm
-            nn.Conv2d(c_in, c_out, kernel, stride=stride, bias=not norm),
-        ]
-        if norm:
-            layers.append(nn.InstanceNorm2d(c_out, affine=False))
-        layers.append(nn.LeakyReLU(0.2, inplace=True))
-        super().__init__(*layers)
+    def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1):
+        super().__init__(
+            nn.ReflectionPad2d(kernel // 2),
+            # no conv bias: a non-affine instance norm removes it
+            nn.Conv2d(c_in, c_out, kernel, stride=stride, bias=False),
+            nn.InstanceNorm2d(c_out, affine=False),
+            nn.LeakyReLU(0.2, inplace=True),
+        )
 
 
 def reflect_conv(c_in: int, c_out: int, kernel: int = 3, bias: bool = True) -> nn.Sequential:
@@ -29,8 +26,8 @@ def reflect_conv(c_in: int, c_out: int, kernel: int = 3, bias: bool = True) -> n
     return nn.Sequential(nn.ReflectionPad2d(kernel // 2), nn.Conv2d(c_in, c_out, kernel, bias=bias))
 
 
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def check_divisible(x: Tensor, factor: int, name: str) -> None:

@@ -7,8 +7,6 @@ judges target-domain images; ``seg_discs[c - 1]`` judges softmax channel c.
 
 from __future__ import annotations
 
-from typing import Iterator
-
 from torch import nn
 
 from sasan.models.attention_unet import AttentionModule
@@ -53,7 +51,3 @@ class SASANNetworks(nn.Module):
                 mods.append(m)
         return mods
 
-    @staticmethod
-    def parameters_of(modules: list[nn.Module]) -> Iterator[nn.Parameter]:
-        for m in modules:
-            yield from (p for p in m.parameters() if p.requires_grad)

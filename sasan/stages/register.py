@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from sasan.bundle import BUNDLE_FORMAT
 from sasan.config import Config
 from sasan.errors import CheckpointError, ConfigError, DataError
 from sasan.tracking.client import TrackingError
@@ -90,7 +91,7 @@ def checked_inputs(inputs: RegisterInputs,
 def bundle_variant(path: Path) -> str:
     """The variant a model bundle was trained as (``sasan``, ``cyclegan``...)."""
     state = load_checkpoint(path, "cpu")
-    if not isinstance(state, dict) or state.get("format") != "sasan-bundle/1" or not isinstance(
+    if not isinstance(state, dict) or state.get("format") != BUNDLE_FORMAT or not isinstance(
             state.get("variant"), str):
         raise CheckpointError("not a SASAN model bundle (format tag or variant missing)", path)
     return state["variant"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -17,7 +16,6 @@ from typing import Any, Mapping, Optional
 from sasan.errors import DataError
 from sasan.tracking.provenance import dvc_data_hash, git_commit, git_dirty
 
-log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 IDENTITY_FILE = "data_identity.json"      # next to the shards: the identity of the raw data they came from

@@ -20,8 +20,8 @@ Semantics (the same results as one process, see docs/kubeflow.md):
   :mod:`sasan.storage` run on each node).
 
 Why an explicit all-reduce instead of ``DistributedDataParallel``: the joint trainer does not
-run one ``forward`` per backward. It calls parts of modules (``syn_t.encode`` / ``decode``),
-uses A_t and the synthesis modules several times per step, freezes the discriminators during
+run one ``forward`` per backward. It calls part of a module (``syn_s.encode``, for the optional
+feature discriminators), uses A_t and the synthesis modules several times per step, freezes the discriminators during
 the generator step and the frozen A_s throughout, and alternates two optimisers. DDP's
 reducer assumes one forward of the wrapped module per backward and all-or-declared-unused
 parameters; with this structure it would need ``find_unused_parameters`` and ``no_sync``
@@ -46,8 +46,6 @@ from torch import nn
 from sasan.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@ source modality with G_s(t, A_t(t)); pseudo-labels are the argmax of A_t's segme
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
@@ -12,8 +11,6 @@ from tqdm.auto import tqdm
 
 from sasan.models.networks import SASANNetworks
 from sasan.train.device import Runtime
-
-log = logging.getLogger(__name__)
 
 
 @torch.no_grad()

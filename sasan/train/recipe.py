@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -60,7 +60,6 @@ class TrainData:
     # target labels for diagnosis only (reported, never used to choose anything)
     target_test: Any = None
     target_plain_truth: Any = None    # labels of target_plain, slice for slice
-    extra: dict = field(default_factory=dict)
 
 
 def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, float]:

@@ -44,7 +44,7 @@ def supervised_phase(name: str, model: nn.Module, loss_fn: Callable[..., Any], d
                      steps: int, batch_size: int, lr: float, seed: int, runtime: Runtime,
                      checkpoint: Path, checkpoint_every: int, log_every: int, dice_weight: float,
                      orth_weight: float = 0.0, rank: int = 0, world_size: int = 1,
-                     num_workers: int = 0, extra: dict | None = None, sync: Any = None,
+                     num_workers: int = 0, sync: Any = None,
                      lr_schedule: str = "linear") -> Phase:
     """``lr_schedule``: "constant", or "linear" (constant for the first half of ``steps``, then
     linearly to 0, as the joint phase). ``sync``: a data-parallel :class:`sasan.train.distributed.Synchronizer` (gradients
@@ -78,5 +78,5 @@ def supervised_phase(name: str, model: nn.Module, loss_fn: Callable[..., Any], d
                            **({"scheduler": scheduler.state_dict()} if scheduler is not None else {})},
         set_state=lambda s: (model.load_state_dict(s["model"]), optimizer.load_state_dict(s["optimizer"]),
                              scheduler.load_state_dict(s["scheduler"]) if scheduler is not None else None),
-        checkpoint=checkpoint, checkpoint_every=checkpoint_every, log_every=log_every, extra=extra,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every, log_every=log_every,
     )

@@ -10,7 +10,7 @@ import torch
 
 from sasan.bundle import ModelBundle, save_bundle
 from sasan.config import config_from_dict
-from sasan.models import SynthesisModule, build_attention, build_segmenter
+from sasan.models import build_attention, build_segmenter, build_synthesis
 
 TINY_MODEL = {"k": 4, "num_classes": 3, "attention_width": 8, "synth_width": 8, "norm_hidden": 8,
               "disc_width": 8, "seg_disc_width": 8, "unet_width": 4}
@@ -53,7 +53,7 @@ def tiny_bundle(variant: str = "sasan", seed: int = 0) -> ModelBundle:
     cfg = tiny_config(attention=variant != "cyclegan")
     m = cfg.model
     att_t = build_attention(m) if variant == "sasan" else None
-    syn_s = (SynthesisModule(m.in_channels, m.in_channels, m.k, m.synth_width, m.norm_hidden)
+    syn_s = (build_synthesis(m)
              if variant in ("sasan", "cyclegan") else None)
     return ModelBundle(cfg, variant, build_segmenter(m), att_t, syn_s).eval()
 
@@ -64,7 +64,7 @@ def tiny_paired_bundle(seed: int = 0) -> ModelBundle:
     cfg = config_from_dict({**tiny_config().to_dict(), "experiment": {"mode": "paired"}})
     m = cfg.model
     att_t = build_attention(m)
-    syn_s = SynthesisModule(m.in_channels, m.in_channels, m.k, m.synth_width, m.norm_hidden)
+    syn_s = build_synthesis(m)
     return ModelBundle(cfg, "sasan", None, att_t, syn_s).eval()
 
 
