@@ -393,3 +393,35 @@ def test_a_bundle_rebuilds_the_attention_module_it_was_trained_with(tmp_path, bo
         state["config_yaml"] = state["config_yaml"].replace("  attention_bottleneck: true\n", "")
         torch.save(state, tmp_path / "old.pt")
         assert isinstance(load_bundle(tmp_path / "old.pt").att_t.bottleneck, ConvBlock)
+
+
+def test_a_bundle_loads_back_the_networks_it_saved_in_eval_mode(tmp_path):
+    torch.manual_seed(0)
+    cfg = config_from_dict(TINY)
+    nets, unet = build_networks(cfg.model), build_segmenter(cfg.model)
+    for p in [*unet.parameters(), *nets.att_t.parameters(), *nets.syn_s.parameters()]:
+        torch.nn.init.normal_(p)                 # nothing a freshly built network would match
+    save_bundle(tmp_path / "m.pt", ModelBundle(cfg, "sasan", unet, nets.att_t, nets.syn_s))
+    loaded = load_bundle(tmp_path / "m.pt")
+    for saved, back in [(unet, loaded.segmenter), (nets.att_t, loaded.att_t), (nets.syn_s, loaded.syn_s)]:
+        a, b = saved.state_dict(), back.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert not any(m.training for m in back.modules())
+    assert loaded.variant == "sasan" and loaded.cfg.to_dict() == cfg.to_dict()
+
+
+def test_files_that_are_not_bundles_are_refused_naming_the_problem(tmp_path, ct_volume, capsys):
+    from sasan.errors import CheckpointError
+
+    path, _ = ct_volume
+    torch.save({"step": 10, "model": {}}, tmp_path / "ckpt.pt")      # a training checkpoint
+    with pytest.raises(CheckpointError, match="format tag missing"):
+        load_bundle(tmp_path / "ckpt.pt")
+    assert main(["translate", str(path), str(tmp_path / "o.nii.gz"), "--bundle", str(tmp_path / "ckpt.pt")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ckpt.pt" in err[0] and "not a SASAN model bundle" in err[0]
+    state = torch.load(_no_adaptation_bundle(tmp_path), weights_only=True)
+    state["segmenter"] = None                                        # nothing left to run
+    torch.save(state, tmp_path / "empty.pt")
+    with pytest.raises(CheckpointError, match="neither a segmenter nor a translator"):
+        load_bundle(tmp_path / "empty.pt")
