@@ -61,6 +61,9 @@ def sampling_matrix(t: Transform) -> torch.Tensor:
 def apply_transform(image: torch.Tensor, label: Optional[torch.Tensor], t: Transform
                     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Warp ``image`` (S, H, W) float32 and ``label`` (H, W) int64 with the same transform."""
+    if image.dim() != 3 or (label is not None and label.shape != image.shape[-2:]):
+        raise ValueError(f"expected image (S, H, W) and label (H, W), got {tuple(image.shape)} and "
+                         f"{None if label is None else tuple(label.shape)}")
     if t.is_identity:
         return image, label
     if not t.angle_deg and t.scale == 1.0:  # a pure flip is exact without resampling

@@ -70,5 +70,9 @@ def test_image_only():
     image, _ = _pair()
     out, lab = apply_transform(image, None, Transform(False, 30.0, 0.9))
     assert lab is None and out.shape == image.shape
-    with pytest.raises(Exception):
-        apply_transform(image[0], None, Transform(False, 30.0, 0.9))  # needs (S, H, W)
+    # (H, W) without the stack axis, or a label of another size: refused whatever the transform
+    for t in (Transform(False, 30.0, 0.9), Transform(True, 0.0, 1.0), Transform(False, 0.0, 1.0)):
+        with pytest.raises(ValueError, match=r"expected image \(S, H, W\) and label \(H, W\)"):
+            apply_transform(image[0], None, t)
+    with pytest.raises(ValueError, match=r"got \(3, 32, 32\) and \(16, 16\)"):
+        apply_transform(image, torch.zeros(16, 16, dtype=torch.long), Transform(True, 0.0, 1.0))

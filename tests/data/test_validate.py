@@ -118,6 +118,22 @@ def _unknown_label(root):
     return _save_image(root, MR_LABEL, data)
 
 
+def _constant(root):
+    return _save_image(root, MR_IMAGE, np.full((24, 20, 16), 7, np.int16))
+
+
+def _coarse_spacing(root):
+    """x spacing 25 mm (> max_spacing_mm = 20) in image and label alike: only the spacing is wrong."""
+    affine = nib.load(root / MR_IMAGE).affine.copy()
+    affine[0, 0] = 25.0
+    _save_image(root, MR_LABEL, np.asarray(nib.load(root / MR_LABEL).dataobj), affine)
+    return _save_image(root, MR_IMAGE, np.asarray(nib.load(root / MR_IMAGE).dataobj), affine)
+
+
+def _complex_voxels(root):
+    return _save_image(root, MR_IMAGE, np.asarray(nib.load(root / MR_IMAGE).dataobj).astype(np.complex64))
+
+
 BAD_FILES = {
     "corrupt gzip": (_corrupt_gzip, "corrupt gzip"),
     "truncated file": (_truncate, "truncated"),
@@ -128,6 +144,11 @@ BAD_FILES = {
     "label shape": (_label_shape, r"label shape \(24, 20, 15\) differs from image shape \(24, 20, 16\)"),
     "label affine": (_label_affine, "label affine differs .* by up to 3 mm"),
     "unknown label": (_unknown_label, r"unknown label values \[9\]"),
+    "constant image": (_constant, re.escape("constant image (min = max = 7.0) [non-constant intensity]")),
+    "spacing > 20 mm": (_coarse_spacing, re.escape("voxel spacing (25, 1.2, 2) mm outside (0, 20] "
+                                                   "[spacing x in (0, 20.0] mm]")),
+    "complex voxels": (_complex_voxels, re.escape("unsupported voxel type complex64 (complex or RGB) "
+                                                  "[readable 3-D NIfTI]")),
 }
 
 
@@ -208,6 +229,97 @@ def test_warnings_do_not_fail(raw_tree, tmp_path):
     path.write_text(json.dumps(meta))
     report = run_validate(raw_tree, tmp_path / "r", ValidateConfig())
     assert report["success"] and report["n_warnings"] == 1
+
+
+def test_a_case_listed_twice_fails_naming_its_file(raw_tree, tmp_path):
+    def list_twice(doc):
+        doc["cases"].append(dict(next(c for c in doc["cases"] if c["case_id"] == "mr_test_000")))
+
+    _edit_manifest(raw_tree, list_twice)
+    image = raw_tree / "mr/imagesTs/mr_test_000_0000.nii.gz"
+    with pytest.raises(ValidationFailed, match=re.escape(
+            f"{image}: case id 'mr_test_000' appears more than once in domain 'mr' [unique case id per domain] "
+            "(2 error-level failure(s)")):
+        run_validate(raw_tree, tmp_path / "r", ValidateConfig())
+    check = _check_named(tmp_path / "r", "unique case id per domain")
+    assert check["severity"] == "error" and [f["file"] for f in check["failures"]] == [str(image)] * 2
+    # the one file, twice in one split, is also the within-split duplicate (a warning)
+    dup = _check_named(tmp_path / "r", "no duplicate image within a split")
+    assert [f["reason"] for f in dup["failures"]] == [
+        "identical image file in 2 cases (mr/imagesTs/mr_test_000_0000.nii.gz, mr/imagesTs/mr_test_000_0000.nii.gz)"]
+
+
+def test_a_voxel_type_outside_the_numeric_list_fails_the_suite(raw_tree):
+    """NIfTI files nibabel reads hold numeric types only (complex/RGB: "readable 3-D NIfTI"),
+    so the suite's voxel-type expectation is checked on the table itself."""
+    from sasan.data.gx_suite import run_suite
+    from sasan.data.raw_cases import load_raw_dataset
+    from sasan.data.validate import _gx_check, build_table
+
+    cfg = ValidateConfig()
+    table = build_table(load_raw_dataset(raw_tree), cfg)
+    row = int(table.index[table["image"] == MR_IMAGE][0])
+    table.loc[row, "dtype"] = "float16"
+    check = _gx_check(next(c for c in run_suite(table, cfg) if c["check"] == "numeric voxel type"), table, raw_tree)
+    assert check["severity"] == "error" and not check["success"]
+    assert [(f["file"], f["reason"]) for f in check["failures"]] == [
+        (str(raw_tree / MR_IMAGE), "unsupported voxel type float16")]
+
+
+def _background_only_label(root):
+    _save_image(root, MR_LABEL, np.zeros((24, 20, 16), np.uint8))
+    return ("label has foreground", MR_LABEL, "label image contains background only")
+
+
+def _six_slices(root):
+    """z cut to 6 voxels (< min_size 8) in image and label alike."""
+    _save_image(root, MR_LABEL, np.asarray(nib.load(root / MR_LABEL).dataobj)[:, :, 5:11])
+    _save_image(root, MR_IMAGE, np.asarray(nib.load(root / MR_IMAGE).dataobj)[:, :, 5:11])
+    return ("size z >= 8", MR_IMAGE, "image shape (24, 20, 6) has an axis shorter than 8 voxels")
+
+
+def _duplicate_within_split(root):
+    shutil.copy(root / "ct/imagesTr/ct_train_001_0000.nii.gz", root / "ct/imagesTr/ct_train_000_0000.nii.gz")
+    return ("no duplicate image within a split", "ct/imagesTr/ct_train_001_0000.nii.gz",
+            "identical image file in 2 cases (ct/imagesTr/ct_train_000_0000.nii.gz, "
+            "ct/imagesTr/ct_train_001_0000.nii.gz)")
+
+
+def _labels_differ_from_manifest(root):
+    _edit_manifest(root, lambda d: d["domains"]["ct"]["labels"].pop("AA"))
+    return ("dataset.json agrees with the cases and manifest", "ct/dataset.json",
+            "labels {'background': 0, 'MYO': 1, 'LA': 2, 'LV': 3, 'AA': 4} differ from manifest.json "
+            "{'background': 0, 'MYO': 1, 'LA': 2, 'LV': 3}")
+
+
+def _no_labelled_case(root):
+    def drop_ct_labels(doc):
+        for case in doc["cases"]:
+            if case["domain"] == "ct":
+                case["label"] = case["sha256"]["label"] = None
+
+    _edit_manifest(root, drop_ct_labels)
+    return ("labels present per domain", "ct", "domain 'ct' has no labelled case (it can only be a target)")
+
+
+WARNINGS = {
+    "background-only label": _background_only_label,
+    "axis shorter than 8": _six_slices,
+    "identical image within a split": _duplicate_within_split,
+    "labels differ from manifest.json": _labels_differ_from_manifest,
+    "no labelled case": _no_labelled_case,
+}
+
+
+@pytest.mark.parametrize("name", list(WARNINGS))
+def test_warning_is_reported_and_does_not_fail(name, raw_tree, tmp_path):
+    check_name, rel, reason = WARNINGS[name](raw_tree)
+    _rehash(raw_tree)
+    report = run_validate(raw_tree, tmp_path / "r", ValidateConfig())
+    assert report["success"] and report["n_errors"] == 0 and report["n_warnings"] == 1
+    [check] = [c for c in report["checks"] if not c["success"]]
+    assert (check["check"], check["severity"]) == (check_name, "warning")
+    assert [(f["file"], f["reason"]) for f in check["failures"]] == [(str(raw_tree / rel), reason)]
 
 
 def test_folder_without_manifest_is_read_from_layout(make_raw, tmp_path):

@@ -46,6 +46,18 @@ def test_one_hot():
     assert torch.equal(oh.sum(1), torch.ones(1, 2, 2))
 
 
+def test_one_hot_needs_b_h_w_labels():
+    with pytest.raises(ValueError, match=r"labels must be \(B, H, W\), got \(1, 1, 2, 2\)"):
+        one_hot(torch.zeros(1, 1, 2, 2, dtype=torch.long), 3)     # a channel axis too many
+    with pytest.raises(ValueError, match=r"labels must be \(B, H, W\), got \(2, 2\)"):
+        one_hot(torch.zeros(2, 2, dtype=torch.long), 3)
+
+
+def test_lsgan_losses_need_at_least_one_output():
+    with pytest.raises(ValueError, match="expected at least one discriminator output"):
+        lsgan_generator_loss([])
+
+
 def test_seg_adversarial_hand_computed():
     # C = 3 classes: foreground channels 1 and 2 judged by D_1(p) = 2p and D_2(p) = -p
     discs = [Scale(2.0), Scale(-1.0)]

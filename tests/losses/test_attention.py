@@ -38,6 +38,12 @@ def test_orthogonality_is_differentiable_and_zero_maps_finite():
     assert x.grad.abs().sum() > 0
 
 
+def test_orthogonality_needs_two_maps():
+    """K = 1 has no pair of maps: the 2 / (K (K - 1)) normalisation would divide by zero."""
+    with pytest.raises(ValueError, match=r"maps must be \(B, K, H, W\) with K >= 2, got \(2, 1, 4, 4\)"):
+        orthogonality_loss(torch.rand(2, 1, 4, 4))
+
+
 def test_attention_consistency_is_mean_abs_difference():
     a = torch.tensor([1.0, -2.0, 3.0, 0.0]).view(1, 1, 2, 2)
     b = torch.tensor([0.0, 2.0, 3.0, 0.5]).view(1, 1, 2, 2)

@@ -94,6 +94,13 @@ def test_pseudo_label_loss_value_and_gradient_flow():
     assert logits_fake_source.grad is None
 
 
+def test_pseudo_label_loss_refuses_mismatched_logits():
+    with pytest.raises(ValueError, match=r"logit shapes differ: \(2, 3, 6, 6\) vs \(2, 4, 6, 6\)"):
+        pseudo_label_loss(torch.randn(2, 3, 6, 6), torch.randn(2, 4, 6, 6))     # another class count
+    with pytest.raises(ValueError, match=r"logit shapes differ: \(2, 3, 6, 6\) vs \(2, 3, 8, 8\)"):
+        pseudo_label_loss(torch.randn(2, 3, 6, 6), torch.randn(2, 3, 8, 8))     # another image size
+
+
 def test_ignored_pixels_count_nowhere():
     """seg_loss with IGNORE pixels equals seg_loss on the other pixels alone (CE, class
     weights and Dice), and an all-IGNORE batch gives 0 with a finite gradient."""

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 
 from sasan.bundle import save_bundle
 from sasan.tracking.pyfunc_model import log_bundle_model, pinned_requirements, predict_labels, predict_output
@@ -82,8 +84,12 @@ def test_logged_model_has_a_tensor_signature_and_pinned_requirements(logged):
     [inp], [out] = sig.inputs.inputs, sig.outputs.inputs
     assert (inp.type, inp.shape) == (np.dtype("float32"), (-1, 3, -1, -1))
     assert (out.type, out.shape) == (np.dtype("int64"), (-1, -1, -1))
-    with pytest.raises(Exception, match="(?i)shape"):
-        model.predict(_stacks(1)[:, :2])             # wrong stack depth is refused by the schema
+    # wrong stack depth is refused by MLflow's schema enforcement, before the model's own check
+    # (which would say "(N, 3, H, W)"): a client error naming both shapes
+    with pytest.raises(MlflowException, match=r"(?s)Failed to enforce schema.*Shape of input \(1, 2, 32, 32\) "
+                                              r"does not match expected shape \(-1, 3, -1, -1\)") as err:
+        model.predict(_stacks(1)[:, :2])
+    assert err.value.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE)
     artifacts = Path(MlflowClient(logged["uri"]).get_logged_model(logged["model_uri"].split("/")[-1])
                      .artifact_location.removeprefix("file://"))
     reqs = (artifacts / "requirements.txt").read_text().split()

@@ -27,10 +27,17 @@ def test_translation_and_pseudo_labels_of_every_target_slice():
     assert images.shape == (n, s, h, w) and images.dtype == np.float16
     assert np.abs(images.astype(np.float32)).max() <= 1.0          # tanh output
     assert labels.shape == (n, h, w) and labels.dtype == np.uint8
-    with torch.no_grad():
-        expected = nets.att_t(torch.from_numpy(target.images))[1].argmax(1).numpy()
-    assert np.array_equal(labels, expected)
     assert nets.training                                           # back in training mode
+    nets.eval()                                                    # as translate_to_source runs them
+    with torch.no_grad():
+        t = torch.from_numpy(target.images)
+        att_t, seg_t = nets.att_t(t)
+        expected_images = nets.syn_s(t, att_t).numpy()           # G_s(t, A_t(t)), METHOD.md 4.3
+        expected = seg_t.argmax(1).numpy()
+    nets.train()
+    assert np.array_equal(labels, expected)
+    # float16 in [-1, 1]: rounding moves a value by at most 2^-12
+    np.testing.assert_allclose(images.astype(np.float32), expected_images, rtol=0, atol=2 ** -11)
 
 
 def test_cyclegan_ablation_has_no_pseudo_labels():
@@ -38,3 +45,7 @@ def test_cyclegan_ablation_has_no_pseudo_labels():
     images, _ = blob_slices(3, seed=3, bright_ring=False)
     fake, labels = translate_to_source(nets, ArraySliceDataset(images), resolve_runtime("cpu"), progress=False)
     assert fake.shape == images.shape and labels is None
+    with torch.no_grad():
+        expected = nets.eval().syn_s(torch.from_numpy(images), None).numpy()   # G_s(t), no attention
+    nets.train()
+    np.testing.assert_allclose(fake.astype(np.float32), expected, rtol=0, atol=2 ** -11)

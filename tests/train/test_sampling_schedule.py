@@ -35,9 +35,12 @@ def test_checkpoint_round_trip_weights_only_and_rng(tmp_path):
     a = torch.rand(2)
     save_checkpoint(tmp_path / "c.pt", state)
     loaded = load_checkpoint(tmp_path / "c.pt")        # uses torch.load(weights_only=True)
+    assert set(loaded) == {"step", "w", "rng"} and loaded["step"] == 3
+    assert torch.equal(loaded["w"], state["w"]) and loaded["w"].dtype == torch.float32
     set_rng_state(loaded["rng"])
-    assert torch.equal(torch.rand(2), a) and loaded["step"] == 3
-    torch.load(tmp_path / "c.pt", weights_only=True)
+    assert torch.equal(torch.rand(2), a)
+    plain = torch.load(tmp_path / "c.pt", weights_only=True)   # a plain weights-only file
+    assert torch.equal(plain["w"], state["w"]) and plain["step"] == 3
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
