@@ -13,11 +13,10 @@ from sasan.losses.adversarial import (
 )
 from sasan.losses.attention import attention_consistency_loss, orthogonality_loss
 from sasan.losses.reconstruction import cycle_loss, identity_loss, l1_ssim_loss, voxel_l1_loss
-from sasan.losses.segmentation import IGNORE, class_weights, pseudo_label_loss, seg_loss, soft_dice_loss
+from sasan.losses.segmentation import class_weights, pseudo_label_loss, seg_loss, soft_dice_loss
 from sasan.losses.ssim import gaussian_window, ssim, ssim_map
 
 __all__ = [
-    "IGNORE",
     "attention_consistency_loss",
     "class_weights",
     "cycle_loss",

@@ -19,9 +19,6 @@ def _check(logits: Tensor, labels: Tensor) -> None:
         )
 
 
-IGNORE = 255  # label value of pixels that no loss term sees (e.g. unconfident pseudo-labels)
-
-
 def class_weights(labels: Tensor, num_classes: int) -> Tensor:
     """w_c = 1 - n_c / N for integer labels (B, H, W): n_c pixels of class c among all N
     pixels of the batch. Returns float (C,) on labels' device.
@@ -30,19 +27,15 @@ def class_weights(labels: Tensor, num_classes: int) -> Tensor:
     the cross-entropy's sum). When one class fills the whole batch its weight would be 0
     and the weighted mean 0/0, so all weights become 1 (plain cross-entropy) instead."""
     counts = torch.bincount(labels.reshape(-1).long(), minlength=num_classes)[:num_classes]
-    frac = counts.float() / counts.sum().clamp_min(1)   # IGNORE pixels are not counted
+    frac = counts.float() / counts.sum().clamp_min(1)
     # torch.where rather than a Python `if` keeps this free of a host-device sync.
     return torch.where(frac.max() >= 1.0, torch.ones_like(frac), 1.0 - frac)
 
 
 def _soft_dice_from_probs(probs: Tensor, labels: Tensor, eps: float) -> Tensor:
-    """1 - mean over present foreground classes of (2 sum p g + eps) / (sum p + sum g + eps);
-    IGNORE pixels count neither in p nor in g."""
+    """1 - mean over present foreground classes of (2 sum p g + eps) / (sum p + sum g + eps)."""
     num_classes = probs.shape[1]
-    valid = (labels != IGNORE).unsqueeze(1).to(probs.dtype)
-    probs = probs * valid
-    target = F.one_hot(labels.masked_fill(labels == IGNORE, 0).long(), num_classes).permute(0, 3, 1, 2)
-    target = target.to(probs.dtype) * valid
+    target = F.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).to(probs.dtype)
     dims = (0, 2, 3)  # per class over the whole batch
     inter = (probs * target).sum(dims)[1:]
     p_sum = probs.sum(dims)[1:]
@@ -66,19 +59,14 @@ def soft_dice_loss(logits: Tensor, labels: Tensor, eps: float = 1e-5) -> Tensor:
 def seg_loss(logits: Tensor, labels: Tensor, dice_weight: float = 0.2) -> Tensor:
     """Segmentation loss: sum_i w_{y_i} (-log p_i[y_i]) / sum_i w_{y_i}
     + dice_weight x soft_dice_loss, with w = class_weights(labels, C).
-    logits (B, C, H, W) raw, labels (B, H, W) int64 in [0, C) or IGNORE (255: the pixel is
-    left out of both terms and of the class weights). Scalar."""
+    logits (B, C, H, W) raw, labels (B, H, W) int64 in [0, C). Scalar."""
     _check(logits, labels)
     num_classes = logits.shape[1]
     labels = labels.long()
     log_probs = F.log_softmax(logits, dim=1)  # shared by both terms
-    # weighted mean of -log p[y] over the pixels that are not IGNORE (F.nll_loss with weights
-    # and ignore_index, written out so that an all-IGNORE batch gives 0, not 0/0)
-    valid = labels != IGNORE
-    safe = labels.masked_fill(~valid, 0)
-    pixel_w = class_weights(labels, num_classes).to(logits.dtype)[safe] * valid
-    nll = -log_probs.gather(1, safe.unsqueeze(1)).squeeze(1)
-    ce = (pixel_w * nll).sum() / pixel_w.sum().clamp_min(torch.finfo(logits.dtype).tiny)
+    pixel_w = class_weights(labels, num_classes).to(logits.dtype)[labels]
+    nll = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)
+    ce = (pixel_w * nll).sum() / pixel_w.sum()
     if dice_weight == 0:
         return ce
     return ce + dice_weight * _soft_dice_from_probs(log_probs.exp(), labels, 1e-5)

@@ -99,29 +99,3 @@ def test_pseudo_label_loss_refuses_mismatched_logits():
         pseudo_label_loss(torch.randn(2, 3, 6, 6), torch.randn(2, 4, 6, 6))     # another class count
     with pytest.raises(ValueError, match=r"logit shapes differ: \(2, 3, 6, 6\) vs \(2, 3, 8, 8\)"):
         pseudo_label_loss(torch.randn(2, 3, 6, 6), torch.randn(2, 3, 8, 8))     # another image size
-
-
-def test_ignored_pixels_count_nowhere():
-    """seg_loss with IGNORE pixels equals seg_loss on the other pixels alone (CE, class
-    weights and Dice), and an all-IGNORE batch gives 0 with a finite gradient."""
-    from sasan.losses import IGNORE
-
-    torch.manual_seed(0)
-    logits = torch.randn(2, 4, 6, 6)
-    labels = torch.randint(0, 4, (2, 6, 6))
-    ignored = torch.rand(2, 6, 6) < 0.4
-    masked = labels.masked_fill(ignored, IGNORE)
-    keep = ~ignored
-    # the kept pixels as one (1, C, 1, N) image
-    flat_logits = logits.permute(1, 0, 2, 3)[:, keep].reshape(1, 4, 1, -1)
-    flat_labels = labels[keep].reshape(1, 1, -1)
-    assert torch.allclose(seg_loss(logits, masked), seg_loss(flat_logits, flat_labels), atol=1e-6)
-    # changing the logits of ignored pixels changes nothing
-    other = logits + 5.0 * torch.randn_like(logits) * ignored.unsqueeze(1)
-    assert torch.allclose(seg_loss(other, masked), seg_loss(logits, masked), atol=1e-6)
-    assert not torch.allclose(seg_loss(other, labels), seg_loss(logits, labels), atol=1e-3)
-    nothing = torch.full_like(labels, IGNORE)
-    x = logits.clone().requires_grad_(True)
-    loss = seg_loss(x, nothing)
-    loss.backward()
-    assert float(loss.detach()) == 0.0 and torch.isfinite(x.grad).all() and not x.grad.any()
