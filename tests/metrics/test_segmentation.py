@@ -133,7 +133,8 @@ def test_segmentation_scores_per_structure_and_mean():
     assert set(s["per_structure"]) == {"MYO", "LA", "AA"}
     myo, la, aa = (s["per_structure"][k] for k in ("MYO", "LA", "AA"))
     assert myo["dice"] == pytest.approx(0.75)
-    assert (myo["assd_vox"], myo["assd_mm"]) == pytest.approx(assd(pred == 1, gt == 1, spacing))
+    assert myo["assd_vox"] == pytest.approx(brute_force_assd(pred == 1, gt == 1, (1, 1, 1)), rel=1e-12)
+    assert myo["assd_mm"] == pytest.approx(brute_force_assd(pred == 1, gt == 1, spacing), rel=1e-12)
     assert la == pytest.approx({"dice": 0.0, "assd_vox": 50.0, "assd_mm": 50.0 * 4 / 3, "missing": True})
     assert aa == {"dice": 1.0, "assd_vox": 0.0, "assd_mm": 0.0, "missing": False}
     assert s["mean"]["dice"] == pytest.approx((0.75 + 0 + 1) / 3)
@@ -163,3 +164,40 @@ def test_aggregate_subjects_hand_computed():
     assert agg["mean"]["assd_vox"] == pytest.approx(15.0) and agg["mean"]["assd_vox_std"] == pytest.approx(12.0)
     with pytest.raises(ValueError):
         aggregate_subjects([])
+
+
+@pytest.mark.parametrize("labels", [{"background": 0}, {}])
+def test_segmentation_scores_without_a_foreground_structure_is_refused(labels):
+    vol = np.zeros((4, 4, 4), np.int16)
+    with pytest.raises(ValueError, match="labels name no foreground structure"):
+        segmentation_scores(vol, vol, labels, (1.0, 1.0, 1.0))
+
+
+def test_aggregate_subjects_refuses_subjects_scoring_different_structures():
+    shape = (8, 8, 8)
+    gt = np.zeros(shape, np.int16)
+    gt[cube(shape, (1, 1, 1), 3)] = 1
+    gt[cube(shape, (5, 5, 5), 2)] = 2
+    a = segmentation_scores(gt, gt, {"background": 0, "LV": 1, "MYO": 2}, (1.0, 1.0, 1.0))
+    b = segmentation_scores(gt, gt, {"background": 0, "LV": 1}, (1.0, 1.0, 1.0))
+    c = segmentation_scores(gt, gt, {"background": 0, "MYO": 2, "LV": 1}, (1.0, 1.0, 1.0))
+    for other in (b, c):  # a structure fewer; the same structures in another order
+        with pytest.raises(ValueError, match="subjects score different structures"):
+            aggregate_subjects([a, other])
+    assert aggregate_subjects([a, a])["n_subjects"] == 2
+
+
+def test_present_structures_are_not_clipped_at_the_cap():
+    """The cap stands in only for a missing structure: two single voxels 60 voxels apart are 60
+    voxels (and 60 x 2 mm) apart, above the default cap of 50."""
+    gt = np.zeros((64, 3, 3), bool)
+    pred = np.zeros_like(gt)
+    gt[1, 1, 1] = True
+    pred[61, 1, 1] = True
+    spacing = (2.0, 1.0, 1.0)
+    assert assd(pred, gt, spacing) == pytest.approx((60.0, 120.0), rel=1e-12)
+    assert assd(pred, gt, spacing, cap_vox=10.0) == pytest.approx((60.0, 120.0), rel=1e-12)
+    s = segmentation_scores(pred.astype(np.int16), gt.astype(np.int16), {"background": 0, "LV": 1}, spacing)
+    assert s["per_structure"]["LV"] == pytest.approx(
+        {"dice": 0.0, "assd_vox": 60.0, "assd_mm": 120.0, "missing": False}, rel=1e-12)
+    assert s["mean"] == pytest.approx({"dice": 0.0, "assd_vox": 60.0, "assd_mm": 120.0}, rel=1e-12)

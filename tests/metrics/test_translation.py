@@ -6,6 +6,7 @@ from scipy import ndimage
 
 from sasan.errors import DataError
 from sasan.losses import ssim_map
+from sasan.losses.ssim import ssim
 from sasan.metrics import body_mask, masked_ssim, otsu_threshold, translation_scores
 
 
@@ -74,6 +75,14 @@ def test_2d_images_and_errors():
     fake, real = pair(4, shape=(16, 16))
     s = translation_scores(fake, real, mask=np.ones(real.shape, bool), data_range=1.0)
     assert 0 < s["ssim"] < 1
+    # a full mask: every window centre counts, so the score is the plain SSIM of the two images
+    ref = ssim(torch.from_numpy(fake)[None, None], torch.from_numpy(real)[None, None], data_range=1.0)
+    assert s["ssim"] == pytest.approx(ref.item(), rel=1e-12)
+    assert masked_ssim(fake, real, np.ones(real.shape, bool), 1.0) == pytest.approx(ref.item(), rel=1e-12)
+    # the other scores on the 2-D arrays by their formulas
+    e = fake - real
+    assert s["mae"] == pytest.approx(np.abs(e).mean(), rel=1e-12)
+    assert s["psnr"] == pytest.approx(10 * np.log10(1.0 / (e**2).mean()), rel=1e-12)
     with pytest.raises(DataError):
         translation_scores(fake, real[:, :15])
     with pytest.raises(DataError):
@@ -134,3 +143,59 @@ def test_ssim_slices_along_the_axis_asked_for():
     assert {k: v for k, v in default.items() if k != "ssim"} == pytest.approx(
         {k: v for k, v in last.items() if k != "ssim"}, rel=1e-12)
     assert masked_ssim(fake, real, mask, 2.0, axis=1) == pytest.approx(last["ssim"], rel=1e-12)
+
+
+def test_masked_ssim_chunks_do_not_change_the_score():
+    """More slices than one chunk (16), some without a masked window centre (skipped): every
+    chunk size gives the mean over the kept slices of each slice's masked SSIM."""
+    fake, real = pair(8, shape=(14, 13, 19))
+    mask = np.zeros(real.shape, bool)
+    mask[4:11, 3:10, :] = True
+    mask[..., [2, 15, 16]] = False  # no centres: skipped, in the first chunk, at its end and in the second
+    mask[:2, :, 17] = True  # border rows only: no window centre there either
+    mask[4:11, 3:10, 17] = False
+    kept = [k for k in range(19) if k not in (2, 15, 16, 17)]
+    per_slice = []
+    for k in kept:
+        m = ssim_map(
+            torch.from_numpy(fake[None, None, ..., k]), torch.from_numpy(real[None, None, ..., k]), data_range=2.0
+        )[0, 0].numpy()
+        per_slice.append(m[1:8, 0:7].mean())  # valid-map index i <-> image row (column) i + 3
+    expected = float(np.mean(per_slice))
+    assert masked_ssim(fake, real, mask, 2.0) == pytest.approx(expected, rel=1e-12)  # chunk 16: 16 + 3 slices
+    for chunk in (1, 5, 16, 19, 64):
+        assert masked_ssim(fake, real, mask, 2.0, chunk=chunk) == pytest.approx(expected, rel=1e-12), chunk
+
+
+def test_masked_ssim_is_nan_without_a_window_centre_in_the_mask():
+    """A mask that holds no window centre (only the 3-pixel border of each slice): nothing to
+    average, nan; translation_scores keeps the other scores."""
+    fake, real = pair(9, shape=(16, 16, 3))
+    mask = np.zeros(real.shape, bool)
+    mask[:3] = True
+    mask[:, -3:] = True
+    assert np.isnan(masked_ssim(fake, real, mask, 2.0))
+    assert np.isnan(masked_ssim(fake[..., 0], real[..., 0], mask[..., 0], 2.0))  # 2-D too
+    s = translation_scores(fake, real, mask, data_range=2.0)
+    assert np.isnan(s["ssim"]) and np.isfinite(s["mae"]) and np.isfinite(s["psnr"])
+    assert s["mae"] == pytest.approx(np.abs(fake - real)[mask].mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize("data_range", [0.0, -1.0])
+def test_a_non_positive_data_range_is_refused(data_range):
+    fake, real = pair(10)
+    with pytest.raises(DataError, match=f"data range must be positive, got {data_range}"):
+        translation_scores(fake, real, np.ones(real.shape, bool), data_range=data_range)
+
+
+def test_constant_real_image():
+    """Pearson is nan (no variance to correlate with); the default data range (max - min of the
+    real image over the mask) is then 0, which is refused: a constant image needs an explicit one."""
+    fake, _ = pair(11)
+    real = np.full(fake.shape, 0.25)
+    mask = np.ones(real.shape, bool)
+    s = translation_scores(fake, real, mask, data_range=2.0)
+    assert np.isnan(s["pearson"])
+    assert s["mae"] == pytest.approx(np.abs(fake - 0.25).mean(), rel=1e-12) and np.isfinite(s["ssim"])
+    with pytest.raises(DataError, match="data range must be positive, got 0.0"):
+        translation_scores(fake, real, mask)

@@ -26,21 +26,50 @@ SHAPE = (20, 16, 12)
 AFFINE = np.diag([1.5, 1.2, 2.0, 1.0])
 
 
-def _config(**preprocess):
+def _config(evaluate_=None, **preprocess):
     return config_from_dict({"experiment": {"source": "mr", "target": "ct"}, "train": {"device": "cpu"},
-                             "evaluate": {"batch_size": 8},
+                             "evaluate": {"batch_size": 8, **(evaluate_ or {})},
                              "preprocess": {"image_size": 32, **preprocess}, "model": MODEL})
 
 
-def _bundle(path, variant="sasan", seed=0, **preprocess):
+def _bundle(path, variant="sasan", seed=0, segmenter=None, **preprocess):
+    """``segmenter``: a function that sets the U-Net's weights (in place) before saving."""
     torch.manual_seed(seed)
     cfg = _config(**preprocess)
     nets = build_networks(cfg.model)
     att_t = nets.att_t if variant == "sasan" else None
     syn_s = nets.syn_s if variant in ("sasan", "cyclegan") else None
+    unet = build_segmenter(cfg.model).eval()
+    if segmenter is not None:
+        with torch.no_grad():
+            segmenter(unet)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_bundle(path, ModelBundle(cfg, variant, build_segmenter(cfg.model).eval(), att_t, syn_s))
+    save_bundle(path, ModelBundle(cfg, variant, unet, att_t, syn_s))
     return path
+
+
+def _background_only(unet):
+    """Every pixel's logits are (10, 0, 0): the U-Net predicts background everywhere."""
+    torch.nn.init.zeros_(unet.head.weight)
+    unet.head.bias.copy_(torch.tensor([10.0, 0.0, 0.0]))
+
+
+def _threshold_unet(t1=0.3, t2=0.49, gain=100.0):
+    """A U-Net that thresholds the centre slice's normalised intensity f (in [-1, 1]): class 0
+    below t1, 1 between t1 and t2, 2 above t2 (for the default CT bounds: air, body, LV; see
+    ``_volumes``). Only one path carries anything: centre input channel -> inc (channel 0)
+    -> the skip into the last decoder block (channel 0) -> head; BatchNorm in eval mode with
+    its initial statistics is the identity (up to 1 / sqrt(1 + eps)), ReLU keeps f >= 0."""
+    def set_weights(unet):
+        centre = unet.inc[0].weight.shape[1] // 2
+        for conv, channel in ((unet.inc[0], centre), (unet.inc[3], 0), (unet.ups[-1][0], 0), (unet.ups[-1][3], 0)):
+            torch.nn.init.zeros_(conv.weight)
+            conv.weight[0, channel, 1, 1] = 1.0          # the skip is the first half of the last block's input
+        torch.nn.init.zeros_(unet.head.weight)
+        unet.head.weight[1, 0] = gain                     # logit 1: gain (f - t1)
+        unet.head.weight[2, 0] = 2 * gain                 # logit 2: gain (f - t1) + gain (f - t2)
+        unet.head.bias.copy_(torch.tensor([0.0, -gain * t1, -gain * (t1 + t2)]))
+    return set_weights
 
 
 def _save(path, data, affine=AFFINE, slope=None):
@@ -89,10 +118,10 @@ def no_inference(monkeypatch):
     monkeypatch.setattr(evaluate, "infer_volume", boom)
 
 
-def _run(raw, models, out, cfg=None):
+def _run(raw, models, out, cfg=None, save_predictions=False):
     return evaluate.run(evaluate.EvaluateInputs(raw, models),
                         evaluate.EvaluateOutputs(out / "evaluation.json", out / "report"),
-                        cfg or _config(), Tracker.disabled(), save_predictions=False, progress=False)
+                        cfg or _config(), Tracker.disabled(), save_predictions=save_predictions, progress=False)
 
 
 def test_identity_records_the_bundles_and_the_metrics(tmp_path):
@@ -115,6 +144,74 @@ def test_identity_records_the_bundles_and_the_metrics(tmp_path):
     with pytest.raises(ConfigError, match="'cyclegan' model but the gated method is 'sasan'"):
         register_stage.check_inputs(register_stage.RegisterInputs(models["cyclegan"], inputs.metrics,
                                                                   inputs.identity), "sasan")
+
+
+def _label_spacing():
+    """The label files' voxel size as NIfTI stores it (pixdim is float32: 1.2 is 1.2000000476...)."""
+    return tuple(float(np.float32(AFFINE[i, i])) for i in range(3))
+
+
+def test_a_model_that_predicts_only_background_scores_the_configured_cap(tmp_path):
+    """Every structure is missing from every prediction: Dice 0, ASSD the configured cap
+    (evaluate.assd_cap_vox, not the default 50) in voxels and cap x mean(label spacing) in mm
+    (sasan.metrics.segmentation.assd), n_missing = every subject; no spread."""
+    cap = 30.0
+    cfg = _config({"assd_cap_vox": cap})
+    assert cfg.evaluate.assd_cap_vox == cap != _config().evaluate.assd_cap_vox
+    raw = make_raw(tmp_path / "raw")
+    model = _bundle(tmp_path / "m.pt", segmenter=_background_only)
+    results = _run(raw, {"sasan": model}, tmp_path / "out", cfg, save_predictions=True)
+    sx, sy, sz = _label_spacing()
+    cap_mm = cap * (sx + sy + sz) / 3                    # 30 x (1.5 + 1.2 + 2.0) / 3 = 47.0 mm
+    assert cap_mm == pytest.approx(47.0, rel=1e-6)
+    expected = {"dice": 0.0, "dice_std": 0.0, "assd_vox": cap, "assd_vox_std": 0.0,
+                "assd_mm": cap_mm, "assd_mm_std": 0.0}
+    r = results["sasan"]
+    assert r["n_subjects"] == 2 and sorted(r["per_structure"]) == ["LV", "MYO"]
+    for name, s in r["per_structure"].items():
+        assert s == pytest.approx({**expected, "n_missing": 2}, rel=1e-12, abs=1e-12), name
+    assert r["mean"] == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert json.loads((tmp_path / "out" / "evaluation.json").read_text()) == json.loads(json.dumps(results))
+    per_subject = json.loads((tmp_path / "out" / "report" / "per_subject.json").read_text())["sasan"]
+    assert sorted(per_subject) == ["ct_001", "ct_002"]
+    for cid, mean in per_subject.items():
+        assert mean == pytest.approx({"dice": 0.0, "assd_vox": cap, "assd_mm": cap_mm}, rel=1e-12, abs=1e-12), cid
+        assert not np.asarray(nib.load(tmp_path / "out" / "report" / "predictions" / "sasan" / f"{cid}.nii.gz")
+                              .dataobj).any()
+
+
+def test_reported_scores_are_those_of_the_saved_predictions(tmp_path):
+    """save_predictions: the per-subject and per-structure numbers are the metrics of the
+    saved label volumes against the ground truth, on the label's grid and spacing, recomputed
+    here with sasan.metrics.segmentation and aggregated by hand (population sd)."""
+    from sasan.metrics.segmentation import segmentation_scores
+
+    raw = make_raw(tmp_path / "raw")
+    cap = _config().evaluate.assd_cap_vox
+    results = _run(raw, {"sasan": _bundle(tmp_path / "m.pt", "no_adaptation", segmenter=_threshold_unet())},
+                   tmp_path / "out", save_predictions=True)
+    report = tmp_path / "out" / "report"
+    per_subject = json.loads((report / "per_subject.json").read_text())["sasan"]
+    rows = []
+    for cid in ("ct_001", "ct_002"):
+        gt_img = nib.load(raw / "ct" / f"{cid}.nii.gz")
+        pred_img = nib.load(report / "predictions" / "sasan" / f"{cid}.nii.gz")
+        gt = np.asarray(gt_img.dataobj).astype(np.int64)
+        pred = np.asarray(pred_img.dataobj).astype(np.int64)
+        assert pred.shape == gt.shape and np.allclose(pred_img.affine, gt_img.affine)
+        assert set(np.unique(pred)) == {0, 1, 2}                # a real segmentation, not a constant
+        s = segmentation_scores(pred, gt, LABELS, _label_spacing(), cap)
+        assert 0 < s["per_structure"]["LV"]["dice"] < 1 and 0 < s["per_structure"]["MYO"]["dice"] < 1
+        assert per_subject[cid] == pytest.approx(s["mean"], rel=1e-9), cid
+        rows.append(s)
+    for name in ("MYO", "LV"):
+        got = results["sasan"]["per_structure"][name]
+        for key in ("dice", "assd_vox", "assd_mm"):
+            values = [row["per_structure"][name][key] for row in rows]
+            assert got[key] == pytest.approx(sum(values) / 2, rel=1e-9), (name, key)
+            assert got[f"{key}_std"] == pytest.approx(abs(values[0] - values[1]) / 2, rel=1e-9, abs=1e-12)
+        assert got["n_missing"] == 0
+    assert results["sasan"]["mean"]["dice"] == pytest.approx(sum(r["mean"]["dice"] for r in rows) / 2, rel=1e-9)
 
 
 @pytest.mark.parametrize("paired", [False, True])
@@ -203,8 +300,19 @@ def test_bounds_fall_back_to_the_domain_name_as_in_preprocessing(tmp_path):
     """An nnU-Net set whose channel is "CTscan" in folder ct/: bounds keyed by the domain."""
     bounds = {"mr": (-1.8, 4.4), "ct": (-2.8, 3.2)}
     raw = make_raw(tmp_path / "raw", modality="CTscan")
-    results = _run(raw, {"sasan": _bundle(tmp_path / "m.pt", bounds=bounds)}, tmp_path / "out")
-    assert results["sasan"]["n_subjects"] == 2
+    model = _bundle(tmp_path / "m.pt", "no_adaptation", bounds=bounds, segmenter=_threshold_unet())
+    results = _run(raw, {"sasan": model}, tmp_path / "out")
+    assert results["sasan"]["n_subjects"] == 2 and results["sasan"]["per_structure"]["LV"]["dice"] > 0.9
+    # the same bounds found by the modality name score the same (the modality string stays
+    # "CTscan": "CT" would also clamp below -1024 HU, which moves these intensities by ~0.015)
+    by_modality = _bundle(tmp_path / "c.pt", "no_adaptation", bounds={"mr": bounds["mr"], "ctscan": bounds["ct"]},
+                          segmenter=_threshold_unet())
+    assert results == _run(raw, {"sasan": by_modality}, tmp_path / "out_c")
+    # and they are used: the other modality's bounds (swapped) move the intensities, so the scores
+    swapped = _bundle(tmp_path / "s.pt", "no_adaptation", bounds={"mr": bounds["ct"], "ct": bounds["mr"]},
+                      segmenter=_threshold_unet())
+    other = _run(raw, {"sasan": swapped}, tmp_path / "out_s")
+    assert other["sasan"]["mean"]["dice"] != pytest.approx(results["sasan"]["mean"]["dice"], abs=0.05)
 
 
 def test_no_bounds_for_the_target_is_one_line_naming_the_bundle(tmp_path, no_inference):
@@ -326,6 +434,9 @@ def test_paired_evaluation_scores_translations_against_the_real_source(tmp_path,
         assert row["rmse"] == pytest.approx(np.sqrt((err ** 2).mean()), rel=1e-5)
         assert row["psnr"] == pytest.approx(10 * np.log10(4.0 / (err ** 2).mean()), rel=1e-5)
         assert np.isnan(row["pearson"])                  # a constant translation correlates with nothing
+        zero = np.zeros_like(real)                       # SSIM by hand too, in the model's (coronal) plane
+        assert row["ssim"] == pytest.approx(np.mean([_ssim_by_hand(zero[:, j], real[:, j], body[:, j])
+                                                     for j in range(real.shape[1])]), rel=1e-5)
     # the trained-shape model: translation_scores on the arrays inference and preprocessing give
     bundle = load_bundle(models["cyclegan"])
     prep = bundle.cfg.preprocess
@@ -355,6 +466,75 @@ def test_paired_evaluation_scores_translations_against_the_real_source(tmp_path,
         "mean": {k: v for k, v in results["sasan"]["mean"].items() if k != "pearson"}}
     md = evaluate.markdown_report(results, ["sasan", "cyclegan"], "paired", report, embed_images=False)
     assert "| method | MAE | RMSE | PSNR | SSIM | Pearson |" in md and "translations.png" in md
+
+
+class _IdentityTranslator(torch.nn.Module):
+    """Stands in for S_s: returns its input stack, so the translation is the normalised target slice."""
+
+    def forward(self, x, maps=None):
+        return x
+
+
+def _ssim_by_hand(x, y, mask, data_range=2.0, size=7, sigma=1.5):
+    """Wang et al. 2004 in numpy, for 2-D slices: a normalised size x size Gaussian window
+    (valid positions only), biased local moments, C1 = (0.01 L)^2, C2 = (0.03 L)^2; the map
+    averaged over the window centres inside ``mask``; None without such centres."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    d = np.arange(size) - (size - 1) / 2
+    g = np.exp(-0.5 * (d / sigma) ** 2)
+    w = np.outer(g, g) / np.outer(g, g).sum()
+
+    def local(a):
+        return np.einsum("ijkl,kl->ij", sliding_window_view(a, (size, size)), w)
+
+    mx, my = local(x), local(y)
+    vx, vy, cxy = local(x * x) - mx ** 2, local(y * y) - my ** 2, local(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    m = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    h = size // 2
+    centres = mask[h:mask.shape[0] - h, h:mask.shape[1] - h]
+    return m[centres].mean() if centres.any() else None
+
+
+def test_paired_scores_of_an_identity_translator_by_hand(tmp_path, paired_raw, monkeypatch):
+    """S_s replaced by the identity: the translation is the target (CT) image normalised with
+    the CT bounds, so every score follows by hand from the two normalised images, on the real
+    image's body, with data range 2; SSIM by a numpy SSIM in the model's (coronal, array axis
+    1) plane, Pearson and PSNR by their formulas."""
+    real_inspect = evaluate.inspect_bundles
+
+    def with_identity(models):
+        infos = real_inspect(models)
+        for info in infos.values():
+            info.bundle.syn_s = _IdentityTranslator()
+        return infos
+
+    monkeypatch.setattr(evaluate, "inspect_bundles", with_identity)
+    results = _run_paired(paired_raw, {"cyclegan": _paired_bundle(tmp_path / "m.pt", "cyclegan")}, tmp_path / "out",
+                          save_predictions=False)
+    rows = results["cyclegan"]["per_subject"]
+    tests = _paired_tests(paired_raw)
+    assert [r["case_id"] for r in rows] == [cid for cid, _, _ in tests]
+    for row, (cid, ct, mr) in zip(rows, tests):
+        fake = _normalised_by_hand(ct, bounds=(-2.8, 3.2))       # CT: no voxel below -1024 HU to clamp
+        real = _normalised_by_hand(mr)
+        body = nib.load(mr).get_fdata() > 0
+        f, r = fake[body], real[body]
+        e = f - r
+        assert row["mae"] == pytest.approx(np.abs(e).mean(), rel=1e-5), cid
+        assert row["rmse"] == pytest.approx(np.sqrt((e ** 2).mean()), rel=1e-5), cid
+        assert row["psnr"] == pytest.approx(10 * np.log10(2.0 ** 2 / (e ** 2).mean()), rel=1e-5), cid
+        fc, rc = f - f.mean(), r - r.mean()
+        assert row["pearson"] == pytest.approx((fc * rc).sum() / np.sqrt((fc ** 2).sum() * (rc ** 2).sum()),
+                                               rel=1e-5), cid
+        assert 0.3 < row["pearson"] < 1                       # CT = 40 + MR / 2 + noise inside the body
+        per_slice = [_ssim_by_hand(fake[:, j], real[:, j], body[:, j]) for j in range(fake.shape[1])]
+        per_slice = [v for v in per_slice if v is not None]
+        assert len(per_slice) == PAIRED_SHAPE[1]
+        assert row["ssim"] == pytest.approx(np.mean(per_slice), rel=1e-5), cid
+    mean = results["cyclegan"]["mean"]
+    assert mean["mae"] == pytest.approx(np.mean([r["mae"] for r in rows]), rel=1e-12)
 
 
 def test_field_of_view_mask_scores_every_voxel_the_model_saw(tmp_path, paired_raw):
