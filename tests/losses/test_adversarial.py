@@ -1,6 +1,5 @@
 import pytest
 import torch
-from torch import nn
 
 from sasan.losses import (
     lsgan_discriminator_loss,
@@ -10,16 +9,7 @@ from sasan.losses import (
     seg_adversarial_generator_loss,
 )
 
-
-class Scale(nn.Module):
-    """A stand-in discriminator: D(p) = a * p, so LSGAN values are hand-computable."""
-
-    def __init__(self, a: float):
-        super().__init__()
-        self.a = nn.Parameter(torch.tensor(a))
-
-    def forward(self, p):
-        return self.a * p
+from ..stand_ins import Scale
 
 
 def test_lsgan_generator_hand_computed():

@@ -16,6 +16,7 @@ from sasan.train import joint
 from sasan.train.device import resolve_runtime
 from sasan.train.variants import variant_config
 
+from ..stand_ins import Scale
 from .conftest import blob_slices, tiny_config
 
 
@@ -40,17 +41,6 @@ SASAN_TERMS = {"adversarial", "cycle", "identity", "orthogonality", "attention_c
 def weights_config(**weights):
     """tiny_config with every SASAN term's weight 0 except those given (and dice_weight)."""
     return tiny_config(train={"losses": {**{name: 0.0 for name in SASAN_TERMS}, **weights}})
-
-
-class Scale(nn.Module):
-    """A stand-in discriminator: D(p) = a * p, so LSGAN values are hand-computable."""
-
-    def __init__(self, a: float):
-        super().__init__()
-        self.a = nn.Parameter(torch.tensor(a))
-
-    def forward(self, p):
-        return self.a * p
 
 
 def param_ids(modules):
