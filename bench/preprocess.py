@@ -10,7 +10,8 @@ compresses like real CT) is generated into a temporary folder. Timed, median of 
       without and with body cropping;
   (c) the floor: ``gzip.decompress`` of the file (no parsing, no arithmetic).
 
-Then SliceDataset with augmentation over a float16 shard, batch 2, against what one joint
+Then SliceDataset with augmentation over a float16 shard, batches drawn as training draws them
+(StreamSampler + collate), batch 2, against what one joint
 training step consumes (batch 2 per domain = 4 slices). Single-threaded torch, as numpy is.
 Writes bench/results/preprocess.json.
 
@@ -99,10 +100,12 @@ def timed(fn) -> tuple[float, object]:
 
 
 def loader_throughput(tmp: Path, n: int = 256, batches: int = 100) -> float:
-    """Slices/s of SliceDataset + make_loader (batch 2, augmentation on) over a float16 shard."""
+    """Slices/s of SliceDataset + training's batch drawing (StreamSampler + collate, batch 2,
+    augmentation on) over a float16 shard."""
     from sasan.atomic import write_json
     from sasan.config import AugmentConfig
-    from sasan.data.dataset import SliceDataset, make_loader
+    from sasan.data.dataset import SliceDataset
+    from sasan.train.sampling import StreamSampler, collate
 
     shard = tmp / "shard"
     shard.mkdir()
@@ -111,12 +114,11 @@ def loader_throughput(tmp: Path, n: int = 256, batches: int = 100) -> float:
     np.save(shard / "labels.npy", rng.integers(0, 5, (n, SIZE, SIZE), dtype=np.uint8))
     write_json(shard / "index.json", {"cases": ["c"], "case_of_slice": [0] * n, "slice_of_case": list(range(n)),
                                       "shape": [n, 3, SIZE, SIZE], "dtype": "float16"})
-    loader = make_loader(SliceDataset(shard, augment=AugmentConfig(), seed=0), batch_size=2, seed=0)
+    dataset = SliceDataset(shard, augment=AugmentConfig(), seed=0)
+    sampler = StreamSampler(len(dataset), 0, 2)
     seen, t0 = 0, time.perf_counter()
-    for i, batch in enumerate(loader):
-        seen += batch["image"].shape[0]
-        if i + 1 >= batches:
-            break
+    for step in range(batches):
+        seen += collate(dataset, sampler.draw(step))["image"].shape[0]
     return seen / (time.perf_counter() - t0)
 
 

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from sasan.config import AugmentConfig
 from sasan.data.augment import apply_transform, sample_transform
@@ -65,12 +65,3 @@ class SliceDataset(Dataset):
         state = self.__dict__.copy()
         state["_shard"] = None
         return state
-
-
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0, num_workers: int = 0,
-                drop_last: bool = True) -> DataLoader:
-    """A DataLoader whose shuffling order is fixed by ``seed`` (combine with ``set_epoch``)."""
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      drop_last=drop_last, generator=generator, persistent_workers=False)

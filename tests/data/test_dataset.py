@@ -8,7 +8,8 @@ import torch
 
 from sasan.config import AugmentConfig
 from sasan.data.config import PreprocessConfig
-from sasan.data.dataset import SliceDataset, make_loader
+from sasan.data.dataset import SliceDataset
+from sasan.train.sampling import StreamSampler, collate
 from sasan.data.preprocess import run_preprocess
 from sasan.errors import DataError
 
@@ -67,12 +68,12 @@ def test_loader_is_deterministic_and_pickles_without_arrays(shards):
     state = pickle.dumps(ds)
     assert len(state) < 20_000  # memory maps are reopened in workers, never copied
     assert torch.equal(pickle.loads(state)[2]["image"], ds[2]["image"])
-    runs = []
-    for _ in range(2):
-        batches = list(make_loader(ds, batch_size=2, seed=11))
-        runs.append(torch.cat([b["image"] for b in batches]))
+    # training draws batches with StreamSampler + collate: a pure function of the step
+    steps = range(len(ds))                     # a few epochs of batch 2
+    runs = [torch.cat([collate(ds, StreamSampler(len(ds), 11, 2).draw(s))["image"] for s in steps])
+            for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
-    batch = next(iter(make_loader(ds, batch_size=2, seed=11)))
+    batch = collate(ds, StreamSampler(len(ds), 11, 2).draw(0))
     assert batch["image"].shape == (2, 3, 32, 32) and batch["label"].shape == (2, 32, 32)
 
 
