@@ -73,7 +73,8 @@ def baseline(path: Path, axis: int = 1) -> np.ndarray:
     data = np.clip(data, lo, hi)
     data = (data - data.mean()) / data.std()
     data = np.clip(2 * (data + 2.8) / 6.0 - 1, -1, 1)
-    rows_mm, cols_mm = spacing[2], spacing[0]          # a coronal plane: rows S -> I, columns R
+    first, last = (a for a in range(3) if a != axis)
+    rows_mm, cols_mm = spacing[last], spacing[first]   # each plane is transposed: rows = the later axis
     finest = min(rows_mm, cols_mm)
     out = []
     for j in range(data.shape[axis]):

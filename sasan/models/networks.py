@@ -27,10 +27,9 @@ class SASANNetworks(nn.Module):
         self.disc_s = PatchDiscriminator(in_channels, disc_width, disc_layers)
         self.disc_t = PatchDiscriminator(in_channels, disc_width, disc_layers)
         # CycleGAN ablation: no attention modules, no segmentation adversary
-        self.att_s = self.att_t = None
-        if attention:
-            self.att_s, self.att_t = (AttentionModule(in_channels, k, num_classes, attention_width,
-                                                      attention_bottleneck) for _ in range(2))
+        att_args = (in_channels, k, num_classes, attention_width, attention_bottleneck)
+        self.att_s = AttentionModule(*att_args) if attention else None
+        self.att_t = AttentionModule(*att_args) if attention else None
         self.seg_discs = (seg_discriminators(num_classes, seg_disc_width, max(1, disc_layers - 1))
                           if attention and seg_adversary else None)
         feat_ch = 4 * synth_width

@@ -21,14 +21,14 @@ Semantics (the same results as one process, see docs/kubeflow.md):
 
 Why an explicit all-reduce instead of ``DistributedDataParallel``: the joint trainer does not
 run one ``forward`` per backward. It calls part of a module (``syn_s.encode``, for the optional
-feature discriminators), uses A_t and the synthesis modules several times per step, freezes the discriminators during
-the generator step and the frozen A_s throughout, and alternates two optimisers. DDP's
-reducer assumes one forward of the wrapped module per backward and all-or-declared-unused
-parameters; with this structure it would need ``find_unused_parameters`` and ``no_sync``
-around each half-step. Averaging the gradients of exactly the parameters an optimiser is
-about to update is the same mathematics with none of those conditions. What it gives up is
-overlapping communication with the backward pass, which matters little for networks of
-this size (a few MB of gradients per step).
+feature discriminators), uses A_t and the synthesis modules several times per step, freezes the
+discriminators during the generator step and the frozen A_s throughout, and alternates two
+optimisers. DDP's reducer assumes one forward of the wrapped module per backward and
+all-or-declared-unused parameters; with this structure it would need ``find_unused_parameters``
+and ``no_sync`` around each half-step. Averaging the gradients of exactly the parameters an
+optimiser is about to update is the same mathematics with none of those conditions. What it
+gives up is overlapping communication with the backward pass, which matters little for networks
+of this size (a few MB of gradients per step).
 """
 
 from __future__ import annotations
