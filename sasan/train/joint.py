@@ -231,9 +231,10 @@ class JointTrainer:
 def make_optimizers(nets: SASANNetworks, lr: float, betas: tuple[float, float], weight_decay: float,
                     paired: bool) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     """Adam for the generator side (S_s, S_t, A_t; A_s too in paired mode) and for the
-    discriminators."""
+    discriminators. ``foreach``: the multi-tensor update, the default on CUDA; on CPU it gives
+    the same floats as the per-tensor loop with a quarter less optimizer time (docs/cpu-speed.md)."""
     g_modules = nets.generator_modules() + ([nets.att_s] if paired and nets.att_s is not None else [])
     g_params = [p for m in g_modules for p in m.parameters()]
     d_params = [p for m in nets.discriminator_modules() for p in m.parameters()]
-    return (torch.optim.Adam(g_params, lr=lr, betas=betas, weight_decay=weight_decay),
-            torch.optim.Adam(d_params, lr=lr, betas=betas, weight_decay=weight_decay))
+    return (torch.optim.Adam(g_params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True),
+            torch.optim.Adam(d_params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True))

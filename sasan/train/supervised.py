@@ -52,7 +52,7 @@ def supervised_phase(name: str, model: nn.Module, loss_fn: Callable[..., Any], d
     sampler = StreamSampler(len(dataset), seed, batch_size, rank, world_size)
     batches = Prefetcher(lambda step: collate(dataset, sampler.draw(step)), steps, num_workers)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = torch.optim.Adam(params, lr=lr, foreach=True)   # as make_optimizers
     scheduler = make_scheduler(optimizer, steps) if lr_schedule == "linear" else None
 
     def step_fn(step: int) -> dict[str, float]:
