@@ -52,7 +52,8 @@ PIPELINE_NAME = "sasan"
 
 # Names of the cluster objects the steps read (infra/k8s/base/pipeline-access, secret-templates)
 CLUSTER_CONFIG_MAP = "sasan-cluster-config"
-CONFIG_MAP_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
+CONFIG_MAP_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION",
+                  "KFP_UI_URL")      # the runs' kfp.run_url link
 EXIT_CONFIG_MAP_ENV = CONFIG_MAP_ENV + ("KFP_API_URL",)
 MLFLOW_SECRET = "mlflow-credentials"
 MLFLOW_SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")

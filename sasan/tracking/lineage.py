@@ -23,7 +23,6 @@ IMAGE_REVISION_ENV = "SASAN_IMAGE_REVISION"
 IMAGE_ENV = "SASAN_IMAGE"                 # set on every Kubeflow step to the image it runs (pipelines/)
 IMAGE_FLAVOR_ENV = "SASAN_IMAGE_FLAVOR"
 KFP_UI_ENV = "KFP_UI_URL"
-KFP_API_ENV = "KFP_API_URL"
 DATASET_DIGEST_CHARS = 36     # the width of MLflow's dataset digest column (the full digest is in the profile)
 
 
@@ -49,7 +48,7 @@ class RunContext:
                    image_revision=None if revision in (None, "unknown") else revision,
                    image_flavor=environ.get(IMAGE_FLAVOR_ENV) or None,
                    kfp_run_id=kfp_run_id or None,
-                   kfp_ui=environ.get(KFP_UI_ENV) or environ.get(KFP_API_ENV) or None)
+                   kfp_ui=environ.get(KFP_UI_ENV) or None)
 
     def kfp_run_url(self) -> Optional[str]:
         if not (self.kfp_run_id and self.kfp_ui):

@@ -451,8 +451,25 @@ def test_cloud_is_bigger_than_local():
         assert _quantity(cloud) > _quantity(local)
 
 
+def mlflow_server_env(overlay: str) -> dict:
+    return one(overlay, "ConfigMap", pod_spec(one(overlay, "Deployment", "mlflow"))["containers"][0][
+        "envFrom"][0]["configMapRef"]["name"])["data"]
+
+
 def test_local_exposes_mlflow_on_a_node_port_and_cloud_through_tls_ingress():
-    assert one("local", "Service", "mlflow")["spec"]["type"] == "NodePort"
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    service = one("local", "Service", "mlflow")
+    assert service["spec"]["type"] == "NodePort"
+    # the server's own host check (DNS-rebinding protection) lets the NodePort through, as a
+    # browser names it (kind: localhost; minikube/k3d: the node's IP), and no public name
+    node_port = service["spec"]["ports"][0]["nodePort"]
+    allowed = mlflow_server_env("local")["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    for host in ("localhost", "127.0.0.1", "192.168.49.2", "172.18.0.2", "10.0.0.5"):
+        assert is_allowed_host_header(allowed, f"{host}:{node_port}"), host
+    for host in ("mlflow.example.com", "172.32.0.1", "evil.test"):
+        assert not is_allowed_host_header(allowed, f"{host}:{node_port}"), host
+    assert set(mlflow_server_env("cloud")["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")) - {"mlflow.example.com"} < set(allowed)
     assert objects("local", "Ingress") == []
     assert one("cloud", "Service", "mlflow")["spec"].get("type", "ClusterIP") == "ClusterIP"
     ingress = one("cloud", "Ingress", "mlflow")
@@ -460,9 +477,7 @@ def test_local_exposes_mlflow_on_a_node_port_and_cloud_through_tls_ingress():
     assert ingress["spec"]["tls"] == [{"hosts": [host], "secretName": "mlflow-tls"}]
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend["name"] == "mlflow"
-    server_env = one("cloud", "ConfigMap", pod_spec(one("cloud", "Deployment", "mlflow"))["containers"][0][
-        "envFrom"][0]["configMapRef"]["name"])["data"]
-    assert host in server_env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    assert host in mlflow_server_env("cloud")["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
 
 
 def test_cloud_pulls_images_from_a_registry():
@@ -507,6 +522,8 @@ def test_pipeline_steps_find_the_kfp_api_and_the_data_bucket(overlay):
     data = one(overlay, "ConfigMap", "sasan-cluster-config")["data"]
     assert set(EXIT_CONFIG_MAP_ENV) <= set(data)          # every key a step maps exists
     assert data["KFP_API_URL"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+    assert data["KFP_UI_URL"] == {"local": "http://localhost:8080",
+                                  "cloud": "https://kubeflow.example.com/pipeline"}[overlay]
     assert DEFAULT_DATA_ROOT.startswith(data["SASAN_DATA_BUCKET"] + "/")
 
 

@@ -41,6 +41,13 @@ def test_commit_image_and_kfp_run_from_the_context(tmp_path):
     assert tags["sasan.orchestrator"] == "kubeflow"
 
 
+def test_the_kfp_api_address_is_not_a_run_link(tmp_path):
+    # the API (port 8888) serves no UI page: without the UI's address there is no link
+    env = {"KFP_API_URL": "http://ml-pipeline.kubeflow.svc.cluster.local:8888"}
+    tags = RunContext.from_environ(env, "kubeflow", code_dir=tmp_path, kfp_run_id="run-42").tags()
+    assert tags["kfp.run_id"] == "run-42" and "kfp.run_url" not in tags
+
+
 def test_an_unknown_revision_is_not_recorded(tmp_path):
     tags = RunContext.from_environ({"SASAN_IMAGE_REVISION": "unknown"}, code_dir=tmp_path).tags()
     assert "sasan.git_commit" not in tags and "kfp.run_url" not in tags
