@@ -51,10 +51,32 @@ def object_store_checkpoints(checkpoint_uri: str, models: Path) -> Callable[[Pat
 
 
 def check_shards(shards: Path, cfg: Config) -> None:
+    """Both domains' training shards exist, and no label reaches ``model.num_classes`` (a
+    label value the networks have no output for; checked here, not as an index error deep in
+    a loss after minutes of training). Paired mode reads no labels."""
+    import numpy as np
+
     for domain in (cfg.experiment.source, cfg.experiment.target):
         images = shards / domain / "train" / "images.npy"
         if not images.is_file():
             raise DataError(f"no training shard for domain {domain!r}: run `sasan preprocess` first", images)
+        labels = images.with_name("labels.npy")
+        if labels.is_file() and cfg.experiment.mode == "unpaired":
+            top = int(np.load(labels, mmap_mode="r").max(initial=0))
+            if top >= cfg.model.num_classes:
+                raise DataError(f"label value {top} but model.num_classes is {cfg.model.num_classes} "
+                                f"(labels 0..{cfg.model.num_classes - 1}): set model.num_classes to match the data",
+                                labels)
+
+
+def check_inputs(inputs: TrainInputs, cfg: Config, variants: Sequence[str]) -> None:
+    """Everything :func:`run` would refuse, checked before anything is written."""
+    if not variants:
+        raise DataError("no variant to train: give --variants or list evaluate.methods")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise DataError(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
+    check_shards(Path(inputs.shards), cfg)
 
 
 def run(inputs: TrainInputs, outputs: TrainOutputs, cfg: Config, tracker: "Tracker",
@@ -65,10 +87,7 @@ def run(inputs: TrainInputs, outputs: TrainOutputs, cfg: Config, tracker: "Track
     without tracking). ``on_checkpoint(path)`` receives, on rank 0, every file a retried
     pod needs (checkpoints and the child run reference), e.g. to copy it to object storage."""
     shards, out_dir = Path(inputs.shards), Path(outputs.models)
-    check_shards(shards, cfg)
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise DataError(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
+    check_inputs(inputs, cfg, variants)
     data = read_identity(shards)
     log_lineage(tracker, context, data)         # the parent run: the same in DVC and Kubeflow
     jobs = min(cfg.train.jobs, len(variants))
