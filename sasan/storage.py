@@ -94,8 +94,9 @@ def _keys(client, bucket: str, prefix: str) -> list[str]:
 
 def download_if_exists(s3_uri: str, local: str | Path) -> int:
     """Copy the object ``s3_uri`` to the file ``local``, or every object under the prefix
-    ``s3_uri`` into the folder ``local`` (keeping relative paths). Returns the number of files
-    copied; 0 when nothing is there (a first run)."""
+    ``s3_uri`` into the folder ``local`` (keeping relative paths), ``TRANSFER_THREADS`` at a
+    time. Returns the number of files copied; 0 when nothing is there (a first run). Used for
+    checkpoints, pipeline data and ``sasan ingest s3://...``."""
     bucket, prefix = split_s3_uri(s3_uri)
     local = Path(local)
     try:
@@ -120,8 +121,10 @@ def download_if_exists(s3_uri: str, local: str | Path) -> int:
             tmp.replace(target)                    # never a half-downloaded checkpoint
 
         _parallel(fetch, pairs)
-    except _errors() as err:
-        raise DataError(f"S3 download failed: {err}", s3_uri) from None
+    except _errors() as err:     # Boto3Error: RetriesExceededError, S3TransferFailedError
+        raise DataError(f"S3 download failed: {type(err).__name__}: {err}", s3_uri) from None
+    except OSError as err:       # disk full, permissions where the files go
+        raise DataError(f"S3 download failed writing {err.filename or local}: {err.strerror or err}", s3_uri) from None
     if keys:
         log.info("downloaded %d file(s) from %s to %s", len(keys), s3_uri, local)
     return len(keys)

@@ -79,51 +79,16 @@ def fetch_source(source: str, scratch: str | Path) -> Path:
 
 
 def download_s3(bucket: str, prefix: str, dest: Path) -> Path:
-    """Download every object under ``prefix`` (or the single object ``prefix``) into ``dest``.
-
-    Returns the folder (or the file, for a single object). boto3 reads endpoint, region and
-    credentials from the environment; nothing here takes them as parameters."""
-    import boto3
-    from boto3.exceptions import Boto3Error
-    from botocore.exceptions import BotoCoreError, ClientError
+    """Download every object under ``prefix`` into the folder ``dest/<prefix's last part>``, or
+    the single object ``prefix`` to the file of that name; returns that path
+    (:func:`sasan.storage.download_if_exists`: files in parallel, none half-written)."""
+    from sasan import storage
 
     where = f"s3://{bucket}/{prefix}"
-    try:
-        # A fresh session resolves the environment now (boto3's default session caches it).
-        client = boto3.session.Session().client("s3")
-        keys = _list_keys(client, bucket, prefix)
-        if not keys:
-            raise DataError("no objects under this S3 prefix", where)
-        single = len(keys) == 1 and keys[0] == prefix
-        base = PurePosixPath(prefix).parent if single else PurePosixPath(prefix)
-        for key in keys:
-            rel = PurePosixPath(key).relative_to(base) if str(base) not in ("", ".") else PurePosixPath(key)
-            if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-                raise DataError(f"object key {key!r} would escape the download folder", where)
-            target = dest / Path(*rel.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, key, str(target))
-    except (BotoCoreError, ClientError, Boto3Error) as err:  # Boto3Error: RetriesExceededError, S3TransferFailedError
-        raise DataError(f"S3 download failed: {type(err).__name__}: {err}", where) from None
-    except OSError as err:  # disk full, permissions in the scratch folder
-        raise DataError(f"S3 download failed writing {err.filename or dest}: {err.strerror or err}", where) from None
-    log.info("downloaded %d object(s) from %s", len(keys), where)
-    return dest / PurePosixPath(prefix).name if single else dest
-
-
-def _list_keys(client, bucket: str, prefix: str) -> list[str]:
-    keys: list[str] = []
-    paginator = client.get_paginator("list_objects_v2")
-    # With a folder-like prefix, "data/raw" must not match "data/raw2/...".
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            key = obj["Key"]
-            if key.endswith("/"):
-                continue  # folder marker objects
-            if prefix and key != prefix and not key.startswith(prefix.rstrip("/") + "/"):
-                continue
-            keys.append(key)
-    return sorted(keys)
+    local = dest / PurePosixPath(prefix).name
+    if storage.download_if_exists(where, local) == 0:
+        raise DataError("no objects under this S3 prefix", where)
+    return local
 
 
 def download_dvc(repo: str, rev: str, path: str, dest: Path) -> Path:

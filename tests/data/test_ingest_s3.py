@@ -174,7 +174,7 @@ class _FakeClient:
 ])
 def test_transfer_and_disk_errors_are_one_line(error, needle, monkeypatch, tmp_path):
     class _Session:
-        def client(self, name):
+        def client(self, name, **kw):
             return _FakeClient(error)
 
     monkeypatch.setattr(boto3.session, "Session", _Session)
