@@ -1,5 +1,6 @@
 """Atomic file writes: write to a temporary sibling, fsync, then rename over the target.
-A crash leaves either the old file or none, never half of one."""
+A crash leaves either the old file or none, never half of one. And the JSON reader every
+stage uses (:func:`read_json`), whose errors name the file."""
 
 from __future__ import annotations
 
@@ -110,6 +111,23 @@ def write_text(target: str | Path, text: str) -> None:
 
 def write_json(target: str | Path, obj: Any) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path, *, missing: str, invalid: str = "not valid JSON", error: Any = None) -> Any:
+    """The JSON document at ``path``. A missing file raises ``error(missing, path)``; an
+    unreadable one (a folder, no permission, not UTF-8, not JSON) ``error(f"{invalid}: ...")``.
+    ``error``: a :class:`sasan.errors.SasanError` class (default DataError)."""
+    from sasan.errors import DataError
+
+    error = error or DataError
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(missing, path) from None
+    except OSError as err:
+        raise error(f"{invalid}: {err.strerror or err}", path) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{invalid}: {err}", path) from None
 
 
 def _json_default(obj: Any) -> Any:

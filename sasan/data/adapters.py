@@ -25,13 +25,13 @@ AppleDouble files, ``.DS_Store``) and dot-folders are never read.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from sasan.atomic import read_json
 from sasan.data.layout import DOMAIN_RE, PAIRED_LABEL_NAMES, check_case_id, check_domain, check_labels, is_hidden
 from sasan.errors import DataError
 
@@ -140,10 +140,7 @@ def adapt_nnunet(root: Path) -> AdaptedDataset:
 
 def _read_nnunet_json(path: Path) -> dict:
     """Lenient reader for nnU-Net v1/v2 and canonical dataset.json files."""
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"not valid JSON: {err}", path) from None
+    data = read_json(path, missing="dataset.json is missing")
     if not isinstance(data, dict):
         raise DataError("dataset.json must be a JSON object", path)
     channels = data.get("channel_names") or (data.get("modality") if isinstance(data.get("modality"), dict) else None)
@@ -321,11 +318,7 @@ def _read_paired_labels(path: Path) -> Optional[dict[str, int]]:
     """The paired layout's optional label table (name -> value, background 0), or None."""
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read the label table: {err}", path) from None
-    return check_labels(data, path)
+    return check_labels(read_json(path, missing="label table not found", invalid="cannot read the label table"), path)
 
 
 ADAPTERS: dict[str, Callable[[Path], AdaptedDataset]] = {

@@ -11,7 +11,6 @@ Domain folders are lowercase modality keys (``mr``, ``ct``, ``t1``, ``t2``, ...)
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Iterator
 import nibabel as nib
 import numpy as np
 
-from sasan.atomic import atomic_path, write_json
+from sasan.atomic import atomic_path, read_json, write_json
 from sasan.errors import DataError
 
 FILE_ENDING = ".nii.gz"
@@ -102,12 +101,7 @@ def check_labels(labels: object, path: str | Path) -> dict[str, int]:
 def read_dataset_json(domain_dir: str | Path) -> DatasetInfo:
     """Read and check ``<domain_dir>/dataset.json``; DataError names the file and the field."""
     path = Path(domain_dir) / "dataset.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError("dataset.json is missing", path) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"not valid JSON: {err}", path) from None
+    data = read_json(path, missing="dataset.json is missing")
     if not isinstance(data, dict):
         raise DataError("dataset.json must be a JSON object", path)
     missing = [k for k in REQUIRED_FIELDS if k not in data]

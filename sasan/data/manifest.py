@@ -11,11 +11,10 @@ Paths are relative to the data set folder. Splits are fixed here once; later sta
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
-from sasan.atomic import write_json
+from sasan.atomic import read_json, write_json
 from sasan.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
@@ -64,12 +63,7 @@ def write_manifest(root: str | Path, doc: dict[str, Any]) -> Path:
 def read_manifest(root: str | Path) -> dict[str, Any]:
     """Read and structurally check ``<root>/manifest.json``; DataError names what is wrong."""
     path = Path(root) / MANIFEST_NAME
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError("manifest.json is missing", path) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"not valid JSON: {err}", path) from None
+    doc = read_json(path, missing="manifest.json is missing")
     if not isinstance(doc, dict) or doc.get("version") != MANIFEST_VERSION:
         raise DataError(f"not a version-{MANIFEST_VERSION} manifest", path)
     if not isinstance(doc.get("domains"), dict) or not isinstance(doc.get("cases"), list):

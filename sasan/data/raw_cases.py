@@ -7,11 +7,11 @@ A folder without a manifest (a user's own canonical tree) is enumerated from its
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from sasan.atomic import read_json
 from sasan.data import layout
 from sasan.errors import DataError
 
@@ -51,10 +51,7 @@ def load_raw_dataset(raw_dir: str | Path) -> RawDataset:
 
 
 def _from_manifest(root: Path, path: Path) -> RawDataset:
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"not valid JSON ({err})", path) from None
+    manifest = read_json(path, missing="manifest.json not found: run `sasan ingest` first")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("cases"), list):
         raise DataError("manifest must be an object with a 'cases' list", path)
     cases: list[RawCase] = []

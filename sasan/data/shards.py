@@ -37,7 +37,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from sasan.atomic import atomic_dir, write_json
+from sasan.atomic import atomic_dir, read_json, write_json
 from sasan.data.config import PreprocessConfig
 from sasan.data.prepare import PreparedVolume, bounds_for, prepare_case, prepare_pair, stack_slices
 from sasan.data.raw_cases import RawCase, RawDataset, load_raw_dataset
@@ -99,12 +99,7 @@ def check_paired_shards(source_dir: str | Path, target_dir: str | Path) -> None:
 
 
 def _read_index(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((path / "index.json").read_text())
-    except FileNotFoundError:
-        raise DataError("not a shard folder (index.json missing); run `sasan preprocess` first", path) from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"index.json is not valid JSON ({err})", path) from None
+    return read_json(path / "index.json", missing="not a shard folder (index.json missing); run `sasan preprocess` first")
 
 
 def _mmap(path: Path) -> np.ndarray:

@@ -4,15 +4,14 @@ digest, and the raw data set's manifest."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sasan.atomic import read_json
 from sasan.bundle import ModelBundle, load_bundle
 from sasan.config import Config
 from sasan.data.manifest import sha256_file as file_sha256
-from sasan.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -46,9 +45,5 @@ def inspect_bundles(models: dict[str, Path]) -> dict[str, BundleInfo]:
 
 def read_manifest_file(raw_dir: Path) -> dict[str, Any]:
     manifest_path = raw_dir / "manifest.json"
-    try:
-        return json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise DataError("manifest.json not found: run `sasan ingest` first", manifest_path) from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"manifest is not valid JSON: {err}", manifest_path) from None
+    return read_json(manifest_path, missing="manifest.json not found: run `sasan ingest` first",
+                     invalid="manifest is not valid JSON")

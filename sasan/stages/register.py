@@ -8,11 +8,11 @@ metrics (their sha256) after evaluating this very bundle as that method (its sha
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from sasan.atomic import read_json
 from sasan.bundle import BUNDLE_FORMAT
 from sasan.config import Config
 from sasan.errors import CheckpointError, ConfigError, DataError
@@ -122,10 +122,7 @@ def check_evaluated(identity: dict[str, Any], inputs: RegisterInputs, method: st
 def _read_identity(path: Optional[Path]) -> Optional[dict[str, Any]]:
     if path is None or not Path(path).is_file():
         return None
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"evaluation identity is not valid JSON: {err}", path) from None
+    data = read_json(path, missing="evaluation identity not found", invalid="evaluation identity is not valid JSON")
     if not isinstance(data, dict):
         raise DataError("evaluation identity must be a JSON object", path)
     return data

@@ -8,11 +8,11 @@ into a :class:`RunContext` and passed in; this module reads only files it is giv
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from sasan.atomic import read_json
 from sasan.errors import DataError
 from sasan.tracking.provenance import dvc_data_hash, git_commit, git_dirty
 
@@ -120,12 +120,8 @@ def data_identity(raw_dir: str | Path, code_dir: Optional[str | Path] = None) ->
     ``raw_dir`` too when ``code_dir`` holds a ``dvc.lock`` (or ``.dvc`` file) recording it."""
     raw_dir = Path(raw_dir)
     path = raw_dir / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError("manifest.json not found: run `sasan ingest` first", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"manifest is not valid JSON: {err}", path) from None
+    manifest = read_json(path, missing="manifest.json not found: run `sasan ingest` first",
+                         invalid="manifest is not valid JSON")
     cases = manifest.get("cases") if isinstance(manifest, dict) else None
     if not isinstance(cases, list):
         raise DataError("manifest has no 'cases' list", path)
@@ -160,11 +156,12 @@ def write_identity(folder: str | Path, identity: DataIdentity) -> Path:
 def read_identity(folder: str | Path) -> Optional[DataIdentity]:
     """The identity a stage left in ``folder`` (shards), or None when there is none."""
     path = Path(folder) / IDENTITY_FILE
-    try:
-        return DataIdentity.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    doc = read_json(path, missing="data identity not found", invalid="unreadable data identity")
+    try:
+        return DataIdentity.from_dict(doc)
+    except (ValueError, KeyError, TypeError) as err:
         raise DataError(f"unreadable data identity: {err}", path) from None
 
 

@@ -41,7 +41,7 @@ from typing import Any, Iterator, Mapping, Optional
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from sasan.atomic import write_json, write_text
+from sasan.atomic import read_json, write_json, write_text
 from sasan.config import RegisterConfig
 from sasan.errors import DataError
 from sasan.tracking.client import TrackingError, mlflow_call, process_tracking_uri, redact_uri
@@ -88,12 +88,7 @@ class GateDecision:
 def load_evaluation(path: str | Path) -> dict[str, Any]:
     """``metrics/evaluation.json`` as a dict (the evaluate stage's format)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MetricsError("evaluation metrics not found (written by `sasan evaluate`)", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MetricsError(f"not valid JSON: {err}", path) from None
+    data = read_json(path, missing="evaluation metrics not found (written by `sasan evaluate`)", error=MetricsError)
     if not isinstance(data, dict):
         raise MetricsError("top level must be an object {method: {per_structure, mean}}", path)
     return data

@@ -4,11 +4,10 @@ environment. Credentials are never written."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
-from sasan.atomic import write_json
+from sasan.atomic import read_json, write_json
 from sasan.tracking.client import TrackingError
 
 REQUIRED = ("run_id", "experiment_id", "tracking_uri")
@@ -25,12 +24,8 @@ def write_run_ref(path: str | Path, tracker: Any) -> dict[str, Optional[str]]:
 def read_run_ref(path: str | Path) -> dict[str, Optional[str]]:
     """The reference at ``path``; optional fields default to None."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise TrackingError("run reference not found (written by the stage that starts the run)", path) from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise TrackingError(f"run reference is not valid JSON: {err}", path) from None
+    data = read_json(path, missing="run reference not found (written by the stage that starts the run)",
+                     invalid="run reference is not valid JSON", error=TrackingError)
     if not isinstance(data, dict) or not set(REQUIRED) <= set(data):
         raise TrackingError("run reference must be an object with run_id, experiment_id, tracking_uri", path)
     for key in REQUIRED + OPTIONAL:
