@@ -23,7 +23,7 @@ import yaml
 
 from sasan.atomic import atomic_path
 from sasan.config import Config, config_from_dict
-from sasan.errors import CheckpointError
+from sasan.errors import CheckpointError, ConfigError
 from sasan.models import (AttentionModule, SynthesisModule, UNet, build_attention, build_segmenter,
                           build_synthesis)
 from sasan.train.checkpoint import load_checkpoint
@@ -82,29 +82,52 @@ def save_bundle(path: str | Path, bundle: ModelBundle) -> None:
 
 
 def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> ModelBundle:
+    """A file that is not a usable bundle (foreign, damaged, a configuration that does not
+    parse or validate, weights that do not fit the networks it builds) is one
+    :class:`CheckpointError` line naming ``path``."""
     state = load_checkpoint(path, map_location)
-    if state.get("format") != BUNDLE_FORMAT:
+    if not isinstance(state, dict) or state.get("format") != BUNDLE_FORMAT:
         raise CheckpointError("not a SASAN model bundle (format tag missing)", path)
-    cfg = config_from_dict(yaml.safe_load(state["config_yaml"]), f"{path}:config")
+    missing = [k for k in ("variant", "config_yaml", "segmenter", "att_t", "syn_s") if k not in state]
+    if missing or not isinstance(state["variant"], str):
+        raise CheckpointError(f"damaged model bundle: no {', '.join(missing) or 'variant name'}", path)
+    cfg = _saved_config(state["config_yaml"], path)
     m = cfg.model
     segmenter = None
     if state["segmenter"] is not None and not (cfg.experiment.mode == "paired" and state["syn_s"] is not None):
-        segmenter = build_segmenter(m)
-        segmenter.load_state_dict(state["segmenter"])
+        segmenter = _with_weights(build_segmenter(m), state, "segmenter", path)
     elif state["segmenter"] is not None:
         # a paired-mode translator written before paired bundles left the U-Net out: its U-Net
         # was never trained (paired training has no segmentation phase)
-        log.info("%s: paired-mode bundle; its untrained U-Net is ignored (the bundle translates only)", path)
-    if state["segmenter"] is None and state["syn_s"] is None:
+        log.info("%s: paired-mode bundle; its untrained U-Net is ignored", path)
+    elif state["syn_s"] is None:
         raise CheckpointError("model bundle holds neither a segmenter nor a translator", path)
-    att_t = syn_s = None
-    if state["att_t"] is not None:
-        att_t = build_attention(m)
-        att_t.load_state_dict(state["att_t"])
-    if state["syn_s"] is not None:
-        syn_s = build_synthesis(m)
-        syn_s.load_state_dict(state["syn_s"])
+    att_t = _with_weights(build_attention(m), state, "att_t", path) if state["att_t"] is not None else None
+    syn_s = _with_weights(build_synthesis(m), state, "syn_s", path) if state["syn_s"] is not None else None
     return ModelBundle(cfg, state["variant"], segmenter, att_t, syn_s).eval()
+
+
+def _saved_config(text: object, path: str | Path) -> Config:
+    try:
+        data = yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise TypeError(f"a {type(data).__name__}, not a mapping")
+        return config_from_dict(data, str(path))
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError, ConfigError) as err:
+        raise CheckpointError(f"damaged model bundle: its configuration: {getattr(err, 'reason', err)}",
+                              path) from None
+
+
+def _with_weights(module: torch.nn.Module, state: dict, key: str, path: str | Path) -> torch.nn.Module:
+    try:
+        module.load_state_dict(state[key])
+    except (RuntimeError, TypeError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = "; ".join(lines[1:] or lines)          # torch's first line only names the class
+        detail = detail if len(detail) <= 200 else detail[:200] + " ..."
+        raise CheckpointError(f"the {key} weights do not fit the network its configuration builds: {detail}",
+                              path) from None
+    return module
 
 
 @torch.no_grad()
