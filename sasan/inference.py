@@ -66,10 +66,22 @@ def check_output_path(path: str | Path) -> Path:
     if path.is_dir():
         raise ConfigError("is a directory, expected a NIfTI file name", path)
     nifti_suffix(path)
+    return check_creatable(path)
+
+
+def check_creatable(path: str | Path, kind: str = "file") -> Path:
+    """Refuse, before any work, a path that cannot be created as a ``kind`` (file or
+    directory): an existing one of the other kind, or an existing ancestor that is not a
+    directory."""
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise ConfigError("is a directory, expected a file name", path)
+    if kind == "directory" and path.exists() and not path.is_dir():
+        raise ConfigError("exists and is not a directory", path)
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ConfigError(f"cannot create the file: {parent} is not a directory", path)
+                raise ConfigError(f"cannot create the {kind}: {parent} is not a directory", path)
             break
     return path
 

@@ -84,3 +84,25 @@ def test_tools_are_named_as_this_shell_can_call_them(tmp_path, capsys, monkeypat
     assert main(["summary"]) == 0
     out = capsys.readouterr().out
     assert "  mlflow ui" in out and "  dvc metrics show | dvc plots show" in out
+
+
+@pytest.mark.parametrize("doc, reason", [
+    ({}, "an empty one"),
+    ({"sasan": 1}, "'sasan' is not an object"),
+    # validate's validation.json, preprocess's stats.json: objects, but not of methods
+    ({"summary": {"errors": 0}, "checks": [], "ok": True}, "'summary' has no 'per_structure'"),
+    ({"config": {"axis": 1}, "domains": {}, "counts": {"ct": {"train": 3}}}, "'config' has no 'per_structure'"),
+    ({"sasan": {"per_structure": {"MYO": CELL}, "mean": {"dice": 0.5}}}, "'sasan' 'mean' has no number 'assd_vox'"),
+    ({"sasan": {"per_structure": {"MYO": {"dice": "x"}}, "mean": CELL}}, "structure 'MYO' has no number 'dice'"),
+    ({"sasan": {"per_structure": {"MYO": CELL}, "mean": CELL},
+      "cyclegan": {"per_structure": {"LV": CELL}, "mean": CELL}}, "'cyclegan' scores structures"),
+    ({"sasan": {"mode": "paired", "n_subjects": 1, "mean": {"mae": 0.1}}}, "'sasan' 'mean' has no number 'psnr'"),
+])
+def test_a_json_object_evaluate_did_not_write_is_one_line(tmp_path, capsys, doc, reason):
+    metrics = tmp_path / "evaluation.json"
+    metrics.write_text(json.dumps(doc))
+    assert main(["summary", "--metrics", str(metrics), "--report", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"sasan summary: error: {metrics}: not an evaluate metrics file: ")
+    assert reason in err[0]

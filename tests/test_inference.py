@@ -425,3 +425,22 @@ def test_files_that_are_not_bundles_are_refused_naming_the_problem(tmp_path, ct_
     torch.save(state, tmp_path / "empty.pt")
     with pytest.raises(CheckpointError, match="neither a segmenter nor a translator"):
         load_bundle(tmp_path / "empty.pt")
+
+
+@pytest.mark.parametrize("where", ["out", "labels", "labels-other-spelling", "out-symlink"])
+def test_translate_refuses_to_overwrite_its_input_image(bundle_path, ct_volume, tmp_path, capsys, where):
+    path, _ = ct_volume
+    before = path.read_bytes()
+    other = tmp_path / "other.nii.gz"
+    target = {"out": path, "labels": path, "labels-other-spelling": tmp_path / "." / "x" / ".." / path.name,
+              "out-symlink": tmp_path / "link.nii.gz"}[where]
+    if where == "out-symlink":
+        target.symlink_to(path)
+    if where.startswith("out"):
+        argv = [str(path), str(target), "--labels", str(other)]
+    else:
+        argv = [str(path), str(other), "--labels", str(target)]
+    assert main(["translate", *argv, "--bundle", str(bundle_path), "--device", "cpu"]) == 2
+    line = _one_line_error(capsys, target)
+    assert "is the input image" in line
+    assert path.read_bytes() == before and not other.exists()

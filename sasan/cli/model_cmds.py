@@ -113,6 +113,8 @@ def _train_ranked(args: argparse.Namespace, dist_info) -> int:
     cfg = load_params(args)
     variants = ([v.strip() for v in args.variants.split(",") if v.strip()] if args.variants
                 else list(cfg.evaluate.methods))
+    # everything training would refuse is refused before any run is started or file written
+    train.check_inputs(train.TrainInputs(args.shards), cfg, variants)
     on_checkpoint = None
     if args.checkpoint_uri:
         if dist_info.local_rank == 0:   # one download per node, before any rank looks for checkpoints
@@ -189,6 +191,9 @@ def _translate(args: argparse.Namespace) -> int:
         check_output_path(path)
     if args.out is not None and args.labels is not None and args.out.resolve() == args.labels.resolve():
         raise ConfigError("OUT and --labels name the same file", args.labels)
+    for path in outputs:
+        if _same_file(path, args.image):
+            raise ConfigError(f"is the input image {args.image}: it would be overwritten; write elsewhere", path)
     runtime = resolve_runtime(_translate_device(args.device))
     bundle = load_bundle(args.bundle, map_location=runtime.device)
     if args.out is not None and not bundle.translates:
@@ -218,6 +223,14 @@ def _translate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (a link or another spelling of the path too)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:     # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
 def _translate_device(device: str) -> str:
     """``--device`` checked: auto | cpu | cuda | cuda:N, CUDA only where there is one."""
     import re
@@ -238,7 +251,7 @@ def _translate_device(device: str) -> str:
 def _summary(args: argparse.Namespace) -> int:
     import json
 
-    from sasan.stages.evaluate import summary_table
+    from sasan.stages.evaluate import check_metrics, summary_table
 
     try:
         results = json.loads(args.metrics.read_text())
@@ -249,6 +262,7 @@ def _summary(args: argparse.Namespace) -> int:
                           args.metrics) from None
     if not isinstance(results, dict):
         raise ConfigError("not a metrics JSON of `sasan evaluate` (expected an object of methods)", args.metrics)
+    check_metrics(results, args.metrics)
     order = [m for m in ("no_adaptation", "cyclegan", "sasan", "upper_bound") if m in results]
     order += [m for m in results if m not in order]
     # metrics JSON is key-sorted; the report's plot data keeps the label order

@@ -27,22 +27,23 @@ translate-only bundles is refused. A paired evaluation's identity adds ``"mode":
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from sasan.atomic import write_json
+from sasan.atomic import atomic_dir, atomic_path, write_json
 from sasan.config import Config
 from sasan.data.manifest import sha256_file as file_sha256
 from sasan.data.prepare import bounds_for
 from sasan.data.volume import check_pair, load_volume
 from sasan.errors import ConfigError, DataError
-from sasan.inference import infer_volume, save_nifti
+from sasan.inference import check_creatable, infer_volume, save_nifti
 from sasan.metrics import aggregate_subjects, gap_closed, segmentation_scores
 from sasan.stages.evaluation_bundles import BundleInfo, inspect_bundles, read_manifest_file  # noqa: F401
 from sasan.stages.evaluation_pictures import dice_bars, segmentation_montage
@@ -80,13 +81,19 @@ def run(inputs: EvaluateInputs, outputs: EvaluateOutputs, cfg: Config, tracker: 
     """Score every model, write metrics and report, record what was evaluated
     (``identity.json``: the gate compares only like with like), and log the numbers and
     pictures to the parent run (``<method>/mean/dice``) and to each variant's child run
-    (``eval/mean/dice``) when its reference lies next to the bundle."""
+    (``eval/mean/dice``) when its reference lies next to the bundle.
+
+    All or nothing: the metrics file and the report folder are written into temporary
+    siblings and put in place (the folder replaced as a whole) once everything is written."""
+    check_outputs(outputs)
     bundles = inspect_bundles(inputs.models)
-    results = run_evaluate(inputs.models, inputs.raw, outputs.metrics, outputs.report, cfg,
-                           save_predictions=save_predictions, progress=progress, bundles=bundles)
-    identity = evaluation_identity(inputs.raw, cfg, inputs.models, bundles)
-    identity["metrics_sha256"] = file_sha256(outputs.metrics)     # links identity.json to these metrics
-    write_json(Path(outputs.report) / IDENTITY_FILE, identity)
+    with _new_folders_removed_on_failure(outputs.metrics, outputs.report), \
+            atomic_path(outputs.metrics) as metrics, atomic_dir(outputs.report) as report:
+        results = run_evaluate(inputs.models, inputs.raw, metrics, report, cfg,
+                               save_predictions=save_predictions, progress=progress, bundles=bundles)
+        identity = evaluation_identity(inputs.raw, cfg, inputs.models, bundles)
+        identity["metrics_sha256"] = file_sha256(metrics)     # links identity.json to these metrics
+        write_json(report / IDENTITY_FILE, identity)
     tracker.set_tags({f"sasan.eval.{k}": v for k, v in identity.items() if k not in UNTAGGED})
     for method, r in results.items():
         tracker.log_metrics(loggable_scores(r), prefix=f"{method}/")
@@ -96,6 +103,30 @@ def run(inputs: EvaluateInputs, outputs: EvaluateOutputs, cfg: Config, tracker: 
     if tracker.enabled:
         _log_to_children(tracker, inputs.models, results)
     return results
+
+
+def check_outputs(outputs: EvaluateOutputs) -> None:
+    """Before any work: the metrics file and the report folder can be created, and the
+    metrics file lies outside the report folder (which is replaced as a whole)."""
+    metrics, report = Path(outputs.metrics), Path(outputs.report)
+    check_creatable(metrics)
+    check_creatable(report, "directory")
+    if metrics.resolve().is_relative_to(report.resolve()):
+        raise ConfigError(f"lies in the report folder {report}, which is replaced as a whole: "
+                          "write the metrics elsewhere", metrics)
+
+
+@contextlib.contextmanager
+def _new_folders_removed_on_failure(*paths: str | Path) -> Iterator[None]:
+    """On failure, remove the (empty) parent folders of ``paths`` that did not exist before."""
+    new = {d for p in paths for d in Path(p).absolute().parents if not d.exists()}
+    try:
+        yield
+    except BaseException:
+        for folder in sorted(new, key=lambda d: len(d.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def evaluation_identity(raw_dir: Path, cfg: Config, models: dict[str, Path],
@@ -338,6 +369,46 @@ def run_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_path: str
 def is_paired_results(results: dict[str, Any]) -> bool:
     """Whether ``results`` (the metrics JSON) is a paired evaluation's."""
     return any(isinstance(r, dict) and r.get("mode") == "paired" for r in results.values())
+
+
+def check_metrics(results: Any, path: str | Path) -> None:
+    """``results`` is a metrics file as :func:`run` writes it (what :func:`summary_table`
+    reads): one line naming ``path`` and what is wrong, else nothing."""
+    def fail(reason: str):
+        raise DataError(f"not an evaluate metrics file: {reason}", path)
+
+    def scores(where: str, obj: Any, keys: tuple[str, ...]) -> None:
+        if not isinstance(obj, dict):
+            fail(f"{where} is not an object")
+        for k in keys:
+            if not isinstance(obj.get(k), (int, float)) or isinstance(obj.get(k), bool):
+                fail(f"{where} has no number {k!r}")
+
+    if not isinstance(results, dict) or not results:
+        fail("expected an object of methods, got " + ("an empty one" if isinstance(results, dict)
+                                                      else type(results).__name__))
+    paired = is_paired_results(results)
+    structures = None
+    for method, r in results.items():
+        if not isinstance(r, dict):
+            fail(f"{method!r} is not an object of scores")
+        if paired:
+            if r.get("mode") != "paired":
+                fail(f"{method!r} is not a paired evaluation's, unlike the others")
+            if not isinstance(r.get("n_subjects"), int):
+                fail(f"{method!r} has no 'n_subjects'")
+            for part in ("mean", "sd"):
+                scores(f"{method!r} {part!r}", r.get(part), ("mae", "psnr", "ssim"))
+            continue
+        per = r.get("per_structure")
+        if not isinstance(per, dict):
+            fail(f"{method!r} has no 'per_structure' object")
+        for name, cell in per.items():
+            scores(f"{method!r} structure {name!r}", cell, ("dice", "assd_vox"))
+        scores(f"{method!r} 'mean'", r.get("mean"), ("dice", "assd_vox"))
+        if structures is not None and set(per) != structures:
+            fail(f"{method!r} scores structures {sorted(per)}, the others {sorted(structures)}")
+        structures = set(per)
 
 
 def summary_table(results: dict[str, Any], order: Optional[list[str]] = None,

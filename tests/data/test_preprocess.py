@@ -419,3 +419,16 @@ def test_field_of_view_pads_a_small_volume(tmp_path, nifti_writer):
 def test_field_of_view_must_be_positive():
     with pytest.raises(Exception, match="greater than 0"):
         PreprocessConfig(field_of_view_mm=0.0)
+
+
+def test_a_raw_folder_without_manifest_is_refused_before_any_shard_is_written(make_raw, tmp_path, capsys):
+    """A canonical folder never ingested (no manifest.json): one line, and no shards or stats."""
+    import sasan.cli
+
+    raw = make_raw(tmp_path / "raw", manifest=False)
+    params = tmp_path / "params.yaml"
+    params.write_text("preprocess:\n  image_size: 32\n  slices: 1\n")
+    assert sasan.cli.main(["preprocess", str(raw), str(tmp_path / "out"), "--params", str(params)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"sasan preprocess: error: {raw / 'manifest.json'}: manifest.json not found: run `sasan ingest` first"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "raw"]

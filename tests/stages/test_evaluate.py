@@ -776,3 +776,52 @@ def test_a_paired_identity_records_each_bundles_preprocessing(tmp_path, paired_r
     for other in ({"bounds": {"mr": (-1.5, 4.4), "ct": (-2.8, 3.2)}}, {"clip_percentiles": (1.0, 99.0)},
                   {"crop": "body"}, {"field_of_view_mm": 300.0}, {"image_size": 64}):
         assert preprocess_digest(_paired_config(**other).preprocess, ("MR", "mr")) != base, other
+
+
+# --- outputs: checked before the work, all or nothing -------------------------------------
+
+def _leftovers(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("metrics, report, message", [
+    ("afile/e.json", "report", "afile/e.json: cannot create the file: .*afile is not a directory"),
+    ("adir", "report", "adir: is a directory"),
+    ("out/e.json", "afile", "afile: exists and is not a directory"),
+    ("out/report/e.json", "out/report", "e.json: lies in the report folder"),
+])
+def test_unwritable_outputs_are_refused_before_inference(tmp_path, no_inference, metrics, report, message):
+    raw = make_raw(tmp_path / "raw")
+    models = {"sasan": _bundle(tmp_path / "m" / "sasan" / "model.pt")}
+    work = tmp_path / "work"
+    (work / "adir").mkdir(parents=True)
+    (work / "afile").write_text("not a folder")
+    with pytest.raises(ConfigError, match=message):
+        evaluate.run(evaluate.EvaluateInputs(raw, models), evaluate.EvaluateOutputs(work / metrics, work / report),
+                     _config(), Tracker.disabled(), progress=False)
+    assert _leftovers(work) == ["adir", "afile"]
+
+
+def test_a_failure_part_way_leaves_no_partial_report_or_metrics(tmp_path, monkeypatch):
+    """Predictions are written case by case; a failure after them (the last picture) leaves
+    neither metrics nor a report folder, and a previous report as it was."""
+    raw = make_raw(tmp_path / "raw")
+    models = {"sasan": _bundle(tmp_path / "m" / "sasan" / "model.pt")}
+    out = tmp_path / "out"
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+    monkeypatch.setattr(evaluate, "segmentation_montage", broken)
+    with pytest.raises(OSError, match="No space left"):
+        _run(raw, models, out, save_predictions=True)
+    assert not out.exists()
+    (out / "report").mkdir(parents=True)
+    (out / "report" / "old.txt").write_text("previous report")
+    with pytest.raises(OSError, match="No space left"):
+        _run(raw, models, out, save_predictions=True)
+    assert _leftovers(out) == ["report", "report/old.txt"]
+    monkeypatch.undo()
+    _run(raw, models, out, save_predictions=True)          # a rerun replaces the report as a whole
+    files = _leftovers(out)
+    assert "evaluation.json" in files and "report/identity.json" in files and "report/old.txt" not in files
+    assert "report/predictions/sasan/ct_001.nii.gz" in files and not [f for f in files if "/." in f or f[0] == "."]
