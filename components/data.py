@@ -21,35 +21,10 @@ def configure(params: str, overrides: dict, source: str, target: str, experiment
     ``experiment.*`` and ``ingest.*``; empty ones keep the params' values. With no params at
     all the built-in defaults are the phantom demo, whose ``data/phantom`` folder is not in
     the image: ``data_source`` then defaults to ``phantom`` (generated in the ingest step)."""
-    import tempfile
-    from pathlib import Path
+    from sasan.config import config_from_pipeline, save_config
 
-    from sasan.config import load_config, save_config
-
-    def exact(value):
-        # KFP carries dict parameters as protobuf Structs, where every number is a double:
-        # 3 arrives as 3.0, which an int field rejects (a float field accepts an int)
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, list):
-            return [exact(v) for v in value]
-        return {k: exact(v) for k, v in value.items()} if isinstance(value, dict) else value
-
-    extra = {key: exact(value) for key, value in (overrides or {}).items()}
-    if not params and not data_source and "ingest.source" not in extra:
-        data_source = "phantom"
-    for key, value in (("experiment.source", source), ("experiment.target", target),
-                       ("experiment.name", experiment), ("ingest.source", data_source),
-                       ("ingest.layout", layout)):
-        if value:
-            extra[key] = value
-    if params and "\n" not in params and Path(params).is_file():
-        cfg = load_config(params, extra)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            text_file = Path(tmp) / "params.yaml"
-            text_file.write_text(params or "{}")
-            cfg = load_config(text_file, extra)
+    cfg = config_from_pipeline(params, overrides, source=source, target=target, experiment=experiment,
+                               data_source=data_source, layout=layout)
     save_config(cfg, config.path)
     config.metadata.update({"source": cfg.experiment.source, "target": cfg.experiment.target,
                             "experiment": cfg.experiment.name, "data_source": cfg.ingest.source})

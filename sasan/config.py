@@ -190,20 +190,66 @@ def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) ->
         data = yaml.load(path.read_text(), Loader=_Loader) or {}
     except FileNotFoundError:
         raise ConfigError("configuration file not found", path) from None
+    except OSError as err:  # a folder, no permission
+        raise ConfigError(f"cannot read: {err.strerror or err}", path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not a text (YAML) file", path) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"not valid YAML: {err}", path) from None
     if not isinstance(data, dict):
         raise ConfigError("top level must be a mapping", path)
     for dotted, value in (overrides or {}).items():
-        set_dotted(data, dotted, value)
+        try:
+            set_dotted(data, dotted, value)
+        except ConfigError as err:  # an override that the file's values do not allow
+            raise ConfigError(err.reason, path) from None
     return config_from_dict(data, str(path))
+
+
+# the Kubeflow pipeline's direction and source parameters -> the keys they set when non-empty
+PIPELINE_FIELDS = {"source": "experiment.source", "target": "experiment.target", "experiment": "experiment.name",
+                   "data_source": "ingest.source", "layout": "ingest.layout"}
+
+
+def config_from_pipeline(params: str | Path, overrides: Optional[dict[str, Any]] = None, **fields: str) -> Config:
+    """The configuration a Kubeflow run resolves: its configure step, and ``sasan pipeline
+    submit`` checking a ``--params-file`` before anything is submitted.
+
+    ``params``: a YAML file (a ``Path``, or the path of a profile inside the image), a YAML
+    text, or empty (the built-in defaults, whose phantom ``data_source`` is generated in the
+    ingest step); ``overrides``: dotted keys -> values; non-empty ``fields``
+    (:data:`PIPELINE_FIELDS`) override ``experiment.*`` and ``ingest.*``."""
+    import tempfile
+
+    def exact(value: Any) -> Any:
+        # KFP carries dict parameters as protobuf Structs, where every number is a double:
+        # 3 arrives as 3.0, which an int field rejects (a float field accepts an int)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, list):
+            return [exact(v) for v in value]
+        return {k: exact(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    extra = {key: exact(value) for key, value in (overrides or {}).items()}
+    if not params and not fields.get("data_source") and "ingest.source" not in extra:
+        fields = {**fields, "data_source": "phantom"}
+    extra.update({PIPELINE_FIELDS[name]: value for name, value in fields.items() if value})
+    if isinstance(params, Path) or (params and "\n" not in params and Path(params).is_file()):
+        return load_config(params, extra)
+    with tempfile.TemporaryDirectory() as tmp:
+        text_file = Path(tmp) / "params.yaml"
+        text_file.write_text(params or "{}")
+        return load_config(text_file, extra)
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node = data
     *parents, leaf = dotted.split(".")
-    for key in parents:
+    for depth, key in enumerate(parents):
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            section = ".".join(parents[:depth + 1])
+            raise ConfigError(f"cannot set {dotted}: {section} is {node!r}, not a section")
     node[leaf] = value
 
 

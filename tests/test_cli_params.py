@@ -34,3 +34,21 @@ def test_bad_override_is_a_config_error(tmp_path, monkeypatch):
         load_params(parse(["--set", "model.k"]))
     with pytest.raises(ConfigError, match="model.k"):
         load_params(parse(["--set", "model.k=eight"]))
+
+
+def test_override_that_is_not_yaml_is_a_config_error_naming_the_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"--set preprocess\.bounds: .* is not valid YAML"):
+        load_params(parse(["--set", "preprocess.bounds={mr: [1"]))
+
+
+@pytest.mark.parametrize("with_file", [False, True])
+def test_override_below_a_value_is_a_config_error_naming_the_key(with_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if with_file:
+        (tmp_path / "params.yaml").write_text("preprocess:\n  image_size: 64\n")
+        sets = ["--set", "preprocess.image_size.x=4"]
+    else:
+        sets = ["--set", "preprocess=4", "--set", "preprocess.axis=1"]
+    with pytest.raises(ConfigError, match=r"cannot set preprocess\.(image_size\.x|axis)"):
+        load_params(parse(sets))

@@ -63,7 +63,26 @@ def main(argv: list[str] | None = None) -> int:
         # point stdout at /dev/null so the interpreter's final flush does not raise again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as err:
+        # an output that cannot be written (a file where a folder must be, permissions, a
+        # read-only or full disk): one line, not a traceback; -v keeps the traceback
+        if args.verbose:
+            raise
+        print(f"sasan {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
     return int(result or 0)
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line: ``<filename>[ -> <filename2>]: <strerror>``, or ``<type>: <message>``
+    for an error that names no file."""
+    if err.filename is None:
+        text = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    else:
+        names = [n for n in (err.filename, err.filename2) if n is not None]
+        where = " -> ".join(os.fsdecode(n) if isinstance(n, bytes) else str(n) for n in names)
+        text = f"{where}: {err.strerror or type(err).__name__}"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

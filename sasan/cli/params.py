@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from sasan.config import Config, config_from_dict, load_config, parse_value
 from sasan.errors import ConfigError
 
@@ -27,7 +29,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = parse_value(value)
+        try:
+            out[key.strip()] = parse_value(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ConfigError(f"--set {key.strip()}: {value!r} is not valid YAML ({problem})") from None
     return out
 
 

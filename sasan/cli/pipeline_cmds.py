@@ -193,7 +193,7 @@ def _declared_params(package: Path) -> dict[str, dict]:
         return dict(spec["root"].get("inputDefinitions", {}).get("parameters", {}))
     except OSError as err:
         raise ConfigError(f"cannot read: {err.strerror}", package) from None
-    except (yaml.YAMLError, StopIteration, KeyError, TypeError, AttributeError):
+    except (yaml.YAMLError, UnicodeDecodeError, StopIteration, KeyError, TypeError, AttributeError):
         raise ConfigError("not a compiled pipeline (no root.inputDefinitions)", package) from None
 
 
@@ -256,6 +256,8 @@ def run_url(host: str, run_id: str) -> str:
 def _submit(args: argparse.Namespace) -> int:
     import datetime
 
+    from sasan.config import PIPELINE_FIELDS, config_from_pipeline
+
     raw = parse_params(args.param)
     if args.params_file:
         if "params" in raw:
@@ -264,6 +266,8 @@ def _submit(args: argparse.Namespace) -> int:
             raw["params"] = args.params_file.read_text()
         except OSError as err:
             raise ConfigError(f"cannot read: {err.strerror}", args.params_file) from None
+        except UnicodeDecodeError:
+            raise ConfigError("not a text (YAML) file", args.params_file) from None
     if args.package is not None:
         given = [f"--{k.replace('_', '-')}" for k in COMPILE_OPTIONS if getattr(args, k) is not None]
         if given:
@@ -273,7 +277,11 @@ def _submit(args: argparse.Namespace) -> int:
         if package is None:
             package = Path(tmp) / "pipeline.yaml"
             _compile_to(args, package)
-        arguments = paired_baselines(typed_params(raw, _declared_params(package)))
+        arguments = typed_params(raw, _declared_params(package))
+        if args.params_file:     # resolved as the run's configure step will, before anything is submitted
+            config_from_pipeline(args.params_file, arguments.get("overrides"),
+                                 **{name: arguments.get(name) or "" for name in PIPELINE_FIELDS})
+        arguments = paired_baselines(arguments)
         run_name = args.run_name or "sasan {}->{} {}".format(
             *_experiment(arguments), datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"))
         try:

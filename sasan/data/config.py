@@ -5,9 +5,9 @@ Composed into :class:`sasan.config.Config`; every class rejects unknown keys.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sasan.configbase import StrictModel
 
@@ -43,19 +43,25 @@ class ValidateConfig(StrictModel):
     check_hashes: bool = Field(True, description="compare file sha256 with manifest.json")
 
 
+# a voxel size in mm (resampling divides by it) and a percentile
+PositiveMm = Annotated[float, Field(gt=0.0)]
+Percentile = Annotated[float, Field(ge=0.0, le=100.0)]
+
+
 class PreprocessConfig(StrictModel):
     """Volume -> slice-stack shards (METHOD.md section 5)."""
 
     axis: Literal[0, 1, 2] = Field(1, description="slicing axis after reorientation to RAS (1 = coronal)")
     image_size: int = Field(256, ge=16, multiple_of=16)
     slices: Literal[1, 3] = 3
-    target_spacing: Optional[tuple[float, float, float]] = None
+    target_spacing: Optional[tuple[PositiveMm, PositiveMm, PositiveMm]] = Field(
+        None, description="resample to this voxel size (mm, each > 0); null = keep each volume's")
     crop: Literal["body", "none"] = "body"
     field_of_view_mm: Optional[float] = Field(
         None, gt=0,
         description="in-plane size (mm) of the image_size canvas: every volume keeps its physical scale "
                     "(crop centred on the box if larger, padding if smaller); null = fit each plane")
-    clip_percentiles: tuple[float, float] = (2.0, 98.0)
+    clip_percentiles: tuple[Percentile, Percentile] = Field((2.0, 98.0), description="low < high, in [0, 100]")
     # fixed z-score -> [-1, 1] bounds per modality (METHOD.md: MRI [-1.8, 4.4], CT [-2.8, 3.2])
     bounds: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: {"mr": (-1.8, 4.4), "ct": (-2.8, 3.2), "t1": (-1.8, 4.4), "t2": (-1.8, 4.4)}
@@ -65,3 +71,10 @@ class PreprocessConfig(StrictModel):
                                  description="a slice/plane is body if this fraction of it is above the body threshold")
     crop_margin: int = Field(4, ge=0, description="voxels kept around the body box")
     dtype: Literal["float16", "float32"] = Field("float16", description="image shard dtype")
+
+    @field_validator("clip_percentiles")
+    @classmethod
+    def _low_below_high(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not value[0] < value[1]:
+            raise ValueError(f"low must be below high, got {list(value)}")
+        return value
