@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--metrics", type=Path, default=Path("metrics/evaluation.json"),
                     help="metrics JSON to write (default metrics/evaluation.json)")
     ev.add_argument("--report", type=Path, default=Path("reports/evaluation"),
-                    help="report folder to write (default reports/evaluation)")
+                    help="report folder, replaced as a whole when the evaluation succeeds (default reports/evaluation)")
     ev.add_argument("--run-ref", type=Path, default=None, help="MLflow run reference (default MODELS/mlflow_run.json)")
     ev.add_argument("--no-predictions", action="store_true", help="do not write predicted NIfTI volumes")
     _common(ev)
