@@ -115,8 +115,11 @@ def machine() -> dict:
         avx512 = " avx512f" in info
     except OSError:
         avx512 = None
-    return {"cpu": cpu, "avx512": avx512, "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": os.environ.get("OMP_NUM_THREADS")}
+    found = {"cpu": cpu, "avx512": avx512, "cores": os.cpu_count(), "torch": torch.__version__,
+             "threads": os.environ.get("OMP_NUM_THREADS")}
+    if torch.cuda.is_available():
+        found["gpu"] = torch.cuda.get_device_name()
+    return found
 
 
 def seed_record(out: Path, seed: int) -> Path:
