@@ -52,8 +52,9 @@ PIPELINE_NAME = "sasan"
 
 # Names of the cluster objects the steps read (infra/k8s/base/pipeline-access, secret-templates)
 CLUSTER_CONFIG_MAP = "sasan-cluster-config"
-CONFIG_MAP_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION",
-                  "KFP_UI_URL")      # the runs' kfp.run_url link
+CONFIG_MAP_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
+# optional (a ConfigMap applied before the key existed still starts the pods): the runs' kfp.run_url link
+OPTIONAL_CONFIG_MAP_ENV = ("KFP_UI_URL",)
 EXIT_CONFIG_MAP_ENV = CONFIG_MAP_ENV + ("KFP_API_URL",)
 MLFLOW_SECRET = "mlflow-credentials"
 MLFLOW_SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
@@ -158,6 +159,9 @@ def _schedule(task: dsl.PipelineTask, step: str, image: str, *, mlflow: bool = T
         # more than the limit is evicted instead of filling the node's disk
         kubernetes.empty_dir_mount(task, "scratch", SCRATCH_MOUNT, size_limit=policy.scratch)
     kubernetes.use_config_map_as_env(task, CLUSTER_CONFIG_MAP, {k: k for k in config_env})
+    if mlflow:
+        kubernetes.use_config_map_as_env(task, CLUSTER_CONFIG_MAP, {k: k for k in OPTIONAL_CONFIG_MAP_ENV},
+                                         optional=True)
     if policy.s3:
         kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in S3_SECRET_ENV})
     if mlflow:

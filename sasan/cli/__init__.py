@@ -64,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as err:
-        # an output that cannot be written (a file where a folder must be, permissions, a
-        # read-only or full disk): one line, not a traceback; -v keeps the traceback
-        if args.verbose:
+        # a file that cannot be read or written (a file where a folder must be, permissions,
+        # a read-only disk): one line naming it, not a traceback. An OSError that names no
+        # file (a lost connection, a full disk mid-write, a bug deep in training) keeps its
+        # traceback, as it does with -v
+        if args.verbose or err.filename is None:
             raise
         print(f"sasan {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
         return 1
@@ -74,15 +76,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def describe_os_error(err: OSError) -> str:
-    """One line: ``<filename>[ -> <filename2>]: <strerror>``, or ``<type>: <message>``
-    for an error that names no file."""
-    if err.filename is None:
-        text = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-    else:
-        names = [n for n in (err.filename, err.filename2) if n is not None]
-        where = " -> ".join(os.fsdecode(n) if isinstance(n, bytes) else str(n) for n in names)
-        text = f"{where}: {err.strerror or type(err).__name__}"
-    return " ".join(text.split())
+    """One line: ``<filename>[ -> <filename2>]: <strerror>``."""
+    names = [n for n in (err.filename, err.filename2) if n is not None]
+    where = " -> ".join(os.fsdecode(n) if isinstance(n, bytes) else str(n) for n in names)
+    return " ".join(f"{where}: {err.strerror or type(err).__name__}".split())
 
 
 if __name__ == "__main__":  # pragma: no cover

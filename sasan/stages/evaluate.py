@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from sasan.atomic import atomic_dir, atomic_path, write_json
+from sasan.atomic import atomic_dir, write_bytes, write_json
 from sasan.config import Config
 from sasan.data.manifest import sha256_file as file_sha256
 from sasan.data.prepare import bounds_for
@@ -83,17 +83,21 @@ def run(inputs: EvaluateInputs, outputs: EvaluateOutputs, cfg: Config, tracker: 
     pictures to the parent run (``<method>/mean/dice``) and to each variant's child run
     (``eval/mean/dice``) when its reference lies next to the bundle.
 
-    All or nothing: the metrics file and the report folder are written into temporary
-    siblings and put in place (the folder replaced as a whole) once everything is written."""
+    All or nothing: the report is written into a temporary sibling folder (the metrics
+    too, until the end) and put in place, replacing the old report as a whole, once
+    everything is written; a killed run leaves only that folder, which the next one removes."""
+    outputs = EvaluateOutputs(Path(outputs.metrics).absolute(), Path(outputs.report).resolve())
     check_outputs(outputs)
     bundles = inspect_bundles(inputs.models)
-    with _new_folders_removed_on_failure(outputs.metrics, outputs.report), \
-            atomic_path(outputs.metrics) as metrics, atomic_dir(outputs.report) as report:
-        results = run_evaluate(inputs.models, inputs.raw, metrics, report, cfg,
+    with _new_folders_removed_on_failure(outputs.metrics, outputs.report), atomic_dir(outputs.report) as report:
+        staged = report / f".{outputs.metrics.name}"
+        results = run_evaluate(inputs.models, inputs.raw, staged, report, cfg,
                                save_predictions=save_predictions, progress=progress, bundles=bundles)
         identity = evaluation_identity(inputs.raw, cfg, inputs.models, bundles)
-        identity["metrics_sha256"] = file_sha256(metrics)     # links identity.json to these metrics
+        identity["metrics_sha256"] = file_sha256(staged)     # links identity.json to these metrics
         write_json(report / IDENTITY_FILE, identity)
+        write_bytes(outputs.metrics, staged.read_bytes())
+        staged.unlink()
     tracker.set_tags({f"sasan.eval.{k}": v for k, v in identity.items() if k not in UNTAGGED})
     for method, r in results.items():
         tracker.log_metrics(loggable_scores(r), prefix=f"{method}/")
@@ -106,14 +110,19 @@ def run(inputs: EvaluateInputs, outputs: EvaluateOutputs, cfg: Config, tracker: 
 
 
 def check_outputs(outputs: EvaluateOutputs) -> None:
-    """Before any work: the metrics file and the report folder can be created, and the
-    metrics file lies outside the report folder (which is replaced as a whole)."""
+    """Before any work: the metrics file and the report folder can be created, the metrics
+    file lies outside the report folder, and that folder, which is replaced as a whole, is
+    new, empty or an earlier report (never a folder of models, data or other reports)."""
     metrics, report = Path(outputs.metrics), Path(outputs.report)
     check_creatable(metrics)
     check_creatable(report, "directory")
     if metrics.resolve().is_relative_to(report.resolve()):
         raise ConfigError(f"lies in the report folder {report}, which is replaced as a whole: "
                           "write the metrics elsewhere", metrics)
+    if report.is_dir() and any(report.iterdir()) and not any(
+            (report / name).is_file() for name in (IDENTITY_FILE, "per_structure.json")):
+        raise ConfigError("report folder holds files that evaluate did not write, and would be replaced "
+                          "as a whole: give a new or empty folder", report)
 
 
 @contextlib.contextmanager

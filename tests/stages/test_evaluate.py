@@ -815,13 +815,29 @@ def test_a_failure_part_way_leaves_no_partial_report_or_metrics(tmp_path, monkey
     with pytest.raises(OSError, match="No space left"):
         _run(raw, models, out, save_predictions=True)
     assert not out.exists()
-    (out / "report").mkdir(parents=True)
+    (out / "report").mkdir(parents=True)                    # an earlier report
+    (out / "report" / "identity.json").write_text("{}")
     (out / "report" / "old.txt").write_text("previous report")
     with pytest.raises(OSError, match="No space left"):
         _run(raw, models, out, save_predictions=True)
-    assert _leftovers(out) == ["report", "report/old.txt"]
+    assert _leftovers(out) == ["report", "report/identity.json", "report/old.txt"]
     monkeypatch.undo()
     _run(raw, models, out, save_predictions=True)          # a rerun replaces the report as a whole
     files = _leftovers(out)
     assert "evaluation.json" in files and "report/identity.json" in files and "report/old.txt" not in files
     assert "report/predictions/sasan/ct_001.nii.gz" in files and not [f for f in files if "/." in f or f[0] == "."]
+
+
+@pytest.mark.parametrize("report", ["models", ".", "data"])
+def test_a_folder_evaluate_did_not_write_is_never_replaced(tmp_path, no_inference, monkeypatch, report):
+    """The report folder is replaced as a whole: one holding models, data or anything evaluate
+    did not write (the working folder too) is refused before any work, and left as it was."""
+    raw = make_raw(tmp_path / "data" / "raw")
+    models = {"sasan": _bundle(tmp_path / "models" / "sasan" / "model.pt")}
+    monkeypatch.chdir(tmp_path)
+    before = _leftovers(tmp_path)
+    with pytest.raises(ConfigError, match="holds files that evaluate did not write"):
+        evaluate.run(evaluate.EvaluateInputs(raw, models),
+                     evaluate.EvaluateOutputs(tmp_path.parent / f"{tmp_path.name}-e.json", Path(report)),
+                     _config(), Tracker.disabled(), progress=False)
+    assert _leftovers(tmp_path) == before
