@@ -45,9 +45,10 @@ _PERCENTILE_SAMPLE = 2_000_000  # voxels; a strided subsample keeps percentiles 
 
 
 def run_validate(raw_dir: str | Path, report_dir: str | Path, cfg: ValidateConfig,
-                 experiment: "Optional[ExperimentConfig]" = None) -> dict[str, Any]:
+                 experiment: "Optional[ExperimentConfig]" = None, num_classes: Optional[int] = None) -> dict[str, Any]:
     """Validate ``raw_dir``; write ``report_dir/validation.{json,html}``; return the report.
-    ``experiment`` (source, target, mode) adds the checks of the run that will use the data.
+    ``experiment`` (source, target, mode) adds the checks of the run that will use the data,
+    ``num_classes`` (``model.num_classes``) that its networks have an output for every label.
 
     Raises ``DataError`` when the data set cannot be enumerated at all (empty folder, bad
     manifest or dataset.json) and ``ValidationFailed`` after writing the reports when an
@@ -56,7 +57,7 @@ def run_validate(raw_dir: str | Path, report_dir: str | Path, cfg: ValidateConfi
     dataset = load_raw_dataset(raw_dir)
     table = build_table(dataset, cfg)
     checks = [_gx_check(c, table, raw_dir) for c in run_suite(table, cfg)]
-    checks += dataset_checks(dataset, table, cfg, experiment)
+    checks += dataset_checks(dataset, table, cfg, experiment, num_classes)
     errors = [(c["check"], f) for c in checks if c["severity"] == "error" and not c["success"] for f in c["failures"]]
     report = {
         "success": not errors,
@@ -198,7 +199,8 @@ def _format(template: str, row: dict[str, Any]) -> str:
 
 
 def dataset_checks(dataset: RawDataset, table: pd.DataFrame, cfg: ValidateConfig,
-                   experiment: "Optional[ExperimentConfig]" = None) -> list[dict[str, Any]]:
+                   experiment: "Optional[ExperimentConfig]" = None,
+                   num_classes: Optional[int] = None) -> list[dict[str, Any]]:
     """Checks across cases: counts per domain and split, leakage, dataset.json consistency,
     and (with ``experiment``) the labels its source and target need."""
     counts = Counter(zip(table["domain"], table["split"]))
@@ -222,6 +224,9 @@ def dataset_checks(dataset: RawDataset, table: pd.DataFrame, cfg: ValidateConfig
         _check("source training cases are labelled", "error", _source_train_unlabelled(dataset, experiment)),
         _check("no unknown raw label values (written as background)", "warning", _unknown_raw_labels(dataset)),
     ]
+    if num_classes is not None and not translate_only:
+        checks.append(_check("every label value has a network output (model.num_classes)", "error",
+                             _labels_beyond(dataset, num_classes)))
     if paired and experiment is not None:
         checks.append(_check("every subject has both images of the pair", "error",
                              _incomplete_pairs(dataset, experiment)))
@@ -381,6 +386,17 @@ def _too_few_pairs(dataset: RawDataset, cfg: ValidateConfig,
                               f"paired mode: {len(subjects)} subject(s) have a {split} image in each of {names}"
                               f"{where}, at least {need[split]} required{why}", domain=pair[0] if pair else None,
                               split=split))
+    return fails
+
+
+def _labels_beyond(dataset: RawDataset, num_classes: int) -> list[dict[str, Any]]:
+    fails = []
+    for name, info in dataset.domains.items():
+        beyond = {label: value for label, value in info.labels.items() if value >= num_classes}
+        if beyond:
+            fails.append(_failure(dataset.dataset_json(name),
+                                  f"labels {beyond} of domain '{name}' have no network output: model.num_classes is "
+                                  f"{num_classes} (values 0..{num_classes - 1})", domain=name))
     return fails
 
 

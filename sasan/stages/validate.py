@@ -29,7 +29,7 @@ class ValidateOutputs:
 
 def run(inputs: ValidateInputs, outputs: ValidateOutputs, cfg: Config, tracker: "Tracker") -> dict[str, Any]:
     try:
-        report = run_validate(inputs.raw, outputs.report, cfg.validate_, cfg.experiment)
+        report = run_validate(inputs.raw, outputs.report, cfg.validate_, cfg.experiment, cfg.model.num_classes)
     finally:
         if (outputs.report / "validation.html").is_file():
             tracker.log_artifact(outputs.report, "validation")

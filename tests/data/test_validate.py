@@ -544,3 +544,16 @@ def test_paired_mode_refuses_a_subject_lacking_an_image_of_the_pair(raw_tree, tm
                           ExperimentConfig(source="ct", target="mr"))
     assert report["success"] and "every subject has both images of the pair" not in {
         c["check"] for c in report["checks"]}
+
+
+def test_labels_without_a_network_output_fail_before_preprocessing(raw_tree, tmp_path):
+    # the data declares labels 0..4: five outputs are needed; three would fail in training
+    report = run_validate(raw_tree, tmp_path / "ok", ValidateConfig(), num_classes=5)
+    assert _check_named(tmp_path / "ok", "every label value has a network output (model.num_classes)")["success"]
+    assert report["success"]
+    with pytest.raises(ValidationFailed, match=re.escape(
+            f"{raw_tree / 'ct' / 'dataset.json'}: labels {{'LV': 3, 'AA': 4}} of domain 'ct' have no network "
+            "output: model.num_classes is 3 (values 0..2)")):
+        run_validate(raw_tree, tmp_path / "r", ValidateConfig(), num_classes=3)
+    failures = _check_named(tmp_path / "r", "every label value has a network output (model.num_classes)")["failures"]
+    assert sorted(f["domain"] for f in failures) == ["ct", "mr"]
