@@ -99,7 +99,7 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> M
     elif state["segmenter"] is not None:
         # a paired-mode translator written before paired bundles left the U-Net out: its U-Net
         # was never trained (paired training has no segmentation phase)
-        log.info("%s: paired-mode bundle; its untrained U-Net is ignored", path)
+        log.info("%s: paired-mode bundle; its untrained U-Net is ignored (the bundle translates only)", path)
     elif state["syn_s"] is None:
         raise CheckpointError("model bundle holds neither a segmenter nor a translator", path)
     att_t = _with_weights(build_attention(m), state, "att_t", path) if state["att_t"] is not None else None

@@ -249,17 +249,11 @@ def _translate_device(device: str) -> str:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    import json
-
+    from sasan.atomic import read_json
     from sasan.stages.evaluate import check_metrics, summary_table
 
-    try:
-        results = json.loads(args.metrics.read_text())
-    except FileNotFoundError:
-        raise ConfigError("no evaluation yet: run `make run` or `dvc repro`", args.metrics) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"not a readable metrics JSON ({getattr(err, 'strerror', None) or err})",
-                          args.metrics) from None
+    results = read_json(args.metrics, missing="no evaluation yet: run `make run` or `dvc repro`",
+                        invalid="not a readable metrics JSON", error=ConfigError)
     if not isinstance(results, dict):
         raise ConfigError("not a metrics JSON of `sasan evaluate` (expected an object of methods)", args.metrics)
     check_metrics(results, args.metrics)
@@ -269,9 +263,11 @@ def _summary(args: argparse.Namespace) -> int:
     structures = None
     plot_rows = args.report / "per_structure.json"
     if plot_rows.is_file():
+        rows = read_json(plot_rows, missing="not found", invalid="not the report's per-structure rows",
+                         error=ConfigError)
         try:
-            structures = list(dict.fromkeys(row["structure"] for row in json.loads(plot_rows.read_text())))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as err:
+            structures = list(dict.fromkeys(row["structure"] for row in rows))
+        except (TypeError, KeyError) as err:
             raise ConfigError(f"not the report's per-structure rows ({err})", plot_rows) from None
     print(summary_table(results, order, structures))
     print()

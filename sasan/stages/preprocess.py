@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from sasan.config import Config
-from sasan.data.raw_cases import load_raw_dataset
 from sasan.data.shards import write_dataset_shards
 from sasan.tracking.lineage import data_identity, write_identity
 
@@ -42,9 +41,7 @@ def run(inputs: PreprocessInputs, outputs: PreprocessOutputs, cfg: Config, track
     domains = list(inputs.domains) if inputs.domains else list(dict.fromkeys(
         (cfg.experiment.source, cfg.experiment.target)))
     pair = (cfg.experiment.source, cfg.experiment.target) if cfg.experiment.mode == "paired" else None
-    # the manifest is read and checked first: a refusal writes nothing
-    load_raw_dataset(inputs.raw)
-    identity = data_identity(inputs.raw, code_dir)
+    identity = data_identity(inputs.raw, code_dir)     # reads the manifest first: a refusal writes nothing
     stats = write_dataset_shards(Path(inputs.raw), Path(outputs.shards), cfg.preprocess, domains,
                                  affine_atol_mm=cfg.validate_.affine_atol_mm, pair=pair)
     write_identity(outputs.shards, identity)
