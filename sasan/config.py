@@ -96,6 +96,9 @@ class SegmenterConfig(StrictModel):
     lr_schedule: Literal["constant", "linear"] = _lr_schedule()
     batch_size: int = Field(16, ge=1)
     fake_source: bool = Field(True, description="fake-source augmentation (ablation switch)")
+    augment_fake_source: bool = Field(
+        False, description="augment the fake-source slices as the real source ones (train.augment); "
+                           "false: the U-Net sees them as translated")
 
 
 class AugmentConfig(StrictModel):

@@ -77,3 +77,12 @@ def apply_transform(image: torch.Tensor, label: Optional[torch.Tensor], t: Trans
     warped_label = F.grid_sample(label[None, None].float(), grid, mode="nearest", padding_mode="zeros",
                                  align_corners=False)[0, 0].long()
     return warped, warped_label
+
+
+def augment_item(image: torch.Tensor, label: Optional[torch.Tensor], cfg: AugmentConfig, seed: int, epoch: int,
+                 index: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Item ``index``'s transform in ``epoch``, drawn from a generator seeded with (seed, epoch,
+    index): the same item in the same epoch is augmented identically whatever the worker,
+    batch or order."""
+    rng = np.random.default_rng([seed, epoch, index])
+    return apply_transform(image, label, sample_transform(rng, cfg))

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sasan.config import AugmentConfig
-from sasan.data.augment import apply_transform, sample_transform
+from sasan.data.augment import augment_item
 from sasan.data.shards import Shard, open_shard
 
 
@@ -49,8 +49,7 @@ class SliceDataset(Dataset):
         image = torch.from_numpy(np.array(shard.images[i], dtype=np.float32))
         label = torch.from_numpy(shard.labels[i].astype(np.int64)) if self.has_labels else None
         if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            image, label = apply_transform(image, label, sample_transform(rng, self.augment))
+            image, label = augment_item(image, label, self.augment, self.seed, self.epoch, i)
         item: dict[str, Any] = {"image": image, "index": i}
         if label is not None:
             item["label"] = label

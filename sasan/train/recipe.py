@@ -289,7 +289,9 @@ class Trainer:
             images, labels = translate_to_source(nets, data.target_plain or data.target, self.rt,
                                                  progress=self.progress and self.is_main)
             if labels is not None:
-                parts.append(ArraySliceDataset(images, labels))
+                seg = self.cfg.train.segmenter
+                parts.append(ArraySliceDataset(images, labels, seed=self.cfg.experiment.seed + 2,
+                                               augment=self.cfg.train.augment if seg.augment_fake_source else None))
                 self.summary["fake_source_slices"] = len(images)
                 pseudo = {"foreground_fraction": foreground_fraction(labels, n_cls)}
                 if data.source_test is not None:

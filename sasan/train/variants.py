@@ -16,7 +16,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cyclegan": {"model.attention": False, "train.segmenter.fake_source": False},
     "no_seg_adversary": {"train.losses.seg_adversarial": 0.0},
     "no_aux": {"train.losses.aux_seg": 0.0},
-    "no_orthogonality": {"train.losses.orthogonality": 0.0},
+    "no_orthogonality": {"train.losses.orthogonality": 0.0},   # A_s pre-training too (METHOD.md 4.1 uses it)
     "k16": {"model.k": 16},
     "no_fake_source": {"train.segmenter.fake_source": False},
     "feature_disc": {"model.feature_disc": True},
