@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sasan.config import Config
-from sasan.train.checkpoint import load_checkpoint
+from sasan.train.checkpoint import load_checkpoint, save_checkpoint
 from sasan.train.variants import SEGMENTER_ONLY
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ SEGMENTER_ONLY_READS: dict[str, tuple[str, ...]] = {
 }
 
 SUPERSEDED = "checkpoints.superseded"
+_ABSENT = object()
 
 
 def _node(data: dict[str, Any], dotted: str) -> Any:
@@ -92,11 +93,34 @@ def differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".") or "<config>"]
 
 
+def _lookup(data: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(data, dict) or key not in data:
+            return _ABSENT
+        data = data[key]
+    return data
+
+
+def added_at_default(old_config: Any, new_config: dict[str, Any], keys: list[str]) -> bool:
+    """True when every one of ``keys`` (where the two configurations differ) is a setting the
+    old configuration does not have, because the code gained it after that checkpoint, and
+    the new one leaves at its default: by convention a new setting's default is what the code
+    did before it existed, so the checkpoint was trained with the same settings."""
+    defaults = Config().to_dict()
+    for key in keys:
+        new = _lookup(new_config, key)
+        if _lookup(old_config, key) is not _ABSENT or new is _ABSENT or new != _lookup(defaults, key):
+            return False
+    return bool(keys)
+
+
 def supersede_stale_checkpoints(folder: Path, record: dict[str, Any]) -> bool:
     """Check every ``*.pt`` in ``folder`` against ``record``. If one was trained with another
     fingerprint, move ``folder`` (and the phase logs beside it) to ``checkpoints.superseded/``
     (replacing an older one), warn which keys differ and return True: the variant trains from
-    scratch. Checkpoints without a fingerprint (older code) are kept, with a warning."""
+    scratch. Checkpoints without a fingerprint (older code) are kept, with a warning; those
+    whose only differences are settings added to the code since, left at their defaults
+    (:func:`added_at_default`), are kept and re-recorded with ``record``."""
     folder = Path(folder)
     if not folder.is_dir():
         return False
@@ -107,7 +131,14 @@ def supersede_stale_checkpoints(folder: Path, record: dict[str, Any]) -> bool:
         if ckpt.get("fingerprint") is None:
             legacy.append(path.name)
         elif ckpt["fingerprint"] != record["fingerprint"] and stale is None:
-            stale = ckpt
+            added = differing_keys(ckpt.get("training_config"), record["training_config"])
+            if (ckpt.get("variant") == record["variant"] and ckpt.get("data_digest") == record["data_digest"]
+                    and added_at_default(ckpt.get("training_config"), record["training_config"], added)):
+                log.info("%s: settings added to the code since it was written are at their defaults (%s): "
+                         "resuming it", path.name, ", ".join(added))
+                save_checkpoint(path, {**ckpt, **record})
+            else:
+                stale = ckpt
         del ckpt
     if stale is None:
         if legacy:

@@ -134,3 +134,41 @@ def test_run_phase_refuses_a_checkpoint_with_another_fingerprint(tmp_path):
     run_phase(phase("a"), progress=False)          # same: resumes (already complete)
     with pytest.raises(CheckpointError, match="other settings"):
         run_phase(phase("b"), progress=False)
+
+
+def _as_if_written_before(path, dotted):
+    """Rewrite a checkpoint as the code before setting ``dotted`` existed would have written it."""
+    ckpt = torch.load(path, weights_only=True)
+    *parents, leaf = dotted.split(".")
+    node = ckpt["training_config"]
+    for key in parents:
+        node = node[key]
+    del node[leaf]
+    ckpt["fingerprint"] = "written-before-" + dotted
+    torch.save(ckpt, path)
+
+
+def test_setting_added_since_resumes_at_its_default_and_supersedes_otherwise(tmp_path, tiny_data, caplog):
+    cfg = tiny_config()
+    _train(cfg, tmp_path, "sasan", tiny_data)
+    names = ("pretrain_attention", "joint", "segmenter")
+    before = {n: _ckpt(tmp_path, n) for n in names}
+    for name in names:
+        _as_if_written_before(tmp_path / "checkpoints" / f"{name}.pt", "train.segmenter.augment_fake_source")
+    with caplog.at_level(logging.INFO):
+        _train(cfg, tmp_path, "sasan", tiny_data)          # the new setting at its default: same training
+    assert not (tmp_path / SUPERSEDED).exists()
+    assert "already complete" in caplog.text and "train.segmenter.augment_fake_source" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    record = training_record(cfg, "sasan", "d1")
+    for name in names:                                      # re-recorded with today's settings, same weights
+        after = _ckpt(tmp_path, name)
+        assert after["fingerprint"] == record["fingerprint"]
+        assert all(torch.equal(before[name]["state"]["model" if name != "joint" else "nets"][k], v)
+                   for k, v in after["state"]["model" if name != "joint" else "nets"].items())
+    for name in names:
+        _as_if_written_before(tmp_path / "checkpoints" / f"{name}.pt", "train.segmenter.augment_fake_source")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):                  # the new setting away from its default: retrain
+        _train(_with(cfg, "train.segmenter.augment_fake_source", True), tmp_path, "sasan", tiny_data)
+    assert (tmp_path / SUPERSEDED).is_dir() and "augment_fake_source" in caplog.text
