@@ -9,7 +9,12 @@ sub-voxel spacing.
 ASSD = (sum_{p in S_pred} d(p, S_gt) + sum_{g in S_gt} d(g, S_pred)) / (|S_pred| + |S_gt|):
 the mean, over the union (concatenation) of both surface point sets, of each point's
 Euclidean distance to the nearest point of the other surface. This equals MONAI's
-``compute_average_surface_distance(symmetric=True)``.
+``compute_average_surface_distance(symmetric=True)`` and the definition of Heimann et al.
+(IEEE TMI 2009). SIFA's evaluation, whose numbers the SASAN paper compares with, used medpy's
+``assd``: the mean of the two directed averages, 0.5 (mean_{p} d(p, S_gt) + mean_{g} d(g,
+S_pred)), which weighs the smaller surface more; the two agree when the surfaces have as many
+points. And it scored 256 x 256 crops, not the original grid: compare ASSD trends with the
+paper, not values (docs/METHOD.md section 6).
 """
 
 from __future__ import annotations
