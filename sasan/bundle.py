@@ -8,10 +8,13 @@ translates only (``segmenter`` None; ``segments`` False), and is scored by image
 Bundles written before that rule carry an untrained U-Net; :func:`load_bundle` drops it.
 
 A bundle is rebuilt from its own saved configuration, never from today's params.yaml, and
-loads with ``torch.load(weights_only=True)``."""
+loads with ``torch.load(weights_only=True)``. A configuration with settings this version does
+not know (or lacks settings it needs) was written by another version of the code, not damaged:
+:func:`load_bundle` says so."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 import yaml
+from pydantic import ValidationError
 
 from sasan.atomic import atomic_path
 from sasan.config import Config, config_from_dict
@@ -82,9 +86,9 @@ def save_bundle(path: str | Path, bundle: ModelBundle) -> None:
 
 
 def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> ModelBundle:
-    """A file that is not a usable bundle (foreign, damaged, a configuration that does not
-    parse or validate, weights that do not fit the networks it builds) is one
-    :class:`CheckpointError` line naming ``path``."""
+    """A file that is not a usable bundle (foreign, damaged, written by another version of
+    sasan, a configuration that does not parse or validate, weights that do not fit the
+    networks it builds) is one :class:`CheckpointError` line naming ``path``."""
     state = load_checkpoint(path, map_location)
     if not isinstance(state, dict) or state.get("format") != BUNDLE_FORMAT:
         raise CheckpointError("not a SASAN model bundle (format tag missing)", path)
@@ -112,10 +116,41 @@ def _saved_config(text: object, path: str | Path) -> Config:
         data = yaml.safe_load(text)
         if not isinstance(data, dict):
             raise TypeError(f"a {type(data).__name__}, not a mapping")
+        _check_same_settings(data, path)
         return config_from_dict(data, str(path))
     except (yaml.YAMLError, AttributeError, TypeError, ValueError, ConfigError) as err:
         raise CheckpointError(f"damaged model bundle: its configuration: {getattr(err, 'reason', err)}",
                               path) from None
+
+
+def _check_same_settings(data: dict, path: str | Path) -> None:
+    """A configuration with keys this version does not know, or without keys it requires,
+    was written by another version of sasan (not damaged): one :class:`CheckpointError` that
+    names the keys. Other invalid values are left to :func:`config_from_dict` (damage)."""
+    try:
+        Config.model_validate_json(json.dumps(data))
+        return
+    except ValidationError as err:
+        errors = err.errors()
+    unknown = [_dotted(e["loc"]) for e in errors if e["type"] == "extra_forbidden"]
+    missing = [_dotted(e["loc"]) for e in errors if e["type"] == "missing"]
+    if not unknown and not missing:
+        return
+    parts = []
+    if unknown:
+        parts.append(f"its configuration has settings this version does not know: {_first(unknown)}")
+    if missing:
+        parts.append(f"its configuration lacks settings this version needs: {_first(missing)}")
+    raise CheckpointError(f"written by another version of sasan ({'; '.join(parts)}); use the version that "
+                          "trained it", path)
+
+
+def _dotted(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _first(keys: list[str], n: int = 5) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def _with_weights(module: torch.nn.Module, state: dict, key: str, path: str | Path) -> torch.nn.Module:

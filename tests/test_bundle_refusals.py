@@ -125,3 +125,50 @@ def test_translate_prints_one_line_and_exits_non_zero(tmp_path, good_state, caps
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"sasan translate: error: {bundle}: "), err
+
+
+# --- a bundle of another version of the code is a version mismatch, not damage ---------------------------
+
+
+def _with_setting(good_state, extra: str) -> str:
+    """The good bundle's configuration with ``extra`` (YAML, e.g. a setting under train.segmenter)."""
+    import yaml
+
+    data = yaml.safe_load(good_state["config_yaml"])
+    for dotted, value in yaml.safe_load(extra).items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def test_a_setting_this_version_does_not_know_is_another_version_not_damage(tmp_path, good_state):
+    path = _write(tmp_path, {**good_state, "config_yaml": _with_setting(good_state, "train.segmenter.x: 1")},
+                  "model.pt")
+    text = _refused(path, f"{path}: written by another version of sasan (its configuration has settings this "
+                          "version does not know: train.segmenter.x); use the version that trained it")
+    assert "damaged" not in text and "Extra inputs" not in text, text
+
+
+def test_the_version_mismatch_names_every_unknown_key(tmp_path, good_state):
+    extra = "train.segmenter.x: 1\nmodel.y: 2\nnew_section: {a: 1}\nregister.z: 3\n"
+    state = {**good_state, "config_yaml": _with_setting(good_state, extra)}
+    text = _refused(_write(tmp_path, state), "written by another version of sasan")
+    for key in ("train.segmenter.x", "model.y", "new_section", "register.z"):
+        assert key in text, text
+
+
+def test_a_value_of_the_wrong_type_is_still_damage(tmp_path, good_state):
+    _refused(_write(tmp_path, {**good_state, "config_yaml": _with_setting(good_state, "model.k: many")}),
+             "damaged model bundle: its configuration: model.k")
+
+
+def test_translate_names_the_version_mismatch_in_one_line(tmp_path, good_state, capsys):
+    bundle = _write(tmp_path, {**good_state, "config_yaml": _with_setting(good_state, "train.segmenter.x: 1")})
+    code = main(["translate", str(tmp_path / "ct.nii.gz"), str(tmp_path / "o.nii.gz"), "--bundle", str(bundle),
+                 "--device", "cpu"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code != 0 and len(lines) == 1, lines
+    assert lines[0].startswith(f"sasan translate: error: {bundle}: written by another version of sasan"), lines

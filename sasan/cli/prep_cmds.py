@@ -42,6 +42,8 @@ def _validate(args: argparse.Namespace) -> int:
     with _tracker(args) as tracker:
         report = validate.run(validate.ValidateInputs(args.raw), validate.ValidateOutputs(args.report),
                               load_params(args), tracker)
+    for line in validate.warning_lines(report):
+        print(line)
     print(f"validation passed: {report['n_cases']} case(s), {report['n_warnings']} warning check(s) failed; "
           f"report: {args.report / 'validation.html'}")
     return 0

@@ -24,7 +24,8 @@ a version without one is never promoted).
 The inputs must belong together, or nothing is registered: the bundle must be a METHOD
 model, and identity.json must have been written by the `sasan evaluate` run that wrote
 METRICS (sha256 of the metrics file) and evaluated this very bundle as METHOD (sha256 of
-model.pt). Concurrent registrations are serialised by a lock. With register.enabled false (as in
+model.pt). upper_bound (the U-Net trained on target labels, a reference of the results
+table) is never registered. Concurrent registrations are serialised by a lock. With register.enabled false (as in
 params.yaml and the profiles; the built-in default, used with no params file, is true)
 nothing is registered and the report says "skipped". The decision and its numbers are
 written to REPORT/register.json and REPORT/register.md.
@@ -46,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", type=Path, default=Path("reports/register"), help="report folder")
     p.add_argument("--method", default="sasan",
                    help="method whose mean Dice (paired evaluation: mean SSIM) is gated; the bundle must be of "
-                        "this variant (default: sasan)")
+                        "this variant (default: sasan; no_adaptation, cyclegan and the ablations too; upper_bound, "
+                        "trained on target labels, is refused)")
     p.add_argument("--evaluation-report", type=Path, default=Path("reports/evaluation"),
                    help="the report folder of the evaluate run that wrote --metrics; its identity.json is "
                         "checked against --metrics and --bundle and compared by the gate "

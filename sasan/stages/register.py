@@ -4,7 +4,9 @@ run, register it as a new version and move the ``champion`` alias only past the 
 
 Before MLflow is touched, the inputs must belong together: the bundle is of the gated
 method's variant, and where the evaluation identity is given, it was written with these
-metrics (their sha256) after evaluating this very bundle as that method (its sha256)."""
+metrics (their sha256) after evaluating this very bundle as that method (its sha256); and
+the model is one unsupervised adaptation may serve: ``upper_bound``, the U-Net trained on the
+target domain's labels (the reference row of the results table), is never registered."""
 
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
 
 RUN_REF = "mlflow_run.json"       # the variant's child run, next to its bundle
 IDENTITY_FILE = "identity.json"   # in the evaluate stage's report folder
+# variants trained on target labels: references that measure how far adaptation is from
+# supervision; serving one would make the system supervised (sasan.train.variants)
+TARGET_SUPERVISED = frozenset({"upper_bound"})
 
 
 @dataclass(frozen=True)
@@ -73,11 +78,13 @@ def checked_inputs(inputs: RegisterInputs,
     """(metrics, evaluation identity or None), checked to belong together: the bundle is a
     ``method`` model and, with an identity, the identity was recorded with these metrics
     after evaluating this bundle as ``method``."""
+    refuse_target_supervised(method)
     metrics = load_evaluation(inputs.metrics)
     metric, _ = gate_score(metrics, method, inputs.metrics)     # mean Dice, or mean SSIM (paired)
     if not Path(inputs.bundle).is_file():
         raise CheckpointError("model bundle not found (written by `sasan train`)", inputs.bundle)
     variant = bundle_variant(inputs.bundle)
+    refuse_target_supervised(variant, inputs.bundle)
     if variant != method:
         raise ConfigError(f"the bundle is a {variant!r} model but the gated method is {method!r}: its "
                           f"{method}.mean.{metric} does not score it (pass the {method} bundle, or --method {variant})",
@@ -86,6 +93,14 @@ def checked_inputs(inputs: RegisterInputs,
     if identity is not None:
         check_evaluated(identity, inputs, method, metric)
     return metrics, identity
+
+
+def refuse_target_supervised(variant: str, path: Optional[Path] = None) -> None:
+    """A model trained on target labels never becomes a registered (servable) version."""
+    if variant in TARGET_SUPERVISED:
+        raise ConfigError(f"{variant} is not registered: it is trained on the target domain's labels (a reference "
+                          f"row of the results table), which an unsupervised-adaptation model never has; register "
+                          f"sasan, or another method trained without target labels", path)
 
 
 def bundle_variant(path: Path) -> str:
