@@ -280,15 +280,6 @@ def test_bounds_fall_back_to_the_domain_as_preprocessing_does(bundle_path, ct_vo
         infer_volume(bundle, path, prep, "pet", domain="petdomain")
 
 
-def test_translate_modality_without_bounds_uses_the_target_domain(bundle_path, ct_volume, tmp_path):
-    path, _ = ct_volume
-    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
-    assert main(["translate", str(path), str(a), "--bundle", str(bundle_path), "--device", "cpu"]) == 0
-    assert main(["translate", str(path), str(b), "--bundle", str(bundle_path), "--device", "cpu",
-                 "--modality", "CT-scan"]) == 0
-    assert np.array_equal(nib.load(a).get_fdata(), nib.load(b).get_fdata())
-
-
 # --- paired mode: a bundle that translates only ------------------------------------------------
 
 def _paired_bundle(tmp_path, with_untrained_unet=False, name="paired.pt"):

@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 from sasan.cli.params import add_params_args, load_params
 from sasan.errors import ConfigError
@@ -84,8 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     tl.add_argument("--labels", type=Path, default=None,
                     help="write the label volume here (.nii or .nii.gz); refused for a bundle that does not segment")
     tl.add_argument("--modality", default=None,
-                    help="input modality key for the intensity bounds (preprocess.bounds); looked up first, "
-                         "then the bundle's target domain, as preprocessing does (default: the target domain)")
+                    help="input modality: a key of the bundle's preprocess.bounds (any case: MR is mr), "
+                         "whose intensity bounds normalise the image; an unknown key is refused "
+                         "(default: the bundle's target domain)")
     tl.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     tl.set_defaults(func=_translate)
 
@@ -172,7 +174,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     with tracker:
         results = evaluate.run(evaluate.EvaluateInputs(args.raw, models), evaluate.EvaluateOutputs(args.metrics, args.report),
                                cfg, tracker, save_predictions=not args.no_predictions, progress=not args.no_progress)
-    print(evaluate.summary_table(results, [m for m in cfg.evaluate.methods if m in results]))
+    print(evaluate.summary_table(results, [m for m in cfg.evaluate.methods if m in results],
+                                 assd_cap_vox=cfg.evaluate.assd_cap_vox))
     print(f"metrics: {args.metrics}   report: {args.report}/")
     return 0
 
@@ -202,8 +205,10 @@ def _translate(args: argparse.Namespace) -> int:
     if args.labels is not None and not bundle.segments:
         raise ConfigError(f"bundle {bundle.variant!r} does not segment (a paired-mode model translates only): "
                           "drop --labels and give OUT only", args.bundle)
-    bundle = bundle.to(runtime.device)
     domain = bundle.cfg.experiment.target
+    if args.modality is not None:
+        _check_modality(args.modality, bundle.cfg.preprocess.bounds, domain, args.bundle)
+    bundle = bundle.to(runtime.device)
     modality = args.modality or domain
     try:
         result = infer_volume(bundle, args.image, bundle.cfg.preprocess, modality, runtime, domain=domain)
@@ -221,6 +226,17 @@ def _translate(args: argparse.Namespace) -> int:
     print("   ".join(f"{what}: {path}" for what, path in (("translated", args.out), ("labels", args.labels))
                      if path is not None))
     return 0
+
+
+def _check_modality(modality: str, bounds: dict, domain: str, bundle_path: Path) -> None:
+    """``--modality`` names intensity bounds of the bundle's preprocessing config, looked up
+    as preprocessing looks a modality up (lower-cased: the manifests spell ``MR``, ``CT``,
+    ``T2``); an unknown one is refused, never silently replaced by the target domain's."""
+    if modality.lower() not in bounds:
+        hint = (f"; leave --modality out for the target domain's ({domain!r})" if domain.lower() in bounds
+                else "")
+        raise ConfigError(f"--modality {modality!r}: the bundle's preprocess.bounds has no such key (keys: "
+                          f"{', '.join(sorted(bounds))}){hint}", bundle_path)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -269,38 +285,85 @@ def _summary(args: argparse.Namespace) -> int:
             structures = list(dict.fromkeys(row["structure"] for row in rows))
         except (TypeError, KeyError) as err:
             raise ConfigError(f"not the report's per-structure rows ({err})", plot_rows) from None
-    print(summary_table(results, order, structures))
+    print(summary_table(results, order, structures, _assd_cap_vox()))
     print()
-    from sasan.tracking.runs import read_run_ref, runs_table_url
-
-    url = "http://127.0.0.1:5000"
-    ref_path = args.models / "mlflow_run.json"
-    if ref_path.is_file():
-        exp = read_run_ref(ref_path).get("experiment_id")
-        url = runs_table_url(exp) if exp else url
-    # the validation and register reports are written next to the evaluation report
-    reports = args.report.parent
     from sasan.stages.evaluate import is_paired_results
 
-    pictures = ([(f"{args.report / 'translations.png'}", "translations of every method on a paired test subject")]
-                if is_paired_results(results) else
-                [(f"{args.report / 'segmentations.png'}", "predictions of every method on a target test volume"),
-                 (f"{args.report / 'dice_per_structure.png'}", "")])
-    rows = [
-        (f"{_on_path('mlflow')} ui", "then open the runs table (curves, images, model):"),
-        *pictures,
-        (f"{args.models / 'sasan' / 'samples'}/", "translations and attention maps"),
-        (f"{reports / 'validation' / 'validation.html'}", "data validation report"),
-        (f"{reports / 'register' / 'register.md'}", "registry decision"),
-        (f"{_on_path('dvc')} metrics show | {_on_path('dvc')} plots show", "DVC views of the same numbers"),
-    ]
-    width = max(38, *(len(what) for what, _ in rows))
+    report = args.report
+    # the validation and register reports of the pipeline lie next to the evaluation report
+    files = ([(report / "translations.png", "translations of every method on a paired test subject")]
+             if is_paired_results(results) else
+             [(report / "segmentations.png", "predictions of every method on a target test volume"),
+              (report / "dice_per_structure.png", "Dice per structure and method")])
+    files += [(args.models / "sasan" / "samples", "translations and attention maps"),
+              (report.parent / "validation" / "validation.html", "data validation report"),
+              (report.parent / "register" / "register.md", "registry decision")]
+    # only what is there; the two DVC commands as two commands (each can be pasted alone)
+    rows = [(f"{path}/" if path.is_dir() else str(path), note, []) for path, note in files if path.exists()]
+    rows += [(f"{_on_path('dvc')} metrics show", "DVC's view of the metrics", []),
+             (f"{_on_path('dvc')} plots show", "DVC's plots of the same numbers (HTML)", [])]
+    width = max([38, *(len(what) for what, _, _ in rows)])     # a long store URI does not widen the rest
     print("Where to look:")
-    for i, (what, note) in enumerate(rows):
-        print(f"  {what:<{width}} # {note}".rstrip() if note else f"  {what}")
-        if i == 0:
-            print(f"    {url}")
+    for what, note, below in _mlflow_rows(args.models / "mlflow_run.json") + rows:
+        if not note:
+            print(f"  {what}")
+        elif len(what) > width:     # the note on its own line: a command stays one line to paste
+            print(f"  {what}\n    # {note}")
+        else:
+            print(f"  {what:<{width}} # {note}")
+        for line in below:
+            print(f"    {line}")
     return 0
+
+
+def _assd_cap_vox() -> Optional[float]:
+    """``evaluate.assd_cap_vox`` of the parameters evaluate reads by default (./params.yaml,
+    else the built-in default), for the table's footer; None when they cannot be read."""
+    try:
+        return float(load_params(argparse.Namespace(params=None, set=[])).evaluate.assd_cap_vox)
+    except ConfigError:
+        return None
+
+
+def _mlflow_rows(ref_path: Path) -> list[tuple[str, str, list[str]]]:
+    """How to open the runs of the store the run reference at ``ref_path`` names: ``mlflow
+    ui``, with ``--backend-store-uri`` unless that store is ./mlflow.db (what plain ``mlflow
+    ui`` opens here), or a tracking server's own address; below it the runs table of that
+    store's experiment and the run. No reference: plain ``mlflow ui``; a reference of an
+    untracked run (``--no-tracking``): nothing."""
+    import shlex
+
+    from sasan.tracking.runs import read_run_ref, runs_table_url
+
+    local = "http://127.0.0.1:5000"
+    if not ref_path.is_file():
+        return [(f"{_on_path('mlflow')} ui", "then open:", [local])]
+    ref = read_run_ref(ref_path)
+    experiment, run, uri = ref.get("experiment_id"), ref.get("run_id"), ref.get("tracking_uri") or ""
+    if not experiment:
+        return []
+    server = uri.lower().startswith(("http://", "https://"))
+    ui = uri.rstrip("/") if server else local
+    links = [runs_table_url(experiment, ui)]
+    if run:
+        links.append(f"{ui}/#/experiments/{experiment}/runs/{run}  # this pipeline's run")
+    if server:
+        return [(links[0], "the runs table (curves, images, model) on the tracking server", links[1:])]
+    command = f"{_on_path('mlflow')} ui"
+    if uri and not _is_default_store(uri):
+        command += f" --backend-store-uri {shlex.quote(uri)}"
+    return [(command, "then open the runs table (curves, images, model):", links)]
+
+
+def _is_default_store(uri: str) -> bool:
+    """Whether ``uri`` is the store plain ``mlflow ui`` opens in this directory (./mlflow.db)."""
+    from sasan.tracking.client import default_tracking_uri
+
+    if not uri.startswith("sqlite:///"):
+        return False
+    db = uri[len("sqlite:///"):].split("?", 1)[0]
+    default = default_tracking_uri(Path.cwd())[len("sqlite:///"):]
+    return bool(db) and db != ":memory:" and (Path.cwd() / db).resolve() == Path(default).resolve()
 
 
 def _on_path(tool: str) -> str:

@@ -218,12 +218,23 @@ def markdown_report(results: dict[str, Any], order: list[str], title: str, repor
         structures = list(next(iter(results.values()))["per_structure"])
         lines = [f"# {title}", "", "| method | " + " | ".join(structures) + " | mean |",
                  "|---" * (len(structures) + 2) + "|"]
+
+        def cell(scores: dict[str, Any], capped: bool) -> str:
+            # "\\*": a literal asterisk, never the start of emphasis
+            return f"{scores['dice']:.3f} ({scores['assd_mm']:.2f}" + ("\\*)" if capped else ")")
+
+        marked = False
         for method in [m for m in order if m in results]:
-            r = results[method]
-            cells = [f"{r['per_structure'][n]['dice']:.3f} ({r['per_structure'][n]['assd_mm']:.2f})"
-                     for n in structures]
-            lines.append(f"| {method} | " + " | ".join(cells)
-                         + f" | {r['mean']['dice']:.3f} ({r['mean']['assd_mm']:.2f}) |")
+            per = results[method]["per_structure"]
+            mean_capped = any(is_capped(c) for c in per.values())
+            marked = marked or mean_capped
+            cells = [cell(per[n], is_capped(per[n])) for n in structures]
+            lines.append(f"| {method} | " + " | ".join([*cells, cell(results[method]["mean"], mean_capped)]) + " |")
+        lines += ["", "Dice (ASSD in mm); mean over structures and subjects."]
+        if marked:
+            lines[-1] += (" \\* Some subject lacks the structure in its prediction or truth: its ASSD counts as "
+                          "the cap (evaluate.assd_cap_vox voxels, in mm by the voxel spacing; 0 when both lack "
+                          "it), not a measured distance.")
     for png in sorted(Path(report_dir).glob("*.png")):
         src = f"data:image/png;base64,{base64.b64encode(png.read_bytes()).decode('ascii')}" if embed_images else png.name
         lines += ["", f"## {png.stem.replace('_', ' ')}", "", f"![{png.stem}]({src})"]
@@ -371,7 +382,7 @@ def run_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_path: str
     gt_first = load_volume(raw_dir / first["label"], kind="label").array.astype(np.int64)
     img_first = load_volume(raw_dir / first["image"]).array.astype(np.float32, copy=False)
     segmentation_montage(img_first, gt_first, {m: v[1] for m, v in montage.items()},
-                         report_dir / "segmentations.png", f"{target} test case {first['case_id']}")
+                         report_dir / "segmentations.png", f"{target} test case {first['case_id']}", labels)
     return results
 
 
@@ -420,28 +431,63 @@ def check_metrics(results: Any, path: str | Path) -> None:
         structures = set(per)
 
 
+CAPPED = "*"     # marks an ASSD that counts a structure missing from a prediction or a truth
+
+
+def is_capped(cell: dict[str, Any]) -> bool:
+    """Whether an aggregated ASSD (one structure of one method) counts at least one subject
+    whose structure is missing from the prediction or the truth (``n_missing``): its ASSD is
+    then the cap (0 when missing from both), a convention, not a measured distance."""
+    return int(cell.get("n_missing") or 0) > 0
+
+
+def text_table(header: list[str], rows: list[list[str]], gap: int = 2) -> list[str]:
+    """Lines of a plain-text table: the header, a rule, the rows; the first column left-,
+    the others right-aligned, each as wide as its widest entry, ``gap`` spaces between."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        return (" " * gap).join(c.ljust(w) if i == 0 else c.rjust(w)
+                                for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    head = line(header)
+    return [head, "-" * len(head), *(line(row) for row in rows)]
+
+
 def summary_table(results: dict[str, Any], order: Optional[list[str]] = None,
-                  structures: Optional[list[str]] = None) -> str:
+                  structures: Optional[list[str]] = None, assd_cap_vox: Optional[float] = None) -> str:
     """A plain-text table: per-structure Dice and ASSD (voxels) for each method; columns in
-    ``structures`` order (e.g. label order) where given, else as stored. A paired
-    evaluation's: MAE, PSNR and SSIM (mean +- sd) per method."""
+    ``structures`` order (e.g. label order) where given, else as stored. An ASSD that counts
+    a structure missing from some subject's prediction or truth is marked ``*`` (the mean
+    too, when any of its structures is), and the footer says what the mark means and the
+    cap (``assd_cap_vox``: ``evaluate.assd_cap_vox``; named without a value when not given).
+    A paired evaluation's: MAE, PSNR and SSIM (mean +- sd) per method."""
     if is_paired_results(results):
         from sasan.stages.evaluate_paired import paired_summary_table
 
         return paired_summary_table(results, order)
-    methods = order or list(results)
+    methods = [m for m in (order or list(results)) if m in results]
     stored = list(next(iter(results.values()))["per_structure"])
     names = [n for n in structures or [] if n in stored] + [n for n in stored if n not in (structures or [])]
-    head = f"{'method':<16}" + "".join(f"{n:>14}" for n in names) + f"{'mean':>14}"
-    lines = [head, "-" * len(head)]
+
+    def cell(dice: float, assd: float, capped: bool) -> str:
+        # unmarked cells keep a blank where the mark goes: the numbers stay aligned
+        return f"{dice:.3f}/{assd:.1f}" + (CAPPED if capped else " ")
+
+    rows = []
     for m in methods:
-        if m not in results:
-            continue
-        r = results[m]
-        cells = [f"{r['per_structure'][n]['dice']:.3f}/{r['per_structure'][n]['assd_vox']:.1f}" for n in names]
-        cells.append(f"{r['mean']['dice']:.3f}/{r['mean']['assd_vox']:.1f}")
-        lines.append(f"{m:<16}" + "".join(f"{c:>14}" for c in cells))
+        per, mean = results[m]["per_structure"], results[m]["mean"]
+        rows.append([m, *(cell(per[n]["dice"], per[n]["assd_vox"], is_capped(per[n])) for n in names),
+                     cell(mean["dice"], mean["assd_vox"], any(is_capped(c) for c in per.values()))])
+    marked = any(c.endswith(CAPPED) for row in rows for c in row[1:])
+    if not marked:
+        rows = [[c.rstrip() for c in row] for row in rows]
+    lines = text_table(["method", *names, "mean"], rows)
     lines.append("cells: Dice / ASSD (voxels); mean over structures and subjects")
+    if marked:
+        cap = "the cap" if assd_cap_vox is None else f"the cap, {assd_cap_vox:g} voxels"
+        lines += [f"{CAPPED} capped: some subject lacks the structure in its prediction or truth; its ASSD counts as",
+                  f"  {cap} (evaluate.assd_cap_vox; 0 where both lack it), not a measured distance"]
     gaps = gap_closed({m: r["mean"]["dice"] for m, r in results.items()})
     shown = [m for m in methods if m in gaps]
     if shown:
@@ -450,4 +496,3 @@ def summary_table(results: dict[str, Any], order: Optional[list[str]] = None,
                      + ", ".join(f"{m} {100 * gaps[m]:.0f}%" for m in shown)
                      + (f"; one run on {n} test subject(s)" if n else ""))
     return "\n".join(lines)
-

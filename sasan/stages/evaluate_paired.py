@@ -260,15 +260,17 @@ def run_paired_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_pa
 
 
 def paired_summary_table(results: dict[str, Any], order: Optional[list[str]] = None) -> str:
-    """Plain text: mean +- sd of MAE, PSNR and SSIM over subjects per method."""
+    """Plain text: mean +- sd of MAE, PSNR and SSIM over subjects per method, in aligned
+    columns under their headers."""
+    from sasan.stages.evaluate import text_table
+
     methods = [m for m in (order or list(results)) if m in results]
-    head = f"{'method':<16}{'MAE':>18}{'PSNR (dB)':>18}{'SSIM':>18}"
-    lines = [head, "-" * len(head)]
+    rows = []
     for m in methods:
         mean, sd = results[m]["mean"], results[m]["sd"]
-        cells = [f"{mean[k]:.4f} +- {sd[k]:.4f}" if k != "psnr" else f"{mean[k]:.2f} +- {sd[k]:.2f}"
-                 for k in ("mae", "psnr", "ssim")]
-        lines.append(f"{m:<16}" + "".join(f"{c:>18}" for c in cells))
+        rows.append([m, *(f"{mean[k]:.4f} +- {sd[k]:.4f}" if k != "psnr" else f"{mean[k]:.2f} +- {sd[k]:.2f}"
+                          for k in ("mae", "psnr", "ssim"))])
+    lines = text_table(["method", "MAE", "PSNR (dB)", "SSIM"], rows)
     n = results[methods[0]]["n_subjects"] if methods else 0
     mask = results[methods[0]].get("mask", "body") if methods else "body"
     lines.append(f"paired translation, target -> source; mean +- sd over {n} test subject(s); {mask} mask, "
