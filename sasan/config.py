@@ -7,6 +7,7 @@ saved next to every checkpoint; models are rebuilt from that file, never from wh
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from pathlib import Path
@@ -176,18 +177,77 @@ def parse_value(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> Config:
-    """Validate a nested dict (strict: unknown keys and wrong types raise ConfigError)."""
+def config_from_dict(data: dict[str, Any], origin: Optional[str] = "<dict>",
+                     key_origins: Optional[dict[str, str]] = None) -> Config:
+    """Validate a nested dict (strict: unknown keys and wrong types raise ConfigError).
+
+    ``key_origins`` maps dotted keys that did not come from ``origin`` to where they did
+    (``--set model.k=4``, ``--cases``): an error at or below such a key (or above it, for a
+    misspelt section) names that origin instead, so a command-line typo is not blamed on
+    ``params.yaml``."""
     try:
         return Config.model_validate_json(json.dumps(data))
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{where}: {first['msg']} ({len(err.errors())} error(s))", origin) from None
+        errors = err.errors()
+        reason, where = _describe_error(errors[0], key_origins or {}, origin)
+        more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+        raise ConfigError(reason + more, where) from None
 
 
-def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> Config:
-    """Load ``params.yaml`` (a missing section takes its defaults) and apply dotted overrides."""
+def _describe_error(error: Any, key_origins: dict[str, str], origin: Optional[str]) -> tuple[str, Optional[str]]:
+    """One pydantic error -> (reason in plain words, the origin to name)."""
+    loc = [str(part) for part in error["loc"]]
+    # the key given on its own whose value holds the error, or under which it was misspelt
+    given = next((key.split(".") for key in key_origins if _nested_in(key.split("."), loc)), None)
+    key = loc if given is None else max(given, loc, key=len)
+    if given is not None:
+        origin = key_origins[".".join(given)]
+    # the origin already names the key when it is the one given (--set KEY=VALUE, --cases)
+    where = "" if key == given else ".".join(key) + ": "
+    kind, msg = error["type"], str(error["msg"])
+    if kind == "extra_forbidden":
+        guess = difflib.get_close_matches(".".join(key), _setting_names(), n=1, cutoff=0.6)
+        return where + "unknown setting" + (f"; did you mean {guess[0]}?" if guess else ""), origin
+    if kind in ("tuple_type", "list_type"):
+        msg = "should be a list, e.g. [a, b]"
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+        msg = "should be a section of settings (key: value)"
+    elif kind in ("too_long", "too_short"):
+        ctx = error.get("ctx") or {}
+        most = kind == "too_long"
+        msg = f"should have at {'most' if most else 'least'} {ctx.get('max_length' if most else 'min_length')} value(s)"
+    elif kind == "missing":
+        return where + "a required value is missing", origin
+    elif kind == "value_error":
+        return where + msg.removeprefix("Value error, "), origin
+    msg = msg.removeprefix("Input ")
+    shown = json.dumps(error.get("input"), ensure_ascii=False)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"{where}{msg}, got {shown}", origin
+
+
+def _nested_in(a: list[str], b: list[str]) -> bool:
+    """Whether one dotted key lies at or below the other."""
+    return a[:len(b)] == b or b[:len(a)] == a
+
+
+def _setting_names(model: type[StrictModel] = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the tree, sections included (``train``, ``train.joint.max_steps``)."""
+    names = []
+    for name, field in model.model_fields.items():
+        dotted = prefix + (field.alias or name)
+        names.append(dotted)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, StrictModel):
+            names += _setting_names(field.annotation, dotted + ".")
+    return names
+
+
+def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None,
+                key_origins: Optional[dict[str, str]] = None) -> Config:
+    """Load ``params.yaml`` (a missing section takes its defaults) and apply dotted overrides.
+
+    An error in an override names where it came from: ``key_origins[key]`` (``--set
+    KEY=VALUE``), else ``override KEY``; an error in the file's own keys names the file."""
     path = Path(path)
     try:
         data = yaml.load(path.read_text(), Loader=_Loader) or {}
@@ -206,7 +266,8 @@ def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) ->
             set_dotted(data, dotted, value)
         except ConfigError as err:  # an override that the file's values do not allow
             raise ConfigError(err.reason, path) from None
-    return config_from_dict(data, str(path))
+    origins = {key: f"override {key}" for key in overrides or {}} | (key_origins or {})
+    return config_from_dict(data, str(path), origins)
 
 
 # the Kubeflow pipeline's direction and source parameters -> the keys they set when non-empty

@@ -151,7 +151,7 @@ def test_submit_refuses_a_params_file_the_stages_would_refuse(package, tmp_path,
     capsys.readouterr()
     assert main(submit) == 2
     line = one_line(capsys)
-    assert line.startswith(f"sasan pipeline: error: {profile}: model.kk") and "Extra inputs" in line, line
+    assert line == f"sasan pipeline: error: {profile}: model.kk: unknown setting; did you mean model.k?", line
     # the run's overrides and parameters are resolved with it, as the configure step does
     profile.write_text("model:\n  k: 3\n")
     assert main([*submit, "--param", "overrides={model.kk: 1}"]) == 2

@@ -28,7 +28,8 @@ SOURCE is one of:
 
 Only labelled subjects fill the test quota: a case without a label stays test when the
 source holds it out (imagesTs/, MM-WHS *_test_*), else it goes to train. Dot-files (macOS
-._* files) are skipped.
+._* files) are skipped. A label must lie on its image's voxel grid; one stored in another
+orientation (axes flipped or permuted, e.g. LPS against an RAS image) is written in the image's.
 
 Paired mode: with --params/--set the experiment is known, and experiment.mode decides; when
 it is paired, the quota counts the subjects with an image in both experiment.source and
@@ -109,8 +110,11 @@ def _phantom(args: argparse.Namespace) -> int:
         summary = generate_paired_phantom(args.out, cases=args.cases, seed=args.seed, size=args.size,
                                           mr_contrast=args.mr_contrast)
     else:
+        # every value is a flag's: an error names the flag (the CLI adds the command)
         cfg = config_from_dict({"phantom": {"cases": args.cases, "seed": args.seed, "domains": list(args.domains),
-                                            "mr_contrast": args.mr_contrast}}, "sasan data phantom")
+                                            "mr_contrast": args.mr_contrast}}, None,
+                               {"phantom.cases": "--cases", "phantom.seed": "--seed", "phantom.domains": "--domains",
+                                "phantom.mr_contrast": "--mr-contrast"})
         summary = phantom.run(phantom.PhantomOutputs(args.out), cfg, Tracker.disabled(), size=args.size)
     summary = {k: v for k, v in summary.items() if k != "domains"} | {
         "domains": {d: {"modality": v["modality"], "cases": v["cases"]} for d, v in summary["domains"].items()}}
@@ -133,15 +137,19 @@ def _ingest(args: argparse.Namespace) -> int:
     from sasan.stages import ingest
     from sasan.tracking.runs import Tracker
 
-    flags = {"ingest.source": args.source, "ingest.layout": args.layout, "ingest.test_fraction": args.test_fraction,
-             "ingest.seed": args.seed, "validate.affine_atol_mm": args.affine_atol_mm}
+    flags = {"ingest.source": (args.source, "SOURCE"), "ingest.layout": (args.layout, "--layout"),
+             "ingest.test_fraction": (args.test_fraction, "--test-fraction"), "ingest.seed": (args.seed, "--seed"),
+             "validate.affine_atol_mm": (args.affine_atol_mm, "--affine-atol-mm")}
     # the experiment is known only when asked for: ./params.yaml alone must not change a split
     known = args.params is not None or bool(args.set)
     data = load_params(args).to_dict() if known else {}
-    for key, value in flags.items():
+    given = {}  # key -> the flag that set it
+    for key, (value, flag) in flags.items():
         if value is not None:
             set_dotted(data, key, value)
-    cfg = config_from_dict(data, "sasan ingest")
+            given[key] = flag
+    # the rest was validated by load_params: an error here is a flag's, and names it
+    cfg = config_from_dict(data, None, given)
     summary = ingest.run(ingest.IngestInputs(args.source, experiment_known=known), ingest.IngestOutputs(args.out),
                          cfg, Tracker.disabled())
     print(json.dumps(summary, sort_keys=True))

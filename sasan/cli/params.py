@@ -24,13 +24,19 @@ def add_params_args(p: argparse.ArgumentParser, overrides: bool = True) -> None:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items -> dotted key -> value (parsed as YAML)."""
+    return {key: value for key, (value, _) in _parse_sets(items).items()}
+
+
+def _parse_sets(items: list[str]) -> dict[str, tuple[Any, str]]:
+    """``--set KEY=VALUE`` items -> key -> (value, the item as typed, for errors)."""
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         try:
-            out[key.strip()] = parse_value(value)
+            out[key.strip()] = (parse_value(value), f"--set {key.strip()}={value}")
         except yaml.YAMLError as err:
             problem = getattr(err, "problem", None) or type(err).__name__
             raise ConfigError(f"--set {key.strip()}: {value!r} is not valid YAML ({problem})") from None
@@ -38,11 +44,14 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def load_params(args: argparse.Namespace) -> Config:
-    overrides = parse_overrides(getattr(args, "set", []))
+    """The configuration; an error in a ``--set`` value names the ``--set``, one in the file the file."""
+    sets = _parse_sets(getattr(args, "set", []))
+    overrides = {key: value for key, (value, _) in sets.items()}
+    origins = {key: typed for key, (_, typed) in sets.items()}
     path = args.params if args.params is not None else (DEFAULT_PARAMS if DEFAULT_PARAMS.exists() else None)
     if path is None:
-        return config_from_dict(_nested(overrides), "built-in defaults") if overrides else Config()
-    return load_config(path, overrides)
+        return config_from_dict(_nested(overrides), "built-in defaults", origins) if overrides else Config()
+    return load_config(path, overrides, origins)
 
 
 def _nested(overrides: dict[str, Any]) -> dict[str, Any]:

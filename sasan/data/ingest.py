@@ -7,6 +7,8 @@ fill the test quota, or in paired mode the subjects with both images of the expe
 pair, labelled or not),
 then load and check every volume, remap label values, and write the canonical tree and
 manifest into a temporary sibling of OUT that replaces OUT only when everything succeeded.
+A label stored in another orientation than its image (the same grid, axes flipped or
+permuted) is written in the image's, so that every later stage reads the two on one grid.
 
 Manifest case entries get two optional fields, written only when they apply: ``subject``
 (the patient, where it differs from the case id: BraTS 2023+ time points) and
@@ -34,7 +36,7 @@ from sasan.data import layout as canon
 from sasan.data.adapters import ADAPTERS, AdaptedDataset, DomainSpec, SourceCase
 from sasan.data.manifest import MANIFEST_NAME, build_manifest, case_entry, write_manifest
 from sasan.data.sources import fetch_source, parse_source
-from sasan.data.volume import Volume, check_pair, label_values, load_volume
+from sasan.data.volume import Volume, label_on_image_grid, label_values, load_volume
 from sasan.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -231,15 +233,20 @@ def _write_label(src: Path, image: Volume, spec: DomainSpec, dst: Path, unknown:
                  affine_atol_mm: float = 1e-3) -> set[int]:
     """Check the label against its image, remap its values, write it; returns output values
     and adds the raw values outside the layout's table to ``unknown``."""
-    label = load_volume(src, kind="label")
-    check_pair(image, label, affine_atol_mm)
+    stored = load_volume(src, kind="label")
+    # a label stored in another orientation is written in the image's, so that every later
+    # stage sees the two on one grid
+    label = label_on_image_grid(image, stored, affine_atol_mm)
     values = label_values(label.array)
     if spec.label_map is None:
         if spec.labels is not None:
             bad = sorted(set(values) - set(spec.labels.values()))
             if bad:
                 raise DataError(f"label values {bad} are not in the data set's label table {spec.labels}", src)
-        _copy_nifti(src, dst)
+        if label is stored:
+            _copy_nifti(src, dst)
+        else:
+            _save_label(label.array, label, dst)
         return set(values)
     _check_merged_values(src, values, spec)
     unknown |= set(values) - set(spec.label_map) - set(spec.known_values)
@@ -247,15 +254,19 @@ def _write_label(src: Path, image: Volume, spec: DomainSpec, dst: Path, unknown:
     for raw, new in spec.label_map.items():
         if raw < lut.size:
             lut[raw] = new
-    out = lut[label.array]
+    _save_label(lut[label.array], label, dst)
+    return set(int(v) for v in np.unique(lut[np.asarray(values, dtype=np.intp)])) if values else set()
+
+
+def _save_label(array: np.ndarray, label: Volume, dst: Path) -> None:
+    """Write ``array`` (label values, on ``label``'s grid) with ``label``'s header."""
     header = label.header.copy()
-    header.set_data_dtype(np.uint8)
+    header.set_data_dtype(array.dtype)
     klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    img = klass(out, label.affine, header=header)
+    img = klass(array, label.affine, header=header)
     img.header.set_slope_inter(1.0, 0.0)
     dst.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, dst)
-    return set(int(v) for v in np.unique(lut[np.asarray(values, dtype=np.intp)])) if values else set()
 
 
 def _check_merged_values(src: Path, values: list[int], spec: DomainSpec) -> None:

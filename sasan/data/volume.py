@@ -214,6 +214,35 @@ def check_pair(image: Volume, label: Volume, atol_mm: float = 1e-3) -> None:
                         label.path)
 
 
+def label_on_image_grid(image: Volume, label: Volume, atol_mm: float = 1e-3) -> Volume:
+    """The label on its image's voxel grid (:func:`check_pair`): itself when stored on it, or,
+    when it is stored in another orientation (axes permuted or flipped, e.g. LPS against an
+    RAS image: the same voxels in world space), its voxels reordered into the image's axes
+    with the image's geometry header. Any other difference raises check_pair's
+    :class:`DataError`, measured in the image's orientation."""
+    try:
+        check_pair(image, label, atol_mm)
+        return label
+    except DataError:
+        transform = nib.orientations.ornt_transform(nib.io_orientation(label.affine),
+                                                    nib.io_orientation(image.affine))
+        if np.array_equal(transform, [[0, 1], [1, 1], [2, 1]]):  # same orientation: a real mismatch
+            raise
+    array = np.ascontiguousarray(nib.orientations.apply_orientation(label.array, transform))
+    affine = label.affine @ nib.orientations.inv_ornt_aff(transform, label.array.shape)
+    header = image.header.copy()  # the image's qform, sform, pixdim and units: the same grid
+    header.set_data_dtype(array.dtype)
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0, 0
+    moved = Volume(array=array, affine=affine, header=header, path=label.path)
+    try:
+        check_pair(image, moved, atol_mm)
+    except DataError as err:
+        raise DataError(f"{err.reason}, compared in the image's orientation {image.orientation} "
+                        f"(the label is stored {label.orientation})", label.path) from None
+    return Volume(array=array, affine=image.affine, header=header, path=label.path)
+
+
 def affines_match(a: np.ndarray, b: np.ndarray, atol_mm: float = 1e-3) -> bool:
     return bool(np.allclose(a, b, rtol=0.0, atol=atol_mm))
 
