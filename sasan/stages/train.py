@@ -4,11 +4,15 @@ each as an MLflow child run of the pipeline's parent run, named by the variant.
 
 The child run's reference is kept next to the checkpoints (``<variant>/mlflow_run.json``):
 a retried or resumed step re-opens the same child run and continues its checkpoints.
-SIGTERM checkpoints at the next step boundary and ends the child run as KILLED."""
+SIGTERM and SIGINT (Ctrl-C) checkpoint at the next step boundary and end the child run as
+KILLED; the stage then raises :class:`sasan.train.loop.TrainingInterrupted` (exit 128 + signal)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
@@ -16,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 from sasan.config import Config
 from sasan.errors import DataError
 from sasan.tracking.lineage import RunContext, log_lineage, read_identity
-from sasan.train.loop import sigterm_raises
+from sasan.train.loop import stop_signals_raise
 from sasan.train.recipe import Trainer, open_shards
 from sasan.train.variants import VARIANTS
 
@@ -94,7 +98,7 @@ def run(inputs: TrainInputs, outputs: TrainOutputs, cfg: Config, tracker: "Track
     if jobs > 1 and world_size == 1 and on_checkpoint is None and _on_cpu(cfg):
         return _side_by_side(shards, out_dir, cfg, variants, tracker, context, data, jobs, progress)
     summaries: dict[str, Any] = {}
-    with sigterm_raises():
+    with stop_signals_raise():
         for variant in variants:
             summaries[variant] = _train_variant(shards, out_dir / variant, cfg, variant, tracker, context, data,
                                                 rank, world_size, progress, on_checkpoint)
@@ -119,8 +123,11 @@ def _side_by_side(shards: Path, out_dir: Path, cfg: Config, variants: Sequence[s
     (workers that took the cores of finished ones mid-run made two `make run`s differ from the
     step of the switch on). Small convolutions use two threads
     poorly, so two one-thread workers get more done than one two-thread process
-    (docs/cpu-speed.md). SIGTERM reaches the workers, which checkpoint as in the sequential
-    path; a rerun resumes."""
+    (docs/cpu-speed.md). A stop signal (SIGTERM, Ctrl-C) to the main process reaches the workers
+    as SIGTERM (``pool.terminate``), one to the whole process group reaches them directly:
+    either way each checkpoints and ends its child run KILLED as in the sequential path, quietly
+    (no traceback per worker), and a rerun resumes. A worker whose main process is gone stops
+    the same way."""
     import multiprocessing as mp
 
     import torch
@@ -130,20 +137,41 @@ def _side_by_side(shards: Path, out_dir: Path, cfg: Config, variants: Sequence[s
     parent = (tracker.ref(), tracker.tracking_uri) if tracker.enabled else None
     log.info("training %s side by side: %d workers x %d thread(s)", ", ".join(variants), jobs,
              max(1, cores // jobs))
-    pool = ctx.Pool(jobs, initializer=_worker_init, initargs=(max(1, cores // jobs), logging.getLogger().level),
-                    maxtasksperchild=1)
-    try:
-        with sigterm_raises():
+    pool = None
+    with stop_signals_raise():      # a second signal does not cut the workers' stop short
+        try:
+            pool = _start_pool(ctx, jobs, max(1, cores // jobs))
             pending = {v: pool.apply_async(_variant_job, (shards, out_dir / v, cfg, v, parent, context, data, progress))
                        for v in sorted(variants, key=lambda v: -_COST.get(v, 1))}
             summaries = {v: pending[v].get() for v in variants}
-    except BaseException:
-        pool.terminate()        # SIGTERM: each worker checkpoints and ends its child run KILLED
-        raise
-    finally:
-        pool.close()
-        pool.join()
+        except BaseException:
+            if pool is not None:
+                pool.terminate()    # SIGTERM: each worker checkpoints and ends its child run KILLED
+            raise
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
     return summaries
+
+
+def _start_pool(ctx, jobs: int, threads: int):
+    """The worker processes start with SIGINT ignored (a disposition a child inherits): a Ctrl-C
+    while one imports torch would otherwise end it with a traceback. Workers the pool starts
+    later to replace finished ones do not inherit it; _worker_init sets it as they start."""
+    import threading
+
+    def start():
+        return ctx.Pool(jobs, initializer=_worker_init, initargs=(threads, logging.getLogger().level),
+                        maxtasksperchild=1)
+
+    if threading.current_thread() is not threading.main_thread():
+        return start()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _worker_init(threads: int, level: int) -> None:
@@ -151,15 +179,52 @@ def _worker_init(threads: int, level: int) -> None:
 
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
+    # between tasks a Ctrl-C is the main process's to handle (it stops the pool); a task takes
+    # SIGINT and SIGTERM as the sequential path does (stop_signals_raise in _variant_job)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stop_when_parent_exits()
+
+
+def _parent_gone() -> bool:
+    import multiprocessing as mp
+
+    parent = mp.parent_process()
+    return parent is not None and not parent.is_alive()
+
+
+def _stop_when_parent_exits() -> None:
+    """A worker whose main process died (``kill -9``) stops as on SIGTERM: it checkpoints at
+    the next step boundary and ends its child run KILLED, instead of training on for nobody."""
+    import multiprocessing as mp
+    import threading
+    from multiprocessing.connection import wait
+
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="sasan-parent-watch", daemon=True).start()
 
 
 def _variant_job(shards: Path, vdir: Path, cfg: Config, variant: str, parent, context: RunContext, data,
                  progress: bool) -> dict[str, Any]:
     from sasan.tracking.runs import Tracker
 
-    tracker = Tracker.reopen(parent[0], tracking_uri=parent[1]) if parent else Tracker.disabled()
-    with sigterm_raises():
-        return _train_variant(shards, vdir, cfg, variant, tracker, context, data, 0, 1, progress, None)
+    try:
+        with stop_signals_raise():
+            tracker = Tracker.reopen(parent[0], tracking_uri=parent[1]) if parent else Tracker.disabled()
+            return _train_variant(shards, vdir, cfg, variant, tracker, context, data, 0, 1, progress, None)
+    finally:
+        if _parent_gone():
+            # nobody to hand the result to (the pool's pipe would raise BrokenPipeError in
+            # multiprocessing's own code, with a traceback); checkpoint and child run are done
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(128 + signal.SIGTERM)
 
 
 def _train_variant(shards: Path, vdir: Path, cfg: Config, variant: str, tracker: "Tracker", context: RunContext,

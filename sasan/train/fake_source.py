@@ -15,13 +15,13 @@ from sasan.train.device import Runtime
 
 @torch.no_grad()
 def translate_to_source(nets: SASANNetworks, target: Any, runtime: Runtime, batch_size: int = 16,
-                        progress: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+                        progress: bool = True, label: str = "fake-source") -> tuple[np.ndarray, np.ndarray | None]:
     """All slices of ``target`` (no augmentation) -> fake-source images (N, S, H, W) float16 and
     pseudo-labels (N, H, W) uint8 (None for the CycleGAN ablation, which has no A_t)."""
     nets.eval()
     target.set_epoch(0)
     images, labels = [], []
-    for start in tqdm(range(0, len(target), batch_size), desc="fake-source", disable=not progress):
+    for start in tqdm(range(0, len(target), batch_size), desc=label, disable=not progress):
         t = torch.stack([target[i]["image"] for i in range(start, min(start + batch_size, len(target)))])
         t = runtime.batch(t)
         with runtime.autocast():

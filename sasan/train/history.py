@@ -10,6 +10,9 @@ from sasan.atomic import write_text
 from sasan.figures import pyplot, save_png
 
 
+SPARSE = 50        # a curve of this many points or fewer is drawn with a marker on each
+
+
 class History:
     """Rows keyed by step, so a resumed phase overwrites the steps it redoes."""
 
@@ -46,7 +49,8 @@ class History:
         fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
         for ax, key in zip(axes.flat, keys):
             xs = [s for s in steps if key in self.rows[s]]
-            ax.plot(xs, [self.rows[s][key] for s in xs], lw=1.2)
+            # markers where points are few: a line through one point draws nothing
+            ax.plot(xs, [self.rows[s][key] for s in xs], lw=1.2, marker="o" if len(xs) <= SPARSE else None, ms=3)
             ax.set_title(key, fontsize=9)
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(keys):]:

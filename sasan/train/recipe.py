@@ -146,7 +146,7 @@ class Trainer:
         phase.extra = {**(phase.extra or {}), **self.checkpoint_record}
         history = History(self.out / "logs" / f"{phase.name}.tsv")
         last = run_phase(phase, self._log(history), is_main=self.is_main, progress=self.progress,
-                         on_checkpoint=self.on_checkpoint)
+                         on_checkpoint=self.on_checkpoint, label=f"{self.variant}/{phase.name}")
         if self.is_main:
             history.plot(self.out / "logs" / f"{phase.name}.png", f"{self.variant}: {phase.name}")
         return last
@@ -169,7 +169,7 @@ class Trainer:
         held_out = attention_dice(nets.att_s, data.source_test, self.rt, self.cfg.model.num_classes)
         if held_out is not None:
             self._diagnose("A_s_source_test", held_out)
-            log.info("A_s after pre-training: source test Dice %.3f", held_out["dice"]["mean"])
+            log.info("%s: A_s after pre-training: source test Dice %.3f", self.variant, held_out["dice"]["mean"])
 
     def joint(self, nets, data: TrainData) -> JointTrainer:
         c, seed = self.cfg.train.joint, self.cfg.experiment.seed
@@ -247,7 +247,7 @@ class Trainer:
             dice = pooled_dice(predict_labels(unet, source_test, rt), labels_of(source_test),
                                self.cfg.model.num_classes)
             self._diagnose("U-Net_source_test", {"dice": dice})
-            log.info("U-Net: source test Dice %.3f", dice["mean"])
+            log.info("%s: U-Net source test Dice %.3f", self.variant, dice["mean"])
         return unet
 
     # -------------------------------------------------------------- recipe
@@ -287,7 +287,8 @@ class Trainer:
         parts = [data.source]
         if self.cfg.train.segmenter.fake_source and not paired:
             images, labels = translate_to_source(nets, data.target_plain or data.target, self.rt,
-                                                 progress=self.progress and self.is_main)
+                                                 progress=self.progress and self.is_main,
+                                                 label=f"{self.variant}/fake-source")
             if labels is not None:
                 seg = self.cfg.train.segmenter
                 parts.append(ArraySliceDataset(images, labels, seed=self.cfg.experiment.seed + 2,
