@@ -47,6 +47,7 @@ from sasan.inference import check_creatable, infer_volume, save_nifti
 from sasan.metrics import aggregate_subjects, gap_closed, segmentation_scores
 from sasan.stages.evaluation_bundles import BundleInfo, inspect_bundles, read_manifest_file  # noqa: F401
 from sasan.stages.evaluation_pictures import dice_bars, segmentation_montage
+from sasan.stages.evaluation_tables import text_table
 from sasan.tracking.lineage import data_identity, split_digest
 from sasan.tracking.names import metric_name
 from sasan.train.device import resolve_runtime
@@ -439,19 +440,6 @@ def is_capped(cell: dict[str, Any]) -> bool:
     whose structure is missing from the prediction or the truth (``n_missing``): its ASSD is
     then the cap (0 when missing from both), a convention, not a measured distance."""
     return int(cell.get("n_missing") or 0) > 0
-
-
-def text_table(header: list[str], rows: list[list[str]], gap: int = 2) -> list[str]:
-    """Lines of a plain-text table: the header, a rule, the rows; the first column left-,
-    the others right-aligned, each as wide as its widest entry, ``gap`` spaces between."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(row: list[str]) -> str:
-        return (" " * gap).join(c.ljust(w) if i == 0 else c.rjust(w)
-                                for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-
-    head = line(header)
-    return [head, "-" * len(head), *(line(row) for row in rows)]
 
 
 def summary_table(results: dict[str, Any], order: Optional[list[str]] = None,

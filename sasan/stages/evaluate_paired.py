@@ -57,6 +57,7 @@ from sasan.inference import save_nifti
 from sasan.metrics import body_mask, translation_scores
 from sasan.stages.evaluation_bundles import BundleInfo, inspect_bundles, read_manifest_file
 from sasan.stages.evaluation_pictures import translation_montage
+from sasan.stages.evaluation_tables import text_table
 from sasan.train.device import resolve_runtime
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,6 @@ def run_paired_evaluate(models: dict[str, Path], raw_dir: str | Path, metrics_pa
 def paired_summary_table(results: dict[str, Any], order: Optional[list[str]] = None) -> str:
     """Plain text: mean +- sd of MAE, PSNR and SSIM over subjects per method, in aligned
     columns under their headers."""
-    from sasan.stages.evaluate import text_table
 
     methods = [m for m in (order or list(results)) if m in results]
     rows = []

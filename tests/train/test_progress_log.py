@@ -50,6 +50,7 @@ def test_a_resumed_phase_counts_from_its_checkpoint(tmp_path, caplog):
     with pytest.raises(RuntimeError):       # checkpointed at step 20
         run_phase(Phase("joint", 40, step_fn, lambda: {}, lambda s: None, tmp_path / "p.pt", checkpoint_every=20),
                   progress=False)
+    caplog.clear()                          # what the first run logged (captured when INFO is on already)
     caplog.set_level(logging.INFO, LOOP)
     run_phase(Phase("joint", 40, lambda step: {"loss": 0.25}, lambda: {}, lambda s: None, tmp_path / "p.pt"),
               progress=False, label="v/joint")
