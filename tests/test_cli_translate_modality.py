@@ -5,26 +5,9 @@ line listing the keys, before anything is written."""
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
-from sasan.bundle import ModelBundle, save_bundle
 from sasan.cli import main
-from sasan.config import config_from_dict
-from sasan.models import build_networks, build_segmenter
-
-TINY = {"experiment": {"source": "mr", "target": "ct"}, "preprocess": {"image_size": 32},
-        "model": {"k": 4, "num_classes": 5, "attention_width": 8, "synth_width": 8, "norm_hidden": 8,
-                  "disc_width": 8, "seg_disc_width": 8, "unet_width": 4}}
-
-
-@pytest.fixture
-def bundle_path(tmp_path):
-    torch.manual_seed(0)
-    cfg = config_from_dict(TINY)
-    nets = build_networks(cfg.model)
-    path = tmp_path / "model.pt"
-    save_bundle(path, ModelBundle(cfg, "sasan", build_segmenter(cfg.model).eval(), nets.att_t, nets.syn_s))
-    return path
+from tests.test_inference import bundle_path  # noqa: F401  (the tiny bundle fixture)
 
 
 @pytest.fixture
