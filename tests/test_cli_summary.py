@@ -200,7 +200,10 @@ def test_summary_marks_a_capped_assd_with_the_configured_cap(tmp_path, capsys, m
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "evaluation.json").write_text(json.dumps(
         {"sasan": {"per_structure": {"MYO": capped, "LV": CELL}, "mean": CELL}}))
-    (tmp_path / "params.yaml").write_text("evaluate:\n  assd_cap_vox: 40.0\n")
+    (tmp_path / "params.yaml").write_text("evaluate:\n  assd_cap_vox: 25.0\n")     # changed since: not read
+    report = tmp_path / "reports" / "evaluation"
+    report.mkdir(parents=True)
+    (report / "identity.json").write_text(json.dumps({"assd_cap_vox": 40.0}))    # what evaluate used
     assert main(["summary"]) == 0
     out = capsys.readouterr().out
     assert "0.000/40.0*" in out and "0.500/2.0*" in out                 # MYO, and the mean that counts it

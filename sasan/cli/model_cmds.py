@@ -285,7 +285,7 @@ def _summary(args: argparse.Namespace) -> int:
             structures = list(dict.fromkeys(row["structure"] for row in rows))
         except (TypeError, KeyError) as err:
             raise ConfigError(f"not the report's per-structure rows ({err})", plot_rows) from None
-    print(summary_table(results, order, structures, _assd_cap_vox()))
+    print(summary_table(results, order, structures, _assd_cap_vox(args.report)))
     print()
     from sasan.stages.evaluate import is_paired_results
 
@@ -316,13 +316,19 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _assd_cap_vox() -> Optional[float]:
-    """``evaluate.assd_cap_vox`` of the parameters evaluate reads by default (./params.yaml,
-    else the built-in default), for the table's footer; None when they cannot be read."""
-    try:
-        return float(load_params(argparse.Namespace(params=None, set=[])).evaluate.assd_cap_vox)
-    except ConfigError:
+def _assd_cap_vox(report: Path) -> Optional[float]:
+    """The ASSD cap the evaluation used, as its ``identity.json`` records it; None when the
+    report has none (an evaluation from before it was recorded): the footer then names the
+    setting without a value."""
+    from sasan.atomic import read_json
+    from sasan.stages.evaluate import IDENTITY_FILE
+
+    path = report / IDENTITY_FILE
+    if not path.is_file():
         return None
+    cap = read_json(path, missing="not found", invalid="not a readable identity file", error=ConfigError)
+    cap = cap.get("assd_cap_vox") if isinstance(cap, dict) else None
+    return float(cap) if isinstance(cap, (int, float)) else None
 
 
 def _mlflow_rows(ref_path: Path) -> list[tuple[str, str, list[str]]]:

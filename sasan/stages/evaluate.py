@@ -163,6 +163,8 @@ def evaluation_identity(raw_dir: Path, cfg: Config, models: dict[str, Path],
         identity["mode"] = "paired"
         identity["translation_mask"] = cfg.evaluate.translation_mask
         identity["preprocess_digest"] = preprocess_digests(raw_dir, cfg.experiment.source, bundles, list(models))
+    else:
+        identity["assd_cap_vox"] = cfg.evaluate.assd_cap_vox     # what a capped ASSD in the tables is
     return identity
 
 

@@ -561,7 +561,11 @@ def test_unpaired_identity_has_no_mode(tmp_path):
     _run(raw, {"sasan": _bundle(tmp_path / "m.pt")}, tmp_path / "out")
     identity = json.loads((tmp_path / "out" / "report" / "identity.json").read_text())
     assert set(identity) == {"dataset", "data_digest", "source", "target", "test_split", "test_cases", "image_size",
-                             "profile", "bundles", "metrics_sha256"}          # what it always was
+                             "profile", "bundles", "metrics_sha256", "assd_cap_vox"}
+    assert identity["assd_cap_vox"] == 50.0                         # what a capped ASSD in its tables is
+    from sasan.tracking.registry import gate_identity
+
+    assert "assd_cap_vox" not in gate_identity(identity)            # the gate compares what it always did
 
 
 def test_translate_only_bundles_are_evaluated_paired_whatever_the_config(tmp_path, paired_raw):
